@@ -1,0 +1,192 @@
+"""``semisupseg train | segment | evaluate | demo | info``: the engine from the command line.
+
+Exit codes: 0 done, 1 unexpected failure, 2 bad input (one sentence on stderr), 3 cancelled (a
+checkpoint was written; continue with ``semisupseg train --resume DIR``).
+"""
+
+import argparse
+import json
+import os
+import sys
+from typing import List, Optional
+
+from . import __version__
+from .config import list_presets, parse_override, preset_config
+from .errors import EXIT_BAD_INPUT, EXIT_CANCELLED, EXIT_FAILED, EXIT_OK, Cancelled, InputError
+from .progress import Reporter
+
+
+def _progress_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--progress", choices=("bar", "json", "none"), default="bar",
+                        help="how to show progress: a bar on the terminal (default), one JSON object per "
+                             "line on stdout (for the Slicer module and scripts), or nothing")
+
+
+def _device_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default="auto",
+                        help="auto (CUDA, then Apple MPS, then CPU; default), cuda, cuda:N, mps or cpu")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="semisupseg",
+        description="Semi-supervised 3D segmentation: train two networks on a few labeled and many unlabeled "
+                    "scans, segment new scans, evaluate.",
+        epilog="Exit codes: 0 done, 1 unexpected failure, 2 bad input, 3 training cancelled (resume with "
+               "'semisupseg train --resume DIR').")
+    parser.add_argument("--version", action="version", version=f"semisupseg {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands.required = True
+
+    p = commands.add_parser("train", help="train both networks on the cases of a manifest",
+                            description="Train both networks on the cases of a manifest and write DIR/model.pt.")
+    p.add_argument("--manifest", help="the manifest JSON listing the cases (image, optional label) and classes")
+    p.add_argument("--output", help="folder for the model file, checkpoints and the training log")
+    p.add_argument("--resume", metavar="DIR",
+                   help="continue the stopped training in DIR from its last checkpoint (settings and manifest "
+                        "come from the checkpoint)")
+    p.add_argument("--preset", default="cpu-fast", choices=list_presets(),
+                   help="settings to start from: paper (the paper's networks, 112x112x80 crops, 6000 "
+                        "iterations; a GPU job), cpu-fast (a laptop CPU; default), demo, tiny (tests)")
+    p.add_argument("--iterations", type=int, help="number of training iterations (overrides the preset)")
+    _device_argument(p)
+    p.add_argument("--seed", type=int, help="random seed (overrides the preset; default 0)")
+    p.add_argument("--init-model", metavar="FILE",
+                   help="start from this model file's weights (retrain after correcting segmentations)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any setting, e.g. --set lr=0.005 --set patch_size=[96,96,64] "
+                        "--set use_contrastive=false (all settings: 'semisupseg info --preset NAME')")
+    _progress_argument(p)
+
+    p = commands.add_parser("segment", help="segment an image with a model file",
+                            description="Segment an image; the output has the input's exact grid.")
+    p.add_argument("--model", required=True, help="the model file (model.pt) written by 'semisupseg train'")
+    p.add_argument("--input", required=True,
+                   help="the image: .nii/.nii.gz, .nrrd, .mha/.mhd or a DICOM series folder")
+    p.add_argument("--output", required=True,
+                   help="the label map to write (.nii.gz, .nrrd, .seg.nrrd for Slicer, .mha)")
+    p.add_argument("--probabilities", metavar="FILE", help="also write the probability of foreground (0..1)")
+    p.add_argument("--uncertainty", metavar="FILE",
+                   help="also write the uncertainty (entropy of the averaged softmax, 0..1)")
+    p.add_argument("--disagreement", metavar="FILE",
+                   help="also write the disagreement of the two networks (0..1)")
+    p.add_argument("--roi", type=int, nargs=6, metavar=("I0", "J0", "K0", "I1", "J1", "K1"),
+                   help="segment only this voxel box (start inclusive, end exclusive); outside it is background")
+    p.add_argument("--overlap", type=float, default=0.5, help="sliding-window overlap, 0..0.9 (default 0.5)")
+    p.add_argument("--window-batch", type=int, default=4, help="windows per forward pass (default 4)")
+    p.add_argument("--keep-largest", action="store_true",
+                   help="keep only the largest connected component of each class")
+    _device_argument(p)
+    _progress_argument(p)
+
+    p = commands.add_parser("evaluate", help="Dice, Jaccard, HD95, ASD of a segmentation against a reference",
+                            description="Compare a predicted label map with a reference (per class, voxels and "
+                                        "mm), or segment and compare every labeled case of a manifest.")
+    p.add_argument("--prediction", help="the predicted label map")
+    p.add_argument("--reference", help="the reference label map (same grid)")
+    p.add_argument("--model", help="with --manifest: segment the manifest's labeled cases with this model")
+    p.add_argument("--manifest", help="with --model: the cases to segment and compare")
+    _device_argument(p)
+    p.add_argument("--json", action="store_true", help="print the metrics as JSON instead of a table")
+
+    p = commands.add_parser("demo", help="train briefly on synthetic phantoms, segment, report metrics and pictures",
+                            description="Writes synthetic left-atrium-like phantoms, trains the demo preset on "
+                                        "the CPU, segments held-out phantoms, prints a metrics table and writes "
+                                        "report.json and PNG pictures into the output folder.")
+    p.add_argument("--output", default="demo-output", help="folder for everything (default demo-output)")
+    p.add_argument("--iterations", type=int, help="training iterations (default: the demo preset's)")
+    p.add_argument("--device", default="cpu", help="cpu (default) or auto, cuda, mps")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    _progress_argument(p)
+
+    p = commands.add_parser("info", help="show a model file's metadata or a preset's settings")
+    p.add_argument("--model", help="a model file")
+    p.add_argument("--preset", choices=list_presets(), help="a preset")
+    return parser
+
+
+def _train(args) -> None:
+    from .train import train
+
+    if args.resume:
+        train(None, args.resume, progress=args.progress, resume=True)
+        return
+    if not args.manifest or not args.output:
+        raise InputError("Give --manifest and --output (or --resume DIR to continue a stopped training).")
+    overrides = dict(parse_override(s) for s in args.set)
+    for key in ("iterations", "seed"):
+        if getattr(args, key) is not None:
+            overrides[key] = getattr(args, key)
+    overrides["device"] = args.device
+    config = preset_config(args.preset, overrides)
+    train(args.manifest, args.output, config, progress=args.progress, init_model=args.init_model)
+
+
+def _segment(args) -> None:
+    from .infer import segment_file
+
+    segment_file(args.model, args.input, args.output, args.probabilities, args.uncertainty, args.disagreement,
+                 device=args.device, overlap=args.overlap, window_batch=args.window_batch, roi=args.roi,
+                 keep_largest=args.keep_largest, reporter=Reporter(args.progress))
+
+
+def _evaluate(args) -> None:
+    from .evaluation import evaluate_files, evaluate_model, format_table
+    from .metrics import summarize
+    from .modelfile import classes_of, read_metadata
+
+    if args.prediction and args.reference:
+        classes = classes_of(read_metadata(args.model)) if args.model else None
+        result = evaluate_files(args.prediction, args.reference, classes)
+        if args.json:
+            print(json.dumps(result, indent=2))
+        else:
+            case = {"id": os.path.basename(args.prediction)[:13], "classes": result["classes"]}
+            print(format_table({"cases": [case], "mean": summarize([result["classes"]])}))
+        return
+    if args.model and args.manifest:
+        report = evaluate_model(args.model, args.manifest, device=args.device)
+        for case in report["cases"]:
+            case.pop("_arrays")
+        print(json.dumps(report, indent=2) if args.json else format_table(report))
+        return
+    raise InputError("Give --prediction and --reference, or --model and --manifest.")
+
+
+def _info(args) -> None:
+    if args.model:
+        from .modelfile import read_metadata
+        print(json.dumps(read_metadata(args.model), indent=2))
+    elif args.preset:
+        print(json.dumps(preset_config(args.preset).to_dict(), indent=2))
+    else:
+        raise InputError("Give --model FILE or --preset NAME.")
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    handlers = {"train": _train, "segment": _segment, "evaluate": _evaluate, "info": _info,
+                "demo": lambda a: __import__("SemiSupSegTraining.demo", fromlist=["run_demo"]).run_demo(
+                    a.output, a.iterations, a.device, a.progress, a.seed)}
+    json_mode = getattr(args, "progress", None) == "json"
+    try:
+        handlers[args.command](args)
+        return EXIT_OK
+    except InputError as e:
+        _report_error(str(e), EXIT_BAD_INPUT, json_mode)
+        return EXIT_BAD_INPUT
+    except Cancelled:
+        return EXIT_CANCELLED
+    except KeyboardInterrupt:
+        _report_error("Stopped by the user.", EXIT_CANCELLED, json_mode)
+        return EXIT_CANCELLED
+    except MemoryError:
+        _report_error("Out of memory; use a smaller preset or patch size, or a machine with more memory.",
+                      EXIT_FAILED, json_mode)
+        return EXIT_FAILED
+
+
+def _report_error(message: str, code: int, json_mode: bool) -> None:
+    if json_mode:
+        print(json.dumps({"event": "error", "message": message, "exit_code": code}), flush=True)
+    print(f"semisupseg: error: {message}", file=sys.stderr)

@@ -1,0 +1,141 @@
+"""Training settings, presets and their JSON round-trip.
+
+Sizes are given in voxel order x, y, z (as ITK, Slicer and the paper write them: 112×112×80);
+arrays inside the engine are z, y, x, and :func:`zyx` converts.
+"""
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Tuple
+
+from .errors import InputError
+
+
+@dataclass
+class TrainConfig:
+    preset: str = "paper"
+    # Data
+    patch_size: Tuple[int, int, int] = (112, 112, 80)     # x, y, z; each divisible by 16
+    batch_labeled: int = 2
+    batch_unlabeled: int = 2
+    foreground_fraction: float = 0.5     # share of labeled crops centred on a foreground voxel
+    augment: bool = True                 # random flips and 90° rotations in the axial plane
+    normalization: Optional[str] = None  # None: from the manifest's modality ("zscore" MRI, "window" CT)
+    ct_window: Tuple[float, float] = (-120.0, 240.0)
+    # Networks
+    base_filters: int = 16
+    resnet_blocks: Tuple[int, int, int, int] = (3, 4, 6, 3)
+    dropout: float = 0.5
+    # Optimiser and schedule (paper Sec. 3.1)
+    iterations: int = 6000
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    lr_step: int = 2500
+    lr_gamma: float = 0.1
+    # Semi-supervised terms (paper Eq. 2-7; defaults where the paper is silent: ../shared/REFERENCE.md)
+    use_unsupervised: bool = True        # L_u
+    use_regularization: bool = True      # L_reg
+    use_contrastive: bool = True         # L_c
+    lambda_u: float = 1.0
+    lambda_c_max: float = 0.1
+    lambda_c_schedule: str = "rampup"    # "rampup" (default) or "printed" (the paper's formula as printed)
+    reliable_fraction: float = 0.8       # share of unlabeled voxels kept by the entropy filter
+    threshold_start: float = 0.7         # T of Eq. 4, linear from start to end over training
+    threshold_end: float = 0.95
+    contrastive_temperature: float = 0.1
+    contrastive_max_voxels: int = 4096
+    prototype_margin: float = 1.0
+    prototypes_from_labeled: bool = True
+    # Running
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = True                     # mixed precision where the device supports it
+    checkpoint_every: int = 500
+    num_workers: int = 0
+    extra: Dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Dict[str, Any]) -> "TrainConfig":
+        known = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - set(known))
+        if unknown:
+            raise InputError(f"Unknown training setting(s) {', '.join(unknown)}; "
+                             f"the settings are: {', '.join(sorted(known))}.")
+        values = {}
+        for name, value in data.items():
+            default = getattr(cls(), name)
+            values[name] = tuple(value) if isinstance(default, tuple) and isinstance(value, list) else value
+        config = cls(**values)
+        config.validate()
+        return config
+
+    def validate(self) -> None:
+        if len(self.patch_size) != 3 or any(int(s) % 16 or int(s) < 16 for s in self.patch_size):
+            raise InputError(f"Patch size {tuple(self.patch_size)} is not three sizes divisible by 16; "
+                             f"use e.g. 112 112 80.")
+        if self.iterations < 1 or self.batch_labeled < 1 or self.batch_unlabeled < 0:
+            raise InputError("Iterations and the labeled batch size must be at least 1.")
+        if self.lambda_c_schedule not in ("rampup", "printed"):
+            raise InputError(f"lambda_c_schedule is {self.lambda_c_schedule!r}; use 'rampup' or 'printed'.")
+        if self.normalization not in (None, "zscore", "window"):
+            raise InputError(f"normalization is {self.normalization!r}; use 'zscore' or 'window'.")
+        if not 0.0 <= self.reliable_fraction <= 1.0:
+            raise InputError("reliable_fraction must lie between 0 and 1.")
+
+    def with_overrides(self, overrides: Dict[str, Any]) -> "TrainConfig":
+        data = self.to_dict()
+        data.update(overrides)
+        return TrainConfig.from_dict(data)
+
+
+PRESETS: Dict[str, Dict[str, Any]] = {
+    # The paper's networks, crops and schedule (a GPU job).
+    "paper": {},
+    # A laptop CPU: 64×64×48 crops, 8 base filters (~15× cheaper per step than the paper's).
+    "cpu-fast": {"patch_size": (64, 64, 48), "base_filters": 8, "iterations": 1500, "lr_step": 600,
+                 "checkpoint_every": 100},
+    # The built-in demo on synthetic phantoms: minutes on two CPU cores.
+    "demo": {"patch_size": (48, 48, 32), "base_filters": 8, "resnet_blocks": (1, 1, 1, 1),
+             "iterations": 300, "lr_step": 200, "lr": 0.03, "checkpoint_every": 100},
+    # Seconds: for tests and the Slicer self-test.
+    "tiny": {"patch_size": (32, 32, 16), "base_filters": 4, "resnet_blocks": (1, 1, 1, 1),
+             "iterations": 4, "batch_labeled": 1, "batch_unlabeled": 1, "lr_step": 1000,
+             "checkpoint_every": 2, "contrastive_max_voxels": 256},
+}
+
+
+def preset_config(name: str, overrides: Optional[Dict[str, Any]] = None) -> TrainConfig:
+    """The preset's settings with ``overrides`` applied on top."""
+    if name not in PRESETS:
+        raise InputError(f"Unknown preset {name!r}; choose one of {', '.join(PRESETS)}.")
+    data = dict(PRESETS[name])
+    data["preset"] = name
+    data.update(overrides or {})
+    return TrainConfig.from_dict(data)
+
+
+def parse_override(text: str) -> Tuple[str, Any]:
+    """``key=value`` from the command line; the value is parsed as JSON when it can be (numbers, lists)."""
+    import json
+
+    if "=" not in text:
+        raise InputError(f"Setting {text!r} is not of the form key=value, e.g. lr=0.005.")
+    key, value = text.split("=", 1)
+    try:
+        parsed = json.loads(value)
+    except json.JSONDecodeError:
+        parsed = value
+    return key.strip(), parsed
+
+
+def zyx(size_xyz: Tuple[int, int, int]) -> Tuple[int, int, int]:
+    """x, y, z sizes → array order z, y, x."""
+    return (int(size_xyz[2]), int(size_xyz[1]), int(size_xyz[0]))
+
+
+def list_presets() -> List[str]:
+    return list(PRESETS)

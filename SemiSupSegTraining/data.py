@@ -1,0 +1,428 @@
+"""Images and labels in, arrays and geometry out: reading, validation, normalisation, patch sampling.
+
+Reads with SimpleITK: NIfTI (.nii, .nii.gz), NRRD (.nrrd, .nhdr), Slicer segmentation files (.seg.nrrd),
+MetaImage (.mha, .mhd) and DICOM series folders. Arrays are numpy in z, y, x order; the geometry
+(size, spacing, origin, direction in ITK's LPS convention) travels beside them so that every output can
+be written back on the input's exact grid. This module does not import torch.
+"""
+
+import os
+import re
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import SimpleITK as sitk
+
+from .errors import InputError
+from .manifest import CaseEntry, ClassInfo, Manifest
+
+GEOMETRY_TOLERANCE = 1e-3  # relative to the voxel spacing; ITK's own default coordinate tolerance is 1e-6
+MAX_FOREGROUND_SAMPLES = 200_000
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """The voxel grid of an image: size and spacing in x, y, z; origin; direction (row-major 3×3)."""
+
+    size: Tuple[int, int, int]
+    spacing: Tuple[float, float, float]
+    origin: Tuple[float, float, float]
+    direction: Tuple[float, ...]
+
+    @classmethod
+    def of(cls, image: sitk.Image) -> "Geometry":
+        return cls(tuple(image.GetSize()), tuple(image.GetSpacing()), tuple(image.GetOrigin()),
+                   tuple(image.GetDirection()))
+
+    def apply(self, image: sitk.Image) -> sitk.Image:
+        """Gives ``image`` (already of this size) this grid."""
+        image.SetSpacing(self.spacing)
+        image.SetOrigin(self.origin)
+        image.SetDirection(self.direction)
+        return image
+
+    def to_image(self, array_zyx: np.ndarray) -> sitk.Image:
+        if tuple(array_zyx.shape[::-1][:3]) != tuple(self.size):
+            raise ValueError(f"array of shape {array_zyx.shape} does not fit a grid of size {self.size}")
+        return self.apply(sitk.GetImageFromArray(array_zyx))
+
+    def mismatch(self, other: "Geometry") -> Optional[str]:
+        """What differs from ``other`` beyond the tolerance, as words, or None."""
+        if tuple(self.size) != tuple(other.size):
+            return f"size {other.size} instead of {self.size}"
+        spacing = np.asarray(self.spacing)
+        if np.any(np.abs(spacing - np.asarray(other.spacing)) > GEOMETRY_TOLERANCE * spacing):
+            return f"spacing {_fmt(other.spacing)} instead of {_fmt(self.spacing)}"
+        if np.any(np.abs(np.asarray(self.origin) - np.asarray(other.origin)) > GEOMETRY_TOLERANCE * spacing.min() * 10):
+            return f"origin {_fmt(other.origin)} instead of {_fmt(self.origin)}"
+        if np.any(np.abs(np.asarray(self.direction) - np.asarray(other.direction)) > GEOMETRY_TOLERANCE):
+            return "another direction (orientation) matrix"
+        return None
+
+    def to_dict(self) -> dict:
+        return {"size": list(self.size), "spacing": list(self.spacing), "origin": list(self.origin),
+                "direction": list(self.direction)}
+
+
+def _fmt(values: Sequence[float]) -> str:
+    return "(" + ", ".join(f"{v:.4g}" for v in values) + ")"
+
+
+@dataclass
+class Volume:
+    """A 3D scalar image as a float32 array (z, y, x) and its grid."""
+
+    array: np.ndarray
+    geometry: Geometry
+    path: str
+
+
+@dataclass
+class Case:
+    """A case ready for training or inference: normalised image, class-index label (or None), grid."""
+
+    id: str
+    image: np.ndarray                 # float32 (z, y, x), normalised
+    label: Optional[np.ndarray]       # uint8 (z, y, x) class indices 0..K-1, or None when unlabeled
+    geometry: Geometry
+    image_path: str
+    label_path: Optional[str] = None
+
+
+# --------------------------------------------------------------------------------------------- reading
+
+def _read_sitk(path: str, what: str) -> sitk.Image:
+    if not os.path.exists(path):
+        raise InputError(f"The {what} {path} does not exist; check the path.")
+    if os.path.isdir(path):
+        return _read_dicom_series(path, what)
+    try:
+        return sitk.ReadImage(path)
+    except RuntimeError as e:
+        reason = str(e).strip().splitlines()
+        detail = next((line for line in reversed(reason) if line.strip()), "unknown reason")
+        raise InputError(f"The {what} {path} cannot be read as a medical image (NIfTI, NRRD, MHA or a DICOM "
+                         f"folder): {detail.strip()[:200]}; check that the file is complete and of a "
+                         f"supported format.") from None
+
+
+def _read_dicom_series(folder: str, what: str) -> sitk.Image:
+    reader = sitk.ImageSeriesReader()
+    series = reader.GetGDCMSeriesIDs(folder)
+    if not series:
+        raise InputError(f"The {what} folder {folder} holds no DICOM series; give a folder of DICOM files "
+                         f"or an image file.")
+    # The series with the most slices is the scan; localisers and scouts have few.
+    files = max((reader.GetGDCMSeriesFileNames(folder, s) for s in series), key=len)
+    reader.SetFileNames(files)
+    try:
+        return reader.Execute()
+    except RuntimeError as e:
+        raise InputError(f"The DICOM series in {folder} cannot be read ({str(e).strip()[:160]}); check that "
+                         f"the files are complete.") from None
+
+
+def _require_3d_scalar(image: sitk.Image, path: str, what: str) -> None:
+    if image.GetDimension() != 3:
+        raise InputError(f"The {what} {path} is {image.GetDimension()}D; SemiSupSeg needs a 3D volume.")
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise InputError(f"The {what} {path} has {image.GetNumberOfComponentsPerPixel()} values per voxel "
+                         f"(a 4D, vector or color image); SemiSupSeg needs one scalar 3D volume.")
+    if min(image.GetSize()) < 2:
+        raise InputError(f"The {what} {path} has size {image.GetSize()}, a single slice; SemiSupSeg needs "
+                         f"a 3D volume.")
+
+
+def read_image(path: str) -> Volume:
+    """Reads a 3D scalar image as float32; NaN/inf voxels, 2D and 4D images are refused."""
+    image = _read_sitk(path, "image")
+    _require_3d_scalar(image, path, "image")
+    array = sitk.GetArrayFromImage(image).astype(np.float32, copy=False)
+    if not np.isfinite(array).all():
+        bad = int(np.size(array) - np.isfinite(array).sum())
+        raise InputError(f"The image {path} has {bad} NaN or infinite voxels; fix or re-export the image.")
+    return Volume(array, Geometry.of(image), path)
+
+
+def is_segmentation_file(path: str) -> bool:
+    return path.lower().endswith(".seg.nrrd")
+
+
+def read_segmentation_file(path: str, reference: Optional[Geometry] = None
+                           ) -> Tuple[sitk.Image, List[Tuple[str, int]]]:
+    """Reads a Slicer ``.seg.nrrd`` into one label image plus its segments as (name, value) in file order.
+
+    Segments may sit in several layers (a 4D file) and the file's grid may be cropped to the segments'
+    extent: layers are merged (a later segment wins where two overlap) and, with ``reference``, the label
+    map is resampled (nearest neighbour) onto the reference grid, which is lossless for Slicer's sub-grids.
+    """
+    image = _read_sitk(path, "segmentation")
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(path)
+    reader.ReadImageInformation()
+    keys = set(reader.GetMetaDataKeys())
+    segments = []
+    index = 0
+    while f"Segment{index}_ID" in keys or f"Segment{index}_Name" in keys:
+        def meta(field, default=None, i=index):
+            key = f"Segment{i}_{field}"
+            return reader.GetMetaData(key) if key in keys else default
+        name = meta("Name") or meta("ID") or f"Segment_{index + 1}"
+        value = int(meta("LabelValue", str(index + 1)))
+        layer = int(meta("Layer", "0"))
+        segments.append((name, value, layer))
+        index += 1
+    if image.GetNumberOfComponentsPerPixel() > 1:
+        layers = [sitk.VectorIndexSelectionCast(image, i) for i in range(image.GetNumberOfComponentsPerPixel())]
+    elif image.GetDimension() == 4:
+        size = list(image.GetSize())
+        layers = [sitk.Extract(image, size[:3] + [0], [0, 0, 0, i]) for i in range(size[3])]
+    else:
+        layers = [image]
+    if layers[0].GetDimension() != 3:
+        raise InputError(f"The segmentation {path} is not a 3D segmentation; save it again from Slicer.")
+    if not segments:  # a plain label map saved with the .seg.nrrd name
+        values = np.unique(sitk.GetArrayViewFromImage(layers[0]))
+        segments = [(f"Segment_{int(v)}", int(v), 0) for v in values if v != 0]
+    merged = np.zeros(sitk.GetArrayViewFromImage(layers[0]).shape, np.int32)
+    for order, (_, value, layer) in enumerate(segments, start=1):
+        if layer >= len(layers):
+            raise InputError(f"The segmentation {path} names layer {layer} but has {len(layers)} layer(s); "
+                             f"save it again from Slicer.")
+        merged[sitk.GetArrayViewFromImage(layers[layer]) == value] = order
+    label = sitk.GetImageFromArray(merged)
+    label.CopyInformation(layers[0])
+    if reference is not None and Geometry.of(label) != reference:
+        label = sitk.Resample(label, list(reference.size), sitk.Transform(), sitk.sitkNearestNeighbor,
+                              list(reference.origin), list(reference.spacing), list(reference.direction),
+                              0, sitk.sitkInt32)
+    return label, [(name, order) for order, (name, _, _) in enumerate(segments, start=1)]
+
+
+def read_label(path: str, classes: List[ClassInfo], reference: Geometry) -> np.ndarray:
+    """Reads a label map on ``reference``'s grid and maps its values to class indices 0..K-1 (uint8).
+
+    For a ``.seg.nrrd`` the segments are matched to the classes by name (case-insensitive), else in order.
+    """
+    if is_segmentation_file(path):
+        image, segments = read_segmentation_file(path, reference)
+        by_name = {c.name.strip().lower(): c.value for c in classes}
+        foreground = [c.value for c in classes[1:]]
+        mapping = {}
+        for position, (name, order) in enumerate(segments):
+            value = by_name.get(name.strip().lower())
+            if value is None:
+                if position >= len(foreground):
+                    raise InputError(f"The segmentation {path} has segment '{name}', which matches no class "
+                                     f"({', '.join(c.name for c in classes[1:])}); rename the segment or add "
+                                     f"the class.")
+                value = foreground[position]
+            mapping[order] = value
+        raw = sitk.GetArrayFromImage(image)
+        values = np.zeros_like(raw)
+        for order, value in mapping.items():
+            values[raw == order] = value
+    else:
+        image = _read_sitk(path, "label")
+        _require_3d_scalar(image, path, "label")
+        problem = reference.mismatch(Geometry.of(image))
+        if problem:
+            raise InputError(f"The label {path} does not lie on its image's grid ({problem}); resample the "
+                             f"label onto the image (e.g. Slicer's Resample Scalar/Vector/DWI Volume with "
+                             f"nearest neighbour) or pick the right image.")
+        values = sitk.GetArrayFromImage(image)
+        if values.dtype.kind == "f":
+            if not np.isfinite(values).all() or np.any(values != np.round(values)):
+                raise InputError(f"The label {path} has non-integer values; a label map holds whole class "
+                                 f"values such as 0, 1, 2.")
+            values = values.astype(np.int64)
+    return values_to_indices(values, classes, path)
+
+
+def values_to_indices(values: np.ndarray, classes: List[ClassInfo], path: str) -> np.ndarray:
+    """Label values → class indices; values outside the classes are an error naming them."""
+    class_values = np.array([c.value for c in classes])
+    present = np.unique(values)
+    unknown = [int(v) for v in present if v not in class_values]
+    if unknown:
+        shown = ", ".join(str(v) for v in unknown[:8]) + (" ..." if len(unknown) > 8 else "")
+        raise InputError(f"The label {path} has value(s) {shown}, which are not among the classes "
+                         f"({', '.join(f'{c.value}={c.name}' for c in classes)}); add them to the manifest's "
+                         f"classes or fix the label.")
+    lookup = np.zeros(int(max(class_values.max(), present.max())) + 1, np.uint8)
+    lookup[class_values] = np.arange(len(class_values), dtype=np.uint8)
+    return lookup[values.astype(np.int64)]
+
+
+def indices_to_values(indices: np.ndarray, classes: List[ClassInfo]) -> np.ndarray:
+    """Class indices → the classes' label values (uint8 when they fit, else int16)."""
+    values = np.array([c.value for c in classes])
+    dtype = np.uint8 if values.min() >= 0 and values.max() < 256 else np.int16
+    return values.astype(dtype)[indices]
+
+
+# ------------------------------------------------------------------------------------- normalisation
+
+def normalization_for(modality: str, override: Optional[str] = None) -> str:
+    return override or ("window" if modality == "CT" else "zscore")
+
+
+def normalize(array: np.ndarray, method: str, ct_window: Tuple[float, float] = (-120.0, 240.0)) -> np.ndarray:
+    """MRI: z-score over the volume. CT: clip to the HU window and scale it to 0..1 (the paper: -120..240)."""
+    array = array.astype(np.float32, copy=False)
+    if method == "window":
+        low, high = ct_window
+        return ((np.clip(array, low, high) - low) / (high - low)).astype(np.float32)
+    if method == "zscore":
+        std = float(array.std())
+        return ((array - float(array.mean())) / (std if std > 1e-8 else 1.0)).astype(np.float32)
+    raise ValueError(f"unknown normalisation {method!r}")
+
+
+def load_case(entry: CaseEntry, classes: List[ClassInfo], normalization: str,
+              ct_window: Tuple[float, float] = (-120.0, 240.0), with_label: bool = True) -> Case:
+    volume = read_image(entry.image)
+    label = None
+    if with_label and entry.label is not None:
+        label = read_label(entry.label, classes, volume.geometry)
+    return Case(entry.id, normalize(volume.array, normalization, ct_window), label, volume.geometry,
+                entry.image, entry.label)
+
+
+def load_training_cases(manifest: Manifest, normalization: str, ct_window: Tuple[float, float]
+                        ) -> Tuple[List[Case], List[Case]]:
+    """Reads every case of the manifest (they stay in memory): (labeled, unlabeled)."""
+    labeled = [load_case(e, manifest.classes, normalization, ct_window) for e in manifest.labeled_cases]
+    unlabeled = [load_case(e, manifest.classes, normalization, ct_window, with_label=False)
+                 for e in manifest.unlabeled_cases]
+    if not labeled:
+        raise InputError(f"Manifest {manifest.path} has no labeled case; give at least one case a 'label'.")
+    for case in labeled:
+        if not case.label.any():
+            raise InputError(f"The label {case.label_path} of case '{case.id}' is empty (all background); "
+                             f"draw the structure or mark the case as unlabeled.")
+    return labeled, unlabeled
+
+
+# ----------------------------------------------------------------------------------- patch sampling
+
+class PatchSampler:
+    """Random crops of a fixed size (z, y, x) from cases held in memory.
+
+    Labeled crops are centred on a voxel of a random foreground class with probability
+    ``foreground_fraction`` (classes drawn uniformly, so small structures are seen as often as large ones);
+    other crops are uniform. Volumes smaller than a crop are padded (image with its minimum, label with 0).
+    """
+
+    def __init__(self, cases: List[Case], patch_zyx: Tuple[int, int, int], rng: np.random.Generator,
+                 foreground_fraction: float = 0.5, augment: bool = False):
+        self.patch = tuple(int(p) for p in patch_zyx)
+        self.rng = rng
+        self.foreground_fraction = foreground_fraction
+        self.augment = augment
+        self.images, self.labels, self.class_voxels = [], [], []
+        for case in cases:
+            image, label = self._pad(case.image, case.label)
+            self.images.append(image)
+            self.labels.append(label)
+            self.class_voxels.append(self._class_voxels(label))
+
+    def _pad(self, image: np.ndarray, label: Optional[np.ndarray]):
+        short = [max(0, p - s) for p, s in zip(self.patch, image.shape)]
+        if not any(short):
+            return image, label
+        widths = [(d // 2, d - d // 2) for d in short]
+        image = np.pad(image, widths, constant_values=float(image.min()))
+        if label is not None:
+            label = np.pad(label, widths, constant_values=0)
+        return image, label
+
+    def _class_voxels(self, label: Optional[np.ndarray]) -> Dict[int, np.ndarray]:
+        if label is None:
+            return {}
+        voxels = {}
+        for k in np.unique(label):
+            if k == 0:
+                continue
+            coords = np.argwhere(label == k).astype(np.int32)
+            if len(coords) > MAX_FOREGROUND_SAMPLES:  # bounds memory; the crop centre needs no more
+                coords = coords[self.rng.choice(len(coords), MAX_FOREGROUND_SAMPLES, replace=False)]
+            voxels[int(k)] = coords
+        return voxels
+
+    def _corner(self, index: int, centred_on_foreground: bool) -> Tuple[int, ...]:
+        shape = self.images[index].shape
+        if centred_on_foreground and self.class_voxels[index]:
+            classes = list(self.class_voxels[index])
+            coords = self.class_voxels[index][classes[self.rng.integers(len(classes))]]
+            centre = coords[self.rng.integers(len(coords))]
+            return tuple(int(np.clip(c - p // 2, 0, s - p)) for c, p, s in zip(centre, self.patch, shape))
+        return tuple(int(self.rng.integers(0, s - p + 1)) for p, s in zip(self.patch, shape))
+
+    def sample(self, count: int) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+        """``count`` crops: images (count, 1, z, y, x) float32 and labels (count, z, y, x) int64 or None."""
+        images, labels = [], []
+        for _ in range(count):
+            i = int(self.rng.integers(len(self.images)))
+            fg = self.labels[i] is not None and self.rng.random() < self.foreground_fraction
+            z, y, x = self._corner(i, fg)
+            window = (slice(z, z + self.patch[0]), slice(y, y + self.patch[1]), slice(x, x + self.patch[2]))
+            image = self.images[i][window]
+            label = self.labels[i][window] if self.labels[i] is not None else None
+            if self.augment:
+                image, label = self._augment(image, label)
+            images.append(np.ascontiguousarray(image))
+            if label is not None:
+                labels.append(np.ascontiguousarray(label))
+        stacked_labels = np.stack(labels).astype(np.int64) if len(labels) == count else None
+        return np.stack(images)[:, None], stacked_labels
+
+    def _augment(self, image, label):
+        for axis in range(3):
+            if self.rng.random() < 0.5:
+                image = np.flip(image, axis)
+                label = np.flip(label, axis) if label is not None else None
+        if self.patch[1] == self.patch[2]:  # 90° turns in the axial plane keep a square crop's shape
+            turns = int(self.rng.integers(4))
+            image = np.rot90(image, turns, axes=(1, 2))
+            label = np.rot90(label, turns, axes=(1, 2)) if label is not None else None
+        return image, label
+
+
+def write_label_image(indices_zyx: np.ndarray, classes: List[ClassInfo], geometry: Geometry, path: str) -> None:
+    """Writes class indices as the classes' label values on ``geometry`` (atomically)."""
+    image = geometry.to_image(indices_to_values(indices_zyx, classes))
+    if path.lower().endswith(".seg.nrrd"):
+        _set_segment_metadata(image, classes)
+    write_image_atomic(image, path)
+
+
+def _set_segment_metadata(image: sitk.Image, classes: List[ClassInfo]) -> None:
+    """Slicer's segmentation-file fields, so that Slicer loads the label map with names and colors."""
+    from .manifest import class_color
+
+    for i, c in enumerate(classes[1:]):
+        color = " ".join(f"{v:.4f}" for v in class_color(classes, i + 1))
+        for key, value in (("ID", f"Segment_{c.value}"), ("Name", c.name), ("LabelValue", str(c.value)),
+                           ("Layer", "0"), ("Color", color)):
+            image.SetMetaData(f"Segment{i}_{key}", value)
+
+
+def write_image_atomic(image: sitk.Image, path: str) -> None:
+    """Writes to a temporary name in the same folder, then renames: no half-written outputs."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    base = os.path.basename(path)
+    match = re.search(r"(\.seg\.nrrd|\.nii\.gz|\.[A-Za-z]+)$", base)
+    suffix = match.group(1) if match else ""
+    tmp = os.path.join(folder, f".{base[: len(base) - len(suffix)]}.partial{os.getpid()}{suffix}")
+    try:
+        sitk.WriteImage(image, tmp, useCompression=True)
+        os.replace(tmp, path)
+    except RuntimeError as e:
+        raise InputError(f"Cannot write {path} ({str(e).strip()[:160]}); check the folder and the file "
+                         f"extension (.nii.gz, .nrrd, .seg.nrrd, .mha).") from None
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)

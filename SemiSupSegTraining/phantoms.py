@@ -1,0 +1,116 @@
+"""Synthetic left-atrium-like cases for the demo, tests and benchmarks.
+
+Each phantom is an MRI-like volume: a bright ellipsoidal chamber with thin tubular protrusions (the
+pulmonary veins), set in a body with smooth tissue texture, plus unlabeled bright distractors (a
+descending-aorta-like tube and a ventricle-like blob) so that a network must learn shape, not only
+brightness; then a smooth multiplicative bias field, blur and noise. With ``num_classes=3`` the
+aorta becomes class 2. All randomness comes from the seed.
+"""
+
+import os
+from typing import List, Optional, Tuple
+
+import numpy as np
+from scipy import ndimage
+
+from .data import Geometry, write_image_atomic, write_label_image
+from .manifest import CaseEntry, ClassInfo, Manifest, write_manifest
+
+CLASS_NAMES = ["left atrium", "aorta"]
+
+
+def _segment_distance(points: np.ndarray, start: np.ndarray, end: np.ndarray) -> np.ndarray:
+    """Distance of each point (N, 3) to the segment start→end."""
+    direction = end - start
+    t = np.clip(((points - start) @ direction) / max(float(direction @ direction), 1e-9), 0.0, 1.0)
+    return np.linalg.norm(points - (start + t[:, None] * direction), axis=1)
+
+
+def make_phantom(seed: int, shape_zyx: Tuple[int, int, int] = (48, 64, 64), num_classes: int = 2,
+                 noise: float = 0.1) -> Tuple[np.ndarray, np.ndarray]:
+    """(image float32, label uint8 class indices) of shape ``shape_zyx``."""
+    rng = np.random.default_rng(seed)
+    shape = np.array(shape_zyx)
+    grid = np.stack(np.meshgrid(*[np.arange(s, dtype=np.float32) for s in shape], indexing="ij"), -1)
+    points = grid.reshape(-1, 3)
+    scale = shape.min() / 48.0
+
+    # Body and tissue texture.
+    body = (((grid - shape / 2) / (shape / 2 * np.array([1.3, 0.95, 0.95]))) ** 2).sum(-1) < 1.0
+    texture = ndimage.gaussian_filter(rng.normal(size=shape).astype(np.float32), 3.0)
+    texture /= texture.std() + 1e-6
+    image = np.where(body, 0.35 + 0.06 * texture, 0.05).astype(np.float32)
+
+    # The chamber: an ellipsoid with random radii and rotation near the centre.
+    centre = shape / 2 + rng.uniform(-0.12, 0.12, 3) * shape
+    radii = rng.uniform([7.0, 9.0, 9.0], [10.0, 14.0, 14.0]) * scale
+    rotation, _ = np.linalg.qr(rng.normal(size=(3, 3)))
+    local = (points - centre) @ rotation
+    atrium = ((local / radii) ** 2).sum(-1) < 1.0
+
+    # Veins: 2-4 thin tubes leaving the chamber outwards.
+    for _ in range(rng.integers(2, 5)):
+        direction = rng.normal(size=3)
+        direction[0] *= 0.5
+        direction /= np.linalg.norm(direction)
+        start = centre + direction * radii.min() * 0.6
+        end = centre + direction * (radii.max() + rng.uniform(6, 11) * scale)
+        atrium |= _segment_distance(points, start, end) < rng.uniform(1.3, 2.2) * scale
+    atrium = atrium.reshape(shape)
+
+    # Distractors: an aorta-like tube along z and a ventricle-like blob below the chamber.
+    aorta_xy = centre[1:] + rng.choice([-1, 1], 2) * rng.uniform(13, 18, 2) * scale
+    aorta = np.linalg.norm(grid[..., 1:] - aorta_xy, axis=-1) < rng.uniform(3.0, 4.0) * scale
+    aorta &= body & ~ndimage.binary_dilation(atrium, iterations=2)
+    ventricle_centre = centre + np.array([-radii[0] - 6 * scale, rng.uniform(-6, 6), rng.uniform(-6, 6)])
+    ventricle = (((grid - ventricle_centre) / (np.array([5.0, 9.0, 9.0]) * scale)) ** 2).sum(-1) < 1.0
+    ventricle &= body & ~ndimage.binary_dilation(atrium | aorta, iterations=2)
+
+    image[atrium] = 1.0
+    image[aorta] = rng.uniform(0.85, 1.0)
+    image[ventricle] = rng.uniform(0.7, 0.85)
+
+    # Scanner effects: bias field, partial volume blur, noise.
+    axes = [np.linspace(-1, 1, s, dtype=np.float32) for s in shape]
+    z, y, x = np.meshgrid(*axes, indexing="ij")
+    a = rng.uniform(-0.25, 0.25, 6)
+    bias = np.exp(a[0] * z + a[1] * y + a[2] * x + a[3] * x * y + a[4] * z * z + a[5] * y * y)
+    image = ndimage.gaussian_filter(image * bias, 0.7)
+    image = image + rng.normal(0, noise, image.shape).astype(np.float32)
+    image = (image * 400.0 + 100.0).astype(np.float32)  # an MRI-like intensity range
+
+    label = atrium.astype(np.uint8)
+    if num_classes >= 3:
+        label[aorta] = 2
+    return image, label
+
+
+def phantom_classes(num_classes: int = 2) -> List[ClassInfo]:
+    return [ClassInfo(0, "background")] + [ClassInfo(i + 1, CLASS_NAMES[i]) for i in range(num_classes - 1)]
+
+
+def write_phantom_dataset(folder: str, labeled: int = 2, unlabeled: int = 6, test: int = 4, seed: int = 0,
+                          shape_zyx: Tuple[int, int, int] = (48, 64, 64),
+                          spacing: Tuple[float, float, float] = (1.0, 1.0, 1.0), num_classes: int = 2,
+                          extension: str = ".nii.gz") -> Tuple[str, Optional[str]]:
+    """Writes phantom cases and two manifests: ``train.json`` (labeled + unlabeled) and ``test.json``
+    (held-out cases with labels, for evaluation). Returns their paths (test is None when ``test`` is 0)."""
+    classes = phantom_classes(num_classes)
+    geometry = Geometry(tuple(int(s) for s in shape_zyx[::-1]), tuple(float(s) for s in spacing),
+                        (0.0, 0.0, 0.0), (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0))
+    entries = {"train": [], "test": []}
+    for i in range(labeled + unlabeled + test):
+        image, label = make_phantom(seed * 1000 + i, shape_zyx, num_classes)
+        split = "train" if i < labeled + unlabeled else "test"
+        case_id = f"phantom{i:03d}"
+        image_path = os.path.join(folder, "images", case_id + extension)
+        label_path = os.path.join(folder, "labels", case_id + extension)
+        write_image_atomic(geometry.to_image(image), image_path)
+        write_label_image(label, classes, geometry, label_path)
+        # Unlabeled training cases keep their labels on disk (hidden from training) for later evaluation.
+        entries[split].append(CaseEntry(case_id, image_path, label_path, labeled=split == "test" or i < labeled))
+    train = write_manifest(Manifest(classes, entries["train"], "MRI"), os.path.join(folder, "train.json"))
+    test_path = None
+    if entries["test"]:
+        test_path = write_manifest(Manifest(classes, entries["test"], "MRI"), os.path.join(folder, "test.json"))
+    return train, test_path

@@ -1,0 +1,427 @@
+"""The training loop: both networks, the paper's losses, schedules, mixed precision, checkpoints, resume,
+cancel and progress events.
+
+An output folder holds ``model.pt`` (the model file, written at the end), ``checkpoint.pt`` (and the one
+before it, ``checkpoint.prev.pt``), ``config.json``, ``log.jsonl`` (every progress event) and, while a
+training runs, ``.lock``.
+"""
+
+import datetime
+import json
+import os
+import signal
+import threading
+from typing import Any, Callable, Dict, Optional, Tuple
+
+import numpy as np
+import torch
+
+from . import losses
+from .config import TrainConfig, preset_config, zyx
+from .data import PatchSampler, load_training_cases, normalization_for
+from .devices import autocast, autocast_dtype, select_device
+from .errors import Cancelled, InputError
+from .manifest import Manifest, class_color, load_manifest, manifest_to_dict, parse_manifest
+from .modelfile import load_trusted_data, save_atomic, save_model
+from .networks import build_networks
+from .progress import Reporter
+
+MODEL_NAME = "model.pt"
+CHECKPOINT_NAME = "checkpoint.pt"
+PREVIOUS_CHECKPOINT_NAME = "checkpoint.prev.pt"
+CHECKPOINT_FORMAT = "semisupseg-checkpoint"
+
+
+# ------------------------------------------------------------------------------------------- the step
+
+def learning_rate(config: TrainConfig, iteration: int) -> float:
+    """The paper's step schedule: lr ÷10 every ``lr_step`` iterations."""
+    return config.lr * config.lr_gamma ** (iteration // config.lr_step)
+
+
+def unlabeled_terms(config: TrainConfig, iteration: int, num_classes: int, labeled_count: int,
+                    labels: torch.Tensor, logits: Tuple[torch.Tensor, torch.Tensor],
+                    features: Tuple[torch.Tensor, torch.Tensor], supervised: Tuple[torch.Tensor, torch.Tensor],
+                    generator: torch.Generator) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+    """λu·L_u + λc·L_c of Eq. 3 for both networks (with gradient), and the terms for the log.
+
+    ``logits``/``features`` cover the whole batch, labeled crops first. The pseudo label comes from the
+    network with the lower supervised loss; the entropy filter splits the unlabeled voxels into reliable
+    (L_u, prototypes) and unreliable (L_c); L_reg acts on voxels where both networks are confident and
+    disagree (Eq. 4-5).
+    """
+    n = labeled_count
+    zero = logits[0].sum() * 0.0
+    stats: Dict[str, torch.Tensor] = {}
+    if logits[0].shape[0] == n or not (config.use_unsupervised or config.use_regularization
+                                       or config.use_contrastive):
+        return zero, stats
+    logits_u = [lg[n:].float() for lg in logits]
+    probs = [torch.softmax(lg, dim=1) for lg in logits_u]
+    pseudo, winner_probs = losses.select_pseudo_labels(probs[0], probs[1], supervised[0].detach(),
+                                                       supervised[1].detach())
+    reliable = losses.reliable_mask(losses.voxel_entropy(winner_probs), config.reliable_fraction)
+    stats["reliable_fraction"] = reliable.float().mean()
+
+    total_u = zero
+    if config.use_unsupervised:
+        for name, lg in zip(("unsup_a", "unsup_b"), logits_u):
+            stats[name] = losses.unsupervised_loss(lg, pseudo, reliable, num_classes)
+            total_u = total_u + stats[name]
+    if config.use_regularization:
+        threshold = losses.confidence_threshold(iteration, config.iterations, config.threshold_start,
+                                                config.threshold_end)
+        mdiff = losses.disagreement_mask(probs[0], probs[1], threshold)
+        stats["reg"] = losses.regularization_loss(probs[0], probs[1], mdiff)
+        stats["mdiff_voxels"] = mdiff.sum().float()
+        total_u = total_u + stats["reg"]
+
+    total_c = zero
+    lam_c = losses.lambda_c(iteration, config.iterations, config.lambda_c_schedule, config.lambda_c_max)
+    if config.use_contrastive:
+        unreliable = ~reliable
+        for name, feat in zip(("contrast_a", "contrast_b"), features):
+            feat = feat.float()
+            if config.prototypes_from_labeled:  # ground truth is the most reliable label there is
+                proto_feat = feat
+                proto_labels = torch.cat([labels, pseudo])
+                proto_mask = torch.cat([torch.ones_like(labels, dtype=torch.bool), reliable])
+            else:
+                proto_feat, proto_labels, proto_mask = feat[n:], pseudo, reliable
+            prototypes, present = losses.class_prototypes(proto_feat, proto_labels, proto_mask, num_classes,
+                                                          detach=False)
+            stats[name] = losses.contrastive_loss(
+                feat[n:], pseudo, unreliable, prototypes, present, config.contrastive_temperature,
+                config.contrastive_max_voxels, config.prototype_margin, generator)
+            total_c = total_c + stats[name]
+    stats["lambda_c"] = torch.tensor(lam_c)
+    return config.lambda_u * total_u + lam_c * total_c, stats
+
+
+class Trainer:
+    """Both networks, their optimisers and the data; :meth:`step` runs one iteration of Eq. 3."""
+
+    def __init__(self, config: TrainConfig, num_classes: int, labeled: list, unlabeled: list,
+                 device: torch.device):
+        self.config = config
+        self.num_classes = num_classes
+        self.device = device
+        self.amp_dtype = autocast_dtype(device, config.amp)
+        torch.manual_seed(config.seed)
+        self.rng = np.random.default_rng(config.seed)
+        self.generator = torch.Generator(device=device)
+        self.generator.manual_seed(config.seed)
+        self.net_a, self.net_b = (n.to(device) for n in build_networks(
+            num_classes, config.base_filters, config.resnet_blocks, config.dropout))
+        self.optimizers = [torch.optim.SGD(n.parameters(), lr=config.lr, momentum=config.momentum,
+                                           weight_decay=config.weight_decay) for n in (self.net_a, self.net_b)]
+        # fp16 needs loss scaling; bf16 and fp32 do not.
+        self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
+        patch = zyx(config.patch_size)
+        self.labeled = PatchSampler(labeled, patch, self.rng, config.foreground_fraction, config.augment)
+        self.unlabeled = (PatchSampler(unlabeled, patch, self.rng, 0.0, config.augment)
+                          if unlabeled and config.batch_unlabeled > 0 else None)
+        self.iteration = 0
+
+    def networks(self):
+        return self.net_a, self.net_b
+
+    def next_batch(self) -> Tuple[torch.Tensor, torch.Tensor]:
+        images, labels = self.labeled.sample(self.config.batch_labeled)
+        if self.unlabeled is not None:
+            unlabeled, _ = self.unlabeled.sample(self.config.batch_unlabeled)
+            images = np.concatenate([images, unlabeled])
+        return (torch.from_numpy(images).to(self.device, non_blocking=True),
+                torch.from_numpy(labels).to(self.device, non_blocking=True))
+
+    def step(self) -> Dict[str, torch.Tensor]:
+        """One iteration; returns the loss terms as 0-dim tensors (no host sync here)."""
+        config, it = self.config, self.iteration
+        lr = learning_rate(config, it)
+        for opt in self.optimizers:
+            for group in opt.param_groups:
+                group["lr"] = lr
+        images, labels = self.next_batch()
+        n = labels.shape[0]
+        self.net_a.train()
+        self.net_b.train()
+        with autocast(self.device, self.amp_dtype):
+            logits_a, feat_a = self.net_a(images)
+            logits_b, feat_b = self.net_b(images)
+        sup_a = losses.supervised_loss(logits_a[:n].float(), labels, self.num_classes)
+        sup_b = losses.supervised_loss(logits_b[:n].float(), labels, self.num_classes)
+        extra, stats = unlabeled_terms(config, it, self.num_classes, n, labels, (logits_a, logits_b),
+                                       (feat_a, feat_b), (sup_a, sup_b), self.generator)
+        loss = sup_a + sup_b + extra
+        for opt in self.optimizers:
+            opt.zero_grad(set_to_none=True)
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            for opt in self.optimizers:
+                self.scaler.step(opt)
+            self.scaler.update()
+        else:
+            loss.backward()
+            for opt in self.optimizers:
+                opt.step()
+        self.iteration += 1
+        return {"loss": loss.detach(), "sup_a": sup_a.detach(), "sup_b": sup_b.detach(),
+                **{k: v.detach() for k, v in stats.items()}}
+
+    # ---------------------------------------------------------------------------------- state
+
+    def state(self) -> Dict[str, Any]:
+        state = {
+            "iteration": self.iteration,
+            "weights_a": self.net_a.state_dict(), "weights_b": self.net_b.state_dict(),
+            "optimizer_a": self.optimizers[0].state_dict(), "optimizer_b": self.optimizers[1].state_dict(),
+            "rng_numpy": json.dumps(self.rng.bit_generator.state),
+            "rng_torch": torch.get_rng_state(), "rng_generator": self.generator.get_state(),
+        }
+        if self.device.type == "cuda":
+            state["rng_cuda"] = torch.cuda.get_rng_state(self.device)
+        if self.scaler is not None:
+            state["scaler"] = self.scaler.state_dict()
+        return state
+
+    def load_state(self, state: Dict[str, Any]) -> None:
+        self.net_a.load_state_dict(state["weights_a"])
+        self.net_b.load_state_dict(state["weights_b"])
+        self.optimizers[0].load_state_dict(state["optimizer_a"])
+        self.optimizers[1].load_state_dict(state["optimizer_b"])
+        self.rng.bit_generator.state = json.loads(state["rng_numpy"])
+        torch.set_rng_state(state["rng_torch"])
+        self.generator.set_state(state["rng_generator"])
+        if "rng_cuda" in state and self.device.type == "cuda":
+            torch.cuda.set_rng_state(state["rng_cuda"], self.device)
+        if "scaler" in state and self.scaler is not None:
+            self.scaler.load_state_dict(state["scaler"])
+        self.iteration = int(state["iteration"])
+
+    def load_weights(self, weights_a: Dict[str, torch.Tensor], weights_b: Dict[str, torch.Tensor]) -> None:
+        self.net_a.load_state_dict(weights_a)
+        self.net_b.load_state_dict(weights_b)
+
+
+# --------------------------------------------------------------------------------- folder handling
+
+class TrainingLock:
+    """One training per output folder: ``.lock`` holds the owner's pid; a dead owner's lock is taken over."""
+
+    def __init__(self, folder: str):
+        self.path = os.path.join(folder, ".lock")
+
+    def __enter__(self):
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                owner = self._owner()
+                if owner is not None and owner != os.getpid() and _alive(owner):
+                    raise InputError(f"The folder {os.path.dirname(self.path)} is in use by a training "
+                                     f"that is still running (process {owner}); wait for it, cancel it, or "
+                                     f"choose another output folder.") from None
+                os.remove(self.path)  # stale: its process is gone
+                continue
+            with os.fdopen(fd, "w") as f:
+                f.write(str(os.getpid()))
+            return self
+        raise InputError(f"Cannot take the lock {self.path}; remove it if no training runs there.")
+
+    def _owner(self) -> Optional[int]:
+        try:
+            with open(self.path) as f:
+                return int(f.read().strip() or 0) or None
+        except (OSError, ValueError):
+            return None
+
+    def __exit__(self, *exc):
+        if self._owner() == os.getpid():
+            os.remove(self.path)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class StopRequest:
+    """Set by SIGINT/SIGTERM (in the main thread) or by the caller's cancel event; checked every step."""
+
+    def __init__(self, event: Optional[threading.Event] = None):
+        self.event = event or threading.Event()
+        self._previous = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, lambda *_: self.event.set())
+        return self
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    @property
+    def requested(self) -> bool:
+        return self.event.is_set()
+
+
+def load_checkpoint(folder: str) -> Dict[str, Any]:
+    """The newest readable checkpoint of ``folder``; a truncated newest one falls back to the previous."""
+    problems = []
+    for name in (CHECKPOINT_NAME, PREVIOUS_CHECKPOINT_NAME):
+        path = os.path.join(folder, name)
+        if not os.path.exists(path):
+            continue
+        try:
+            data = load_trusted_data(path, "checkpoint")
+        except InputError as e:
+            problems.append(str(e))
+            continue
+        if data.get("format") == CHECKPOINT_FORMAT:
+            return data
+        problems.append(f"{path} is not a SemiSupSeg checkpoint")
+    detail = f" ({'; '.join(problems)})" if problems else ""
+    raise InputError(f"The folder {folder} has no usable checkpoint to resume from{detail}; start a new "
+                     f"training instead.")
+
+
+def write_checkpoint(folder: str, payload: Dict[str, Any]) -> str:
+    path = os.path.join(folder, CHECKPOINT_NAME)
+    if os.path.exists(path):  # keep one good checkpoint even if the machine dies mid-write
+        os.replace(path, os.path.join(folder, PREVIOUS_CHECKPOINT_NAME))
+    return save_atomic(payload, path)
+
+
+# ------------------------------------------------------------------------------------------ public API
+
+def model_metadata(config: TrainConfig, manifest: Manifest, labeled: list, unlabeled: list, iteration: int,
+                   device: torch.device) -> Dict[str, Any]:
+    classes = [dict(c.to_dict(), color=class_color(manifest.classes, i) if i else [0.0, 0.0, 0.0])
+               for i, c in enumerate(manifest.classes)]
+    preset_defaults = preset_config(config.preset).to_dict() if config.preset else {}
+    overrides = {k: v for k, v in config.to_dict().items() if preset_defaults.get(k) != v}
+    spacings = np.array([c.geometry.spacing for c in labeled + unlabeled])
+    return {
+        "classes": classes,
+        "modality": manifest.modality,
+        "normalization": {"method": normalization_for(manifest.modality, config.normalization),
+                          "ct_window": list(config.ct_window)},
+        "patch_size": list(config.patch_size),
+        "spacing": [float(s) for s in np.median(spacings, axis=0)],
+        "preset": config.preset,
+        "overrides": overrides,
+        "config": config.to_dict(),
+        "networks": {"a": "VNet", "b": "ResVNet", "base_filters": config.base_filters,
+                     "resnet_blocks": list(config.resnet_blocks), "in_channels": 1},
+        "training": {"iterations": iteration, "labeled_cases": len(labeled), "unlabeled_cases": len(unlabeled),
+                     "device": str(device),
+                     "finished_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")},
+    }
+
+
+def train(manifest_path: Optional[str], output_dir: str, config: Optional[TrainConfig] = None,
+          progress: str = "bar", callback: Optional[Callable[[dict], None]] = None,
+          init_model: Optional[str] = None, resume: bool = False,
+          cancel_event: Optional[threading.Event] = None, log_every: int = 10) -> str:
+    """Trains both networks and writes ``output_dir/model.pt``; returns its path.
+
+    ``resume=True`` continues the checkpoint in ``output_dir`` (manifest and settings come from it).
+    ``init_model`` starts from a model file's weights (retraining after corrections). SIGINT/SIGTERM or
+    ``cancel_event`` write a checkpoint and raise :class:`Cancelled`.
+    """
+    output_dir = os.path.abspath(output_dir)
+    os.makedirs(output_dir, exist_ok=True)
+    reporter = Reporter(progress, callback)
+    with TrainingLock(output_dir), StopRequest(cancel_event) as stop:
+        checkpoint = load_checkpoint(output_dir) if resume else None
+        if checkpoint is not None:
+            config = TrainConfig.from_dict(checkpoint["config"])
+            manifest = parse_manifest(checkpoint["manifest"], checkpoint["manifest_path"])
+        else:
+            if manifest_path is None:
+                raise InputError("Give a manifest (--manifest) to train on, or --resume a stopped training.")
+            manifest = load_manifest(manifest_path)
+            config = config or preset_config("paper")
+        config.validate()
+        device = select_device(config.device)
+        labeled, unlabeled = load_training_cases(
+            manifest, normalization_for(manifest.modality, config.normalization), config.ct_window)
+        trainer = Trainer(config, len(manifest.classes), labeled, unlabeled, device)
+        if checkpoint is not None:
+            trainer.load_state(checkpoint)
+        elif init_model:
+            _init_from_model(trainer, init_model, manifest)
+        with open(os.path.join(output_dir, "config.json"), "w") as f:
+            json.dump(config.to_dict(), f, indent=2)
+        return _run(trainer, manifest, labeled, unlabeled, output_dir, reporter, stop, log_every)
+
+
+def _init_from_model(trainer: Trainer, path: str, manifest: Manifest) -> None:
+    data = load_trusted_data(path)
+    meta = data.get("metadata") or {}
+    if [c["value"] for c in meta.get("classes", [])] != manifest.class_values:
+        raise InputError(f"The model file {path} was trained for other classes than the manifest's; retrain "
+                         f"from scratch or use a manifest with the model's classes.")
+    try:
+        trainer.load_weights(data["weights_a"], data["weights_b"])
+    except (KeyError, RuntimeError):
+        raise InputError(f"The model file {path} has networks of another size than this preset's; use the "
+                         f"preset it was trained with ({meta.get('preset')}).") from None
+
+
+def _run(trainer: Trainer, manifest: Manifest, labeled: list, unlabeled: list, output_dir: str,
+         reporter: Reporter, stop: StopRequest, log_every: int) -> str:
+    config = trainer.config
+    first = trainer.iteration
+    log_path = os.path.join(output_dir, "log.jsonl")
+    manifest_data = manifest_to_dict(manifest)
+
+    def checkpoint() -> str:
+        payload = dict(trainer.state(), format=CHECKPOINT_FORMAT, config=config.to_dict(),
+                       manifest=manifest_data, manifest_path=manifest.path or "")
+        path = write_checkpoint(output_dir, payload)
+        reporter.emit("checkpoint", "train", iteration=trainer.iteration, path=path)
+        return path
+
+    reporter.emit("start", "train", iteration=first, total=config.iterations, device=str(trainer.device),
+                  message=f"Training on {trainer.device} ({len(labeled)} labeled, {len(unlabeled)} unlabeled "
+                          f"cases, preset {config.preset}, {config.iterations} iterations).")
+    with open(log_path, "a") as log:
+        while trainer.iteration < config.iterations:
+            if stop.requested:
+                path = checkpoint()
+                reporter.emit("cancelled", "train", iteration=trainer.iteration, checkpoint=path,
+                              message=f"Cancelled at iteration {trainer.iteration}; resume with "
+                                      f"'semisupseg train --resume {output_dir}'.")
+                raise Cancelled()
+            terms = trainer.step()
+            it = trainer.iteration
+            if it % log_every == 0 or it == config.iterations or it == first + 1:
+                values = {k: round(float(v), 5) for k, v in terms.items()}
+                if not np.isfinite(values["loss"]):
+                    raise InputError(f"Training diverged at iteration {it} (loss is not finite); lower the "
+                                     f"learning rate (--set lr=0.001) or check the images' intensities.")
+                event = reporter.progress("train", it, config.iterations, first, losses=values,
+                                          lr=learning_rate(config, it - 1))
+                log.write(json.dumps(event) + "\n")
+                log.flush()
+            else:
+                reporter.progress("train", it, config.iterations, first)
+            if it % config.checkpoint_every == 0 and it < config.iterations:
+                checkpoint()
+    model_path = save_model(os.path.join(output_dir, MODEL_NAME), trainer.net_a.state_dict(),
+                            trainer.net_b.state_dict(),
+                            model_metadata(config, manifest, labeled, unlabeled, trainer.iteration,
+                                           trainer.device))
+    checkpoint()
+    reporter.emit("done", "train", iteration=trainer.iteration, total=config.iterations, model=model_path,
+                  message=f"Model file written: {model_path}")
+    return model_path
+
