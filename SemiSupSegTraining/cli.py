@@ -1,4 +1,4 @@
-"""``semisupseg train | segment | evaluate | demo | info``: the engine from the command line.
+"""``semisupseg train | segment | evaluate | demo | prepare | info``: the engine from the command line.
 
 Exit codes: 0 done, 1 unexpected failure, 2 bad input (one sentence on stderr), 3 cancelled (a
 checkpoint was written; continue with ``semisupseg train --resume DIR``).
@@ -13,6 +13,7 @@ from typing import List, Optional
 from . import __version__
 from .config import list_presets, parse_override, preset_config
 from .errors import EXIT_BAD_INPUT, EXIT_CANCELLED, EXIT_FAILED, EXIT_OK, Cancelled, InputError
+from .prepare import add_prepare_parser, run_prepare
 from .progress import Reporter
 
 
@@ -99,6 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     _progress_argument(p)
 
+    add_prepare_parser(commands)
+
     p = commands.add_parser("info", help="show a model file's metadata or a preset's settings")
     p.add_argument("--model", help="a model file")
     p.add_argument("--preset", choices=list_presets(), help="a preset")
@@ -166,6 +169,7 @@ def _info(args) -> None:
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     handlers = {"train": _train, "segment": _segment, "evaluate": _evaluate, "info": _info,
+                "prepare": run_prepare,
                 "demo": lambda a: __import__("SemiSupSegTraining.demo", fromlist=["run_demo"]).run_demo(
                     a.output, a.iterations, a.device, a.progress, a.seed)}
     json_mode = getattr(args, "progress", None) == "json"

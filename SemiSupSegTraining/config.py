@@ -11,6 +11,9 @@ from typing import Any, Dict, List, Optional, Tuple
 from .errors import InputError
 
 
+METHODS = ("ours", "supervised", "reference")
+
+
 @dataclass
 class TrainConfig:
     preset: str = "paper"
@@ -33,6 +36,9 @@ class TrainConfig:
     weight_decay: float = 1e-4
     lr_step: int = 2500
     lr_gamma: float = 0.1
+    # "ours": the paper's method with gradient through every term; "supervised": labeled crops only;
+    # "reference": what the released reference code trains (supervised + its labeled-data correction).
+    method: str = "ours"
     # Semi-supervised terms (paper Eq. 2-7; defaults where the paper is silent: ../shared/REFERENCE.md)
     use_unsupervised: bool = True        # L_u
     use_regularization: bool = True      # L_reg
@@ -41,6 +47,7 @@ class TrainConfig:
     lambda_c_max: float = 0.1
     lambda_c_schedule: str = "rampup"    # "rampup" (default) or "printed" (the paper's formula as printed)
     reliable_fraction: float = 0.8       # share of unlabeled voxels kept by the entropy filter
+    reliability: str = "batch"           # "batch": one percentile over the batch; "class": per pseudo class
     threshold_start: float = 0.7         # T of Eq. 4, linear from start to end over training
     threshold_end: float = 0.95
     contrastive_temperature: float = 0.1
@@ -79,6 +86,10 @@ class TrainConfig:
                              f"use e.g. 112 112 80.")
         if self.iterations < 1 or self.batch_labeled < 1 or self.batch_unlabeled < 0:
             raise InputError("Iterations and the labeled batch size must be at least 1.")
+        if self.method not in METHODS:
+            raise InputError(f"method is {self.method!r}; use one of {', '.join(METHODS)}.")
+        if self.reliability not in ("batch", "class"):
+            raise InputError(f"reliability is {self.reliability!r}; use 'batch' or 'class'.")
         if self.lambda_c_schedule not in ("rampup", "printed"):
             raise InputError(f"lambda_c_schedule is {self.lambda_c_schedule!r}; use 'rampup' or 'printed'.")
         if self.normalization not in (None, "zscore", "window"):

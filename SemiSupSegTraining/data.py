@@ -7,7 +7,8 @@ be written back on the input's exact grid. This module does not import torch.
 """
 
 import os
-import re
+import shutil
+import tempfile
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -98,13 +99,76 @@ def _read_sitk(path: str, what: str) -> sitk.Image:
     if os.path.isdir(path):
         return _read_dicom_series(path, what)
     try:
-        return sitk.ReadImage(path)
+        image = sitk.ReadImage(path)
     except RuntimeError as e:
-        reason = str(e).strip().splitlines()
-        detail = next((line for line in reversed(reason) if line.strip()), "unknown reason")
         raise InputError(f"The {what} {path} cannot be read as a medical image (NIfTI, NRRD, MHA or a DICOM "
-                         f"folder): {detail.strip()[:200]}; check that the file is complete and of a "
+                         f"folder): {_sitk_reason(e, 200)}; check that the file is complete and of a "
                          f"supported format.") from None
+    if path.lower().endswith((".nii", ".nii.gz")) and not _nifti_complete(path):
+        raise InputError(f"The {what} {path} is truncated (it holds fewer voxel bytes than its header "
+                         f"announces); copy or export the file again.")
+    return image
+
+
+def _nifti_complete(path: str) -> bool:
+    """Whether a .nii/.nii.gz file holds all the voxel bytes its header announces.
+
+    ITK's NIfTI reader fills a truncated file's missing voxels with zeros without an error, so the
+    length is checked here. Files whose header this does not understand are left to ITK (True).
+    """
+    import gzip
+    import struct
+    import zlib
+
+    compressed = path.lower().endswith(".gz")
+    opener = gzip.open if compressed else open
+    try:
+        with opener(path, "rb") as f:
+            header = f.read(540)
+    except (OSError, EOFError, zlib.error):
+        return False
+    if len(header) < 348:
+        return False
+    for endian in ("<", ">"):
+        size = struct.unpack(endian + "i", header[:4])[0]
+        if size == 348:
+            dims = struct.unpack(endian + "8h", header[40:56])
+            bitpix = struct.unpack(endian + "h", header[72:74])[0]
+            offset = int(struct.unpack(endian + "f", header[108:112])[0])
+            break
+        if size == 540 and len(header) == 540:
+            bitpix = struct.unpack(endian + "h", header[14:16])[0]
+            dims = struct.unpack(endian + "8q", header[16:80])
+            offset = struct.unpack(endian + "q", header[168:176])[0]
+            break
+    else:
+        return True
+    if not 1 <= dims[0] <= 7 or bitpix <= 0:
+        return True
+    expected = max(offset, 348) + int(np.prod([max(int(d), 1) for d in dims[1:dims[0] + 1]])) * bitpix // 8
+    if not compressed:
+        return os.path.getsize(path) >= expected
+    with open(path, "rb") as f:  # fast path: the gzip trailer holds the uncompressed length mod 2^32
+        f.seek(-4, os.SEEK_END)
+        if struct.unpack("<I", f.read(4))[0] == expected % 2 ** 32:
+            return True
+    total = 0
+    try:
+        with gzip.open(path, "rb") as f:
+            while total < expected:
+                chunk = f.read(1 << 22)
+                if not chunk:
+                    break
+                total += len(chunk)
+    except (OSError, EOFError, zlib.error):
+        return False
+    return total >= expected
+
+
+def _sitk_reason(error: Exception, limit: int = 160) -> str:
+    """The last meaningful line of a SimpleITK exception (they span several lines), shortened."""
+    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+    return (lines[-1] if lines else "unknown reason")[:limit]
 
 
 def _read_dicom_series(folder: str, what: str) -> sitk.Image:
@@ -119,7 +183,7 @@ def _read_dicom_series(folder: str, what: str) -> sitk.Image:
     try:
         return reader.Execute()
     except RuntimeError as e:
-        raise InputError(f"The DICOM series in {folder} cannot be read ({str(e).strip()[:160]}); check that "
+        raise InputError(f"The DICOM series in {folder} cannot be read ({_sitk_reason(e)}); check that "
                          f"the files are complete.") from None
 
 
@@ -410,19 +474,22 @@ def _set_segment_metadata(image: sitk.Image, classes: List[ClassInfo]) -> None:
 
 
 def write_image_atomic(image: sitk.Image, path: str) -> None:
-    """Writes to a temporary name in the same folder, then renames: no half-written outputs."""
+    """Writes into a temporary folder beside ``path``, then renames: no half-written outputs.
+
+    The file keeps its own name inside the temporary folder, so that formats of two files (``.mhd`` with
+    its ``.raw``/``.zraw`` data file) refer to their data file by its final name; the data file is moved
+    first and the named file last.
+    """
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     base = os.path.basename(path)
-    match = re.search(r"(\.seg\.nrrd|\.nii\.gz|\.[A-Za-z]+)$", base)
-    suffix = match.group(1) if match else ""
-    tmp = os.path.join(folder, f".{base[: len(base) - len(suffix)]}.partial{os.getpid()}{suffix}")
+    tmp_dir = tempfile.mkdtemp(prefix=f".{base}.partial", dir=folder)
     try:
-        sitk.WriteImage(image, tmp, useCompression=True)
-        os.replace(tmp, path)
+        sitk.WriteImage(image, os.path.join(tmp_dir, base), useCompression=True)
+        for name in sorted(os.listdir(tmp_dir), key=lambda n: n == base):
+            os.replace(os.path.join(tmp_dir, name), os.path.join(folder, name))
     except RuntimeError as e:
-        raise InputError(f"Cannot write {path} ({str(e).strip()[:160]}); check the folder and the file "
+        raise InputError(f"Cannot write {path} ({_sitk_reason(e)}); check the folder and the file "
                          f"extension (.nii.gz, .nrrd, .seg.nrrd, .mha).") from None
     finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        shutil.rmtree(tmp_dir, ignore_errors=True)

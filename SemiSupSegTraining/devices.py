@@ -26,9 +26,13 @@ def select_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
-def autocast_dtype(device: torch.device, enabled: bool = True) -> Optional[torch.dtype]:
-    """bf16 on CUDA GPUs that support it (else fp16) and on CPUs with native bf16; None: full fp32."""
-    if not enabled:
+def autocast_dtype(device: torch.device, enabled: bool = True, training: bool = False) -> Optional[torch.dtype]:
+    """bf16 on CUDA GPUs that support it (else fp16), and on CPUs with native bf16 for inference; None: fp32.
+
+    CPU training stays fp32: with bf16 autocast the dual-network step produced NaN weights within ten
+    iterations on the demo (torch 2.13, AVX512-bf16), while fp32 trained normally.
+    """
+    if not enabled or (training and device.type == "cpu"):
         return None
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16

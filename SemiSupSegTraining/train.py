@@ -60,7 +60,11 @@ def unlabeled_terms(config: TrainConfig, iteration: int, num_classes: int, label
     probs = [torch.softmax(lg, dim=1) for lg in logits_u]
     pseudo, winner_probs = losses.select_pseudo_labels(probs[0], probs[1], supervised[0].detach(),
                                                        supervised[1].detach())
-    reliable = losses.reliable_mask(losses.voxel_entropy(winner_probs), config.reliable_fraction)
+    entropy = losses.voxel_entropy(winner_probs)
+    if config.reliability == "class":
+        reliable = losses.reliable_mask_per_class(entropy, pseudo, config.reliable_fraction, num_classes)
+    else:
+        reliable = losses.reliable_mask(entropy, config.reliable_fraction)
     stats["reliable_fraction"] = reliable.float().mean()
 
     total_u = zero
@@ -98,6 +102,19 @@ def unlabeled_terms(config: TrainConfig, iteration: int, num_classes: int, label
     return config.lambda_u * total_u + lam_c * total_c, stats
 
 
+def reference_correction(logits_a: torch.Tensor, logits_b: torch.Tensor, labels: torch.Tensor,
+                         threshold: float = 0.6, weight: float = 0.5) -> torch.Tensor:
+    """The released reference code's only extra trained term (for comparison, not the paper): on the
+    labeled crops, squared error between each network's softmax and the ground truth over voxels where
+    exactly one network predicts foreground (1 - p(background)) with probability >= 0.6."""
+    probs = [torch.softmax(lg.float(), 1) for lg in (logits_a, logits_b)]
+    confident = [(1.0 - p[:, 0]) >= threshold for p in probs]
+    mask = (confident[0] ^ confident[1]).unsqueeze(1).float()
+    target = torch.nn.functional.one_hot(labels, probs[0].shape[1]).movedim(-1, 1).float()
+    count = mask.sum().clamp_min(1.0) * probs[0].shape[1]
+    return weight * sum(((p - target) ** 2 * mask).sum() / count for p in probs)
+
+
 class Trainer:
     """Both networks, their optimisers and the data; :meth:`step` runs one iteration of Eq. 3."""
 
@@ -106,7 +123,7 @@ class Trainer:
         self.config = config
         self.num_classes = num_classes
         self.device = device
-        self.amp_dtype = autocast_dtype(device, config.amp)
+        self.amp_dtype = autocast_dtype(device, config.amp, training=True)
         torch.manual_seed(config.seed)
         self.rng = np.random.default_rng(config.seed)
         self.generator = torch.Generator(device=device)
@@ -120,7 +137,7 @@ class Trainer:
         patch = zyx(config.patch_size)
         self.labeled = PatchSampler(labeled, patch, self.rng, config.foreground_fraction, config.augment)
         self.unlabeled = (PatchSampler(unlabeled, patch, self.rng, 0.0, config.augment)
-                          if unlabeled and config.batch_unlabeled > 0 else None)
+                          if unlabeled and config.batch_unlabeled > 0 and config.method == "ours" else None)
         self.iteration = 0
 
     def networks(self):
@@ -150,8 +167,14 @@ class Trainer:
             logits_b, feat_b = self.net_b(images)
         sup_a = losses.supervised_loss(logits_a[:n].float(), labels, self.num_classes)
         sup_b = losses.supervised_loss(logits_b[:n].float(), labels, self.num_classes)
-        extra, stats = unlabeled_terms(config, it, self.num_classes, n, labels, (logits_a, logits_b),
-                                       (feat_a, feat_b), (sup_a, sup_b), self.generator)
+        if config.method == "ours":
+            extra, stats = unlabeled_terms(config, it, self.num_classes, n, labels, (logits_a, logits_b),
+                                           (feat_a, feat_b), (sup_a, sup_b), self.generator)
+        elif config.method == "reference":
+            stats = {"correction": reference_correction(logits_a[:n], logits_b[:n], labels)}
+            extra = stats["correction"]
+        else:
+            extra, stats = sup_a * 0.0, {}
         loss = sup_a + sup_b + extra
         for opt in self.optimizers:
             opt.zero_grad(set_to_none=True)

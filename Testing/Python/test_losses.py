@@ -146,6 +146,19 @@ def test_reliable_mask_above_quantile_limit():
     assert abs(fraction - 0.8) < 1e-3  # float32 rand has ties, so not exact
 
 
+def test_reliable_mask_per_class_keeps_share_of_each_class():
+    # Class 0 entropies 0.1 0.5 0.2 0.9 -> keep ceil(0.5*4)=2 lowest (0.1, 0.2); class 1: 0.05 0.3 0.6 ->
+    # ceil(1.5)=2 (0.05, 0.3); class 2 has one voxel -> ceil(0.5)=1 keeps it. A batch percentile at 0.5
+    # would instead keep the 4 lowest overall: 0.01 0.05 0.1 0.2.
+    entropy = torch.tensor([[0.1, 0.5, 0.2, 0.9, 0.05, 0.3, 0.6, 0.01]])
+    pseudo = torch.tensor([[0, 0, 0, 0, 1, 1, 1, 2]])
+    keep = L.reliable_mask_per_class(entropy, pseudo, 0.5, 3)
+    assert keep.tolist() == [[True, False, True, False, True, True, False, True]]
+    assert L.reliable_mask(entropy, 0.5).tolist() == [[True, False, True, False, True, False, False, True]]
+    assert not L.reliable_mask_per_class(entropy, pseudo, 0.0, 3).any()
+    assert L.reliable_mask_per_class(entropy, pseudo, 1.0, 3).all()
+
+
 def test_select_pseudo_labels_picks_lower_loss():
     probs_a = _probs([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4]]).requires_grad_()
     probs_b = _probs([[0.3, 0.7], [0.7, 0.3], [0.6, 0.4]]).requires_grad_()
