@@ -5,7 +5,9 @@ read with ``torch.load(..., weights_only=True)``: a file from a stranger cannot 
 """
 
 import os
+import pickle
 import platform
+import warnings
 from typing import Any, Dict, Tuple
 
 import torch
@@ -16,15 +18,15 @@ from .manifest import ClassInfo
 
 MODEL_FORMAT = "semisupseg-model"
 MODEL_FORMAT_VERSION = 1
+PARTIAL_MARK = ".partial"  # temporary files are NAME.partialPID until renamed into place
 
 
 def save_atomic(payload: Dict[str, Any], path: str) -> str:
-    """``torch.save`` to a temporary name in the same folder, then rename: never a half-written file."""
+    """``torch.save`` to a temporary name in the same folder, flushed to disk, then renamed over ``path``:
+    a reader (or a machine that loses power) sees the old file or the new one, never a half-written one."""
     path = os.path.abspath(path)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.partial{os.getpid()}"
+    tmp = save_temporary(payload, path)
     try:
-        torch.save(payload, tmp)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -32,22 +34,54 @@ def save_atomic(payload: Dict[str, Any], path: str) -> str:
     return path
 
 
+def save_temporary(payload: Dict[str, Any], path: str) -> str:
+    """``torch.save`` to ``path``'s temporary name (``PATH.partialPID``), flushed and fsynced; returns it.
+
+    The caller renames it into place with ``os.replace`` (atomic on POSIX and Windows). When saving fails
+    (a full disk, an interrupt) the temporary file is removed.
+    """
+    path = os.path.abspath(path)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}{PARTIAL_MARK}{os.getpid()}"
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    return tmp
+
+
 def load_trusted_data(path: str, what: str = "model file") -> Dict[str, Any]:
-    """Loads a torch file with ``weights_only=True``; unreadable, truncated or code-carrying files are refused."""
+    """Loads a torch file with ``weights_only=True``: tensors and plain data only, never code.
+
+    Missing, empty, truncated, foreign or code-carrying files raise :class:`InputError` with one sentence
+    naming the file. A pickle that would call a function (``os.system``...) is refused by torch's
+    restricted unpickler before anything runs.
+    """
     if not os.path.isfile(path):
         raise InputError(f"The {what} {path} does not exist; check the path.")
+    advice = ("use a model file written by 'semisupseg train'" if what == "model file" else
+              "start a new training" if what == "checkpoint" else "use a file written by SemiSupSeg")
+    if os.path.getsize(path) == 0:
+        raise InputError(f"The {what} {path} is empty (0 bytes); {advice}.")
     try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # e.g. torch's "Detected pickle protocol 4": the refusal says enough
+            warnings.simplefilter("ignore")
+            data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises several types for truncated, foreign or unsafe files
         text = str(e)
-        if "weights_only" in text or "Unsupported global" in text or "GLOBAL" in text:
+        if isinstance(e, pickle.UnpicklingError) and any(
+                word in text for word in ("weights_only", "Weights only", "global", "GLOBAL", "REDUCE")):
             reason = "it holds Python objects that could run code, which SemiSupSeg never loads"
         else:
-            reason = "it is truncated or not a SemiSupSeg file"
-        raise InputError(f"The {what} {path} cannot be loaded: {reason}; use a model file written by "
-                         f"'semisupseg train'.") from None
+            reason = "it is truncated, damaged or not a SemiSupSeg file"
+        raise InputError(f"The {what} {path} cannot be loaded: {reason}; {advice}.") from None
     if not isinstance(data, dict):
-        raise InputError(f"The {what} {path} is not a SemiSupSeg {what}; use one written by 'semisupseg train'.")
+        raise InputError(f"The {what} {path} is not a SemiSupSeg {what}; {advice}.")
     return data
 
 

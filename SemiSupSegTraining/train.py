@@ -30,6 +30,8 @@ MODEL_NAME = "model.pt"
 CHECKPOINT_NAME = "checkpoint.pt"
 PREVIOUS_CHECKPOINT_NAME = "checkpoint.prev.pt"
 CHECKPOINT_FORMAT = "semisupseg-checkpoint"
+# Logged beside the losses, but not losses: progress events carry them under "stats".
+STAT_KEYS = ("reliable_fraction", "mdiff_voxels", "lambda_c")
 
 
 # ------------------------------------------------------------------------------------------- the step
@@ -431,7 +433,8 @@ def _run(trainer: Trainer, manifest: Manifest, labeled: list, unlabeled: list, o
                 if not np.isfinite(values["loss"]):
                     raise InputError(f"Training diverged at iteration {it} (loss is not finite); lower the "
                                      f"learning rate (--set lr=0.001) or check the images' intensities.")
-                event = reporter.progress("train", it, config.iterations, first, losses=values,
+                stats = {k: values.pop(k) for k in STAT_KEYS if k in values}
+                event = reporter.progress("train", it, config.iterations, first, losses=values, stats=stats,
                                           lr=learning_rate(config, it - 1))
                 log.write(json.dumps(event) + "\n")
                 log.flush()

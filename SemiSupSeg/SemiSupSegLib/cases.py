@@ -1,0 +1,309 @@
+"""The case table of the module and the manifest the engine trains on.
+
+A case is a volume — a node in the Slicer scene or an image file — with an optional segmentation (a node,
+or a label file). A case is *labeled* when it has one and its "labeled" box is ticked; the others are
+unlabeled cases, which the semi-supervised training learns from too. The table is plain data (node IDs
+and paths), saved in the module's parameter node as JSON, and turned into a manifest with the engine's
+``SemiSupSegTraining.manifest`` module.
+"""
+
+import json
+import os
+import re
+from dataclasses import asdict, dataclass, fields
+from typing import Iterable, List, Optional, Sequence, Tuple
+
+from SemiSupSegTraining.manifest import CaseEntry, ClassInfo, Manifest, write_manifest
+
+IMAGE_EXTENSIONS = (".seg.nrrd", ".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+#: Name endings that make a file the label of the image with the rest of the name.
+LABEL_SUFFIXES = (".seg", "_segmentation", "-segmentation", "_labels", "-labels", "_label", "-label",
+                  "_seg", "-seg", "_mask", "-mask", "_gt", "-gt")
+IMAGE_FOLDERS = ("images", "imagesTr", "image", "volumes")
+LABEL_FOLDERS = ("labels", "labelsTr", "label", "masks", "segmentations")
+
+
+def split_image_name(filename: str) -> Tuple[str, str]:
+    """``"case01.nii.gz"`` -> ``("case01", ".nii.gz")``; ``("name", "")`` when not an image file."""
+    lower = filename.lower()
+    for ext in IMAGE_EXTENSIONS:
+        if lower.endswith(ext) and len(filename) > len(ext):
+            if ext == ".seg.nrrd":  # a Slicer segmentation file: the stem keeps ".seg" for label matching
+                return filename[: -len(".nrrd")], ".nrrd"
+            return filename[: -len(ext)], filename[-len(ext):]
+    return filename, ""
+
+
+def _label_stem(stem: str) -> Optional[str]:
+    """The image stem a label file belongs to (``"case01_label"`` -> ``"case01"``), or None."""
+    lower = stem.lower()
+    for suffix in LABEL_SUFFIXES:
+        if lower.endswith(suffix) and len(stem) > len(suffix):
+            return stem[: -len(suffix)]
+    return None
+
+
+def _images_in(folder: str) -> List[Tuple[str, str]]:
+    out = []
+    for name in sorted(os.listdir(folder)):
+        path = os.path.join(folder, name)
+        stem, ext = split_image_name(name)
+        if ext and os.path.isfile(path):
+            out.append((stem, path))
+    return out
+
+
+def _strip_channel(stem: str) -> str:
+    """nnU-Net names images ``case_0000`` (channel 0) and labels ``case``."""
+    return re.sub(r"_0000$", "", stem)
+
+
+def scan_folder(folder: str) -> List[Tuple[str, str, Optional[str]]]:
+    """Cases in a folder as ``(case id, image path, label path or None)``, sorted by id.
+
+    Two layouts are understood: an ``images/`` folder with a ``labels/`` folder beside it (same file names;
+    nnU-Net's ``imagesTr``/``labelsTr`` with ``_0000`` channel suffixes too), or one folder where a label is
+    named like its image plus a suffix such as ``_label``, ``-seg``, ``_mask`` or ``.seg.nrrd``.
+    """
+    if not os.path.isdir(folder):
+        raise ValueError(f"{folder} is not a folder.")
+    cases = []
+    image_dir = next((os.path.join(folder, d) for d in IMAGE_FOLDERS if os.path.isdir(os.path.join(folder, d))),
+                     None)
+    if image_dir is not None:
+        label_dir = next((os.path.join(folder, d) for d in LABEL_FOLDERS
+                          if os.path.isdir(os.path.join(folder, d))), None)
+        labels = {}
+        if label_dir is not None:
+            for stem, path in _images_in(label_dir):
+                labels[_label_stem(stem) or stem] = path
+        for stem, path in _images_in(image_dir):
+            case_id = _strip_channel(stem)
+            cases.append((case_id, path, labels.get(case_id, labels.get(stem))))
+    else:
+        files = _images_in(folder)
+        stems = {stem for stem, _ in files}
+        labels, images = {}, []
+        for stem, path in files:
+            owner = _label_stem(stem)
+            if owner is not None and owner in stems:
+                labels[owner] = path
+            else:
+                images.append((stem, path))
+        for stem, path in images:
+            cases.append((stem, path, labels.get(stem)))
+    if not cases:
+        raise ValueError(f"No image files (.nii.gz, .nii, .nrrd, .mha, .mhd) were found in {folder}.")
+    return sorted(cases, key=lambda c: c[0])
+
+
+@dataclass
+class CaseRow:
+    """One row of the case table. A case is a volume node or an image file, with an optional segmentation
+    node or label file."""
+
+    id: str
+    volume_node_id: Optional[str] = None
+    volume_name: str = ""
+    segmentation_node_id: Optional[str] = None
+    segmentation_name: str = ""
+    image_path: Optional[str] = None
+    label_path: Optional[str] = None
+    labeled: bool = False
+    status: str = ""
+
+    @property
+    def has_label(self) -> bool:
+        return bool(self.segmentation_node_id or self.label_path)
+
+    @property
+    def is_labeled(self) -> bool:
+        return self.has_label and self.labeled
+
+    @property
+    def volume_text(self) -> str:
+        if self.volume_node_id:
+            return self.volume_name or self.volume_node_id
+        return os.path.basename(self.image_path or "") or self.id
+
+    @property
+    def label_text(self) -> str:
+        if self.segmentation_node_id:
+            return self.segmentation_name or self.segmentation_node_id
+        if self.label_path:
+            return os.path.basename(self.label_path)
+        return ""
+
+
+class CaseTable:
+    """The cases of the module, in table order."""
+
+    def __init__(self, rows: Optional[Iterable[CaseRow]] = None):
+        self.rows: List[CaseRow] = list(rows or [])
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __iter__(self):
+        return iter(self.rows)
+
+    def __getitem__(self, index: int) -> CaseRow:
+        return self.rows[index]
+
+    # -- adding and removing -----------------------------------------------------------------------------
+
+    def unique_id(self, name: str) -> str:
+        """A case id made of the name's letters, digits, '-' and '_', not used yet."""
+        base = re.sub(r"[^A-Za-z0-9_-]+", "_", name).strip("_") or "case"
+        used = {r.id for r in self.rows}
+        case_id, n = base, 2
+        while case_id in used:
+            case_id = f"{base}_{n}"
+            n += 1
+        return case_id
+
+    def find_volume(self, volume_node_id: str) -> Optional[int]:
+        for index, row in enumerate(self.rows):
+            if row.volume_node_id == volume_node_id:
+                return index
+        return None
+
+    def add_volume(self, volume_node_id: str, volume_name: str = "",
+                   segmentation_node_id: Optional[str] = None, segmentation_name: str = "") -> Tuple[CaseRow, bool]:
+        """Adds a volume node (with its segmentation node, then it is labeled); a volume that is in the table
+        already is not added twice (its segmentation is set when one is given). Returns (row, added)."""
+        index = self.find_volume(volume_node_id)
+        if index is not None:
+            row = self.rows[index]
+            if segmentation_node_id and not row.segmentation_node_id:
+                self.set_segmentation(index, segmentation_node_id, segmentation_name)
+            return row, False
+        row = CaseRow(id=self.unique_id(volume_name or volume_node_id), volume_node_id=volume_node_id,
+                      volume_name=volume_name, segmentation_node_id=segmentation_node_id,
+                      segmentation_name=segmentation_name if segmentation_node_id else "",
+                      labeled=bool(segmentation_node_id))
+        self.rows.append(row)
+        return row, True
+
+    def add_files(self, image_path: str, label_path: Optional[str] = None, case_id: Optional[str] = None,
+                  labeled: bool = True) -> Tuple[CaseRow, bool]:
+        """Adds an image file (with its label file); the same image file is not added twice."""
+        image_path = os.path.abspath(image_path)
+        for row in self.rows:
+            if row.image_path and os.path.abspath(row.image_path) == image_path and not row.volume_node_id:
+                return row, False
+        stem, _ = split_image_name(os.path.basename(image_path))
+        row = CaseRow(id=self.unique_id(case_id or stem), image_path=image_path,
+                      label_path=os.path.abspath(label_path) if label_path else None,
+                      labeled=bool(label_path) and labeled)
+        self.rows.append(row)
+        return row, True
+
+    def add_folder(self, folder: str) -> int:
+        """Adds the cases found in a folder (see :func:`scan_folder`); returns how many were new."""
+        return sum(self.add_files(image, label, case_id)[1] for case_id, image, label in scan_folder(folder))
+
+    def add_manifest(self, manifest: Manifest) -> int:
+        """Adds a manifest's cases (as files); returns how many were new."""
+        return sum(self.add_files(c.image, c.label, c.id, labeled=c.labeled)[1] for c in manifest.cases)
+
+    def remove(self, indices: Iterable[int]) -> None:
+        for index in sorted(set(indices), reverse=True):
+            if 0 <= index < len(self.rows):
+                del self.rows[index]
+
+    def clear(self) -> None:
+        self.rows.clear()
+
+    # -- editing -----------------------------------------------------------------------------------------
+
+    def set_segmentation(self, index: int, segmentation_node_id: Optional[str], segmentation_name: str = "") -> None:
+        """Sets a case's segmentation node; a case that gets one becomes labeled, one that loses it unlabeled."""
+        row = self.rows[index]
+        had = row.has_label
+        row.segmentation_node_id = segmentation_node_id or None
+        row.segmentation_name = segmentation_name if segmentation_node_id else ""
+        if not row.has_label:
+            row.labeled = False
+        elif not had:
+            row.labeled = True
+
+    def set_labeled(self, index: int, labeled: bool) -> None:
+        row = self.rows[index]
+        if labeled and not row.has_label:
+            raise ValueError(f"Case '{row.id}' has no segmentation: choose its segmentation first.")
+        row.labeled = bool(labeled)
+
+    def forget_missing_nodes(self, existing_node_ids: Iterable[str]) -> List[str]:
+        """Drops the rows whose volume node left the scene and the segmentations that did; returns the ids
+        of the dropped cases."""
+        existing = set(existing_node_ids)
+        dropped = [r.id for r in self.rows if r.volume_node_id and r.volume_node_id not in existing]
+        self.rows = [r for r in self.rows if not (r.volume_node_id and r.volume_node_id not in existing)]
+        for index, row in enumerate(self.rows):
+            if row.segmentation_node_id and row.segmentation_node_id not in existing:
+                self.set_segmentation(index, None)
+        return dropped
+
+    def set_status(self, status: str, indices: Optional[Iterable[int]] = None) -> None:
+        for index in (range(len(self.rows)) if indices is None else indices):
+            self.rows[index].status = status
+
+    # -- questions ---------------------------------------------------------------------------------------
+
+    @property
+    def labeled_rows(self) -> List[CaseRow]:
+        return [r for r in self.rows if r.is_labeled]
+
+    @property
+    def unlabeled_rows(self) -> List[CaseRow]:
+        return [r for r in self.rows if not r.is_labeled]
+
+    def readiness(self) -> Tuple[bool, str]:
+        """Whether a training can start, and why not (or a remark) in one sentence."""
+        if not self.rows:
+            return False, "Add cases first: volumes of the scene, a folder or a manifest."
+        if not self.labeled_rows:
+            return False, ("No case is labeled yet: give at least one case a segmentation and tick "
+                           "its 'Labeled' box.")
+        if not self.unlabeled_rows:
+            return True, "All cases are labeled: add unlabeled cases to make use of semi-supervised learning."
+        return True, ""
+
+    def summary(self) -> str:
+        n, k = len(self.rows), len(self.labeled_rows)
+        return f"{n} case{'s' if n != 1 else ''}: {k} labeled, {n - k} unlabeled"
+
+    # -- saving ------------------------------------------------------------------------------------------
+
+    def to_json(self) -> str:
+        return json.dumps([asdict(r) for r in self.rows])
+
+    @classmethod
+    def from_json(cls, text: str) -> "CaseTable":
+        """The table saved by :meth:`to_json`; an empty or unreadable text gives an empty table."""
+        try:
+            data = json.loads(text) if text else []
+        except ValueError:
+            return cls()
+        names = {f.name for f in fields(CaseRow)}
+        rows = []
+        for item in data if isinstance(data, list) else []:
+            if isinstance(item, dict) and isinstance(item.get("id"), str):
+                rows.append(CaseRow(**{k: v for k, v in item.items() if k in names}))
+        return cls(rows)
+
+
+def build_manifest(entries: Sequence[Tuple[str, str, Optional[str], bool]], classes: Sequence[ClassInfo],
+                   modality: str = "MRI", path: Optional[str] = None) -> Manifest:
+    """A manifest of ``(case id, image path, label path or None, labeled)`` entries; written to ``path``
+    (paths relative to its folder) when given."""
+    if not entries:
+        raise ValueError("A training needs at least one case.")
+    cases = [CaseEntry(id=case_id, image=os.path.abspath(image),
+                       label=os.path.abspath(label) if label else None, labeled=bool(labeled))
+             for case_id, image, label, labeled in entries]
+    manifest = Manifest(classes=list(classes), cases=cases, modality=modality)
+    if path:
+        write_manifest(manifest, path)
+    return manifest

@@ -1,0 +1,203 @@
+"""Engine command lines, the engine's environment, and other decisions made without Slicer.
+
+The Slicer module runs the engine as a separate process (``PythonSlicer -m SemiSupSegTraining ...``);
+this file builds those command lines. It imports neither slicer nor qt, so it is tested with pytest.
+"""
+
+import datetime
+import importlib.util
+import math
+import os
+import re
+import shutil
+import sys
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+
+ENGINE_PACKAGE = "SemiSupSegTraining"
+
+#: Presets of ``train --preset`` (SemiSupSegTraining.config.PRESETS), cheapest first.
+PRESETS = ("tiny", "demo", "cpu-fast", "paper")
+DEFAULT_PRESET = "cpu-fast"
+#: Devices of ``--device``.
+DEVICES = ("auto", "cuda", "cpu", "mps")
+MODALITIES = ("MRI", "CT")
+
+#: What the engine needs beyond what Slicer ships (Slicer ships numpy and SimpleITK; torch comes from the
+#: PyTorch extension): import name -> pip requirement.
+ENGINE_REQUIREMENTS = {"monai": "monai>=1.2", "scipy": "scipy>=1.7"}
+#: What the module itself needs beyond Slicer: psutil, to stop the engine's whole process tree on cancel.
+MODULE_REQUIREMENTS = {"psutil": "psutil>=5.9"}
+TORCH_REQUIREMENT = ">=1.13"
+
+MODEL_FILE_NAME = "model.pt"
+
+
+def find_python_slicer(which: Callable[[str], Optional[str]] = shutil.which,
+                       executable: str = sys.executable, os_name: str = os.name) -> str:
+    """The Python that runs the engine: ``PythonSlicer`` inside Slicer, else this Python.
+
+    Slicer puts ``PythonSlicer`` on PATH; next to Slicer's own Python executable is the second place to
+    look. Outside Slicer (tests, plain scripts) the current interpreter is used.
+    """
+    found = which("PythonSlicer")
+    if found:
+        return found
+    name = "PythonSlicer.exe" if os_name == "nt" else "PythonSlicer"
+    beside = os.path.join(os.path.dirname(executable), name)
+    if os.path.isfile(beside):
+        return beside
+    return executable
+
+
+def engine_candidates(module_dir: str) -> List[str]:
+    """Folders that may hold the ``SemiSupSegTraining`` package, best first.
+
+    Installed extension: the package sits beside ``SemiSupSeg.py`` (qt-scripted-modules). Source checkout
+    loaded with the Extension Wizard: it sits in the repository root, one level up.
+    """
+    module_dir = os.path.abspath(module_dir)
+    return [module_dir, os.path.dirname(module_dir)]
+
+
+def locate_engine(module_dir: str) -> Optional[str]:
+    """The folder that contains the ``SemiSupSegTraining`` package (to put on sys.path / PYTHONPATH)."""
+    for folder in engine_candidates(module_dir):
+        if os.path.isfile(os.path.join(folder, ENGINE_PACKAGE, "__init__.py")):
+            return folder
+    return None
+
+
+def engine_environment(engine_parent: Optional[str], base_env: Optional[Mapping[str, str]] = None,
+                       cpu_only: bool = False) -> Dict[str, str]:
+    """Environment variables to add for the engine process (only the changed ones).
+
+    ``engine_parent`` goes first on PYTHONPATH (kept from ``base_env``, the environment the process would
+    otherwise get) so that ``-m SemiSupSegTraining`` finds the package even from a source checkout; output
+    is unbuffered so that progress lines arrive as they are printed.
+    """
+    base_env = os.environ if base_env is None else base_env
+    updates = {"PYTHONUNBUFFERED": "1", "PYTHONIOENCODING": "utf-8"}
+    if engine_parent:
+        old = base_env.get("PYTHONPATH", "")
+        parts = [engine_parent] + [p for p in old.split(os.pathsep) if p and p != engine_parent]
+        updates["PYTHONPATH"] = os.pathsep.join(parts)
+    if cpu_only:
+        updates["CUDA_VISIBLE_DEVICES"] = "-1"
+    return updates
+
+
+def _check_choice(value: Optional[str], choices: Sequence[str], what: str) -> None:
+    if value is not None and value not in choices:
+        raise ValueError(f"{what} {value!r} is not one of {', '.join(choices)}.")
+
+
+def _check_device(device: Optional[str]) -> None:
+    """auto, cuda, cpu, mps, or cuda:N for one GPU of several."""
+    if device is not None and not re.fullmatch(r"cuda:\d+", device):
+        _check_choice(device, DEVICES, "Device")
+
+
+def train_command(python: str, manifest: Optional[str] = None, output: Optional[str] = None,
+                  preset: Optional[str] = None, iterations: Optional[int] = None,
+                  device: Optional[str] = None, init_model: Optional[str] = None,
+                  resume: Optional[str] = None, progress: str = "json") -> List[str]:
+    """``python -m SemiSupSegTraining train ...``; either ``manifest`` and ``output`` or ``resume``."""
+    _check_choice(preset, PRESETS, "Preset")
+    _check_device(device)
+    command = [python, "-m", ENGINE_PACKAGE, "train"]
+    if resume:
+        if manifest or init_model:
+            raise ValueError("A resumed training takes its cases and model from its folder: give only resume.")
+        command += ["--resume", str(resume)]
+    else:
+        if not manifest or not output:
+            raise ValueError("A training needs a manifest and an output folder.")
+        command += ["--manifest", str(manifest), "--output", str(output)]
+        if preset:
+            command += ["--preset", preset]
+        if init_model:
+            command += ["--init-model", str(init_model)]
+    if iterations is not None and int(iterations) > 0:
+        command += ["--iterations", str(int(iterations))]
+    if device:
+        command += ["--device", device]
+    command += ["--progress", progress]
+    return command
+
+
+def segment_command(python: str, model: str, input_path: str, output: str,
+                    probabilities: Optional[str] = None, uncertainty: Optional[str] = None,
+                    device: Optional[str] = None, roi: Optional[Sequence[int]] = None,
+                    keep_largest: bool = False, progress: str = "json") -> List[str]:
+    """``python -m SemiSupSegTraining segment ...``; ``roi`` is (i0, j0, k0, i1, j1, k1), end exclusive."""
+    _check_device(device)
+    command = [python, "-m", ENGINE_PACKAGE, "segment", "--model", str(model), "--input", str(input_path),
+               "--output", str(output)]
+    if probabilities:
+        command += ["--probabilities", str(probabilities)]
+    if uncertainty:
+        command += ["--uncertainty", str(uncertainty)]
+    if device:
+        command += ["--device", device]
+    if roi is not None:
+        roi = [int(v) for v in roi]
+        if len(roi) != 6 or any(roi[a + 3] <= roi[a] for a in range(3)):
+            raise ValueError(f"The region of interest {roi} must be i0 j0 k0 i1 j1 k1 with each end after its start.")
+        command += ["--roi"] + [str(v) for v in roi]
+    if keep_largest:
+        command.append("--keep-largest")
+    command += ["--progress", progress]
+    return command
+
+
+def roi_index_box(corners_ijk: Sequence[Sequence[float]], dimensions: Sequence[int],
+                  margin: int = 0) -> Optional[Tuple[int, int, int, int, int, int]]:
+    """The voxel index box (i0, j0, k0, i1, j1, k1; end exclusive) that covers points given in continuous
+    IJK coordinates (e.g. the 8 corners of a region of interest), clipped to the image.
+
+    Voxel ``n`` covers ``[n - 0.5, n + 0.5]``; a voxel is in the box when any part of it is. Returns None
+    when the region misses the image.
+    """
+    box = []
+    for axis in range(3):
+        values = [float(p[axis]) for p in corners_ijk]
+        start = int(math.floor(min(values) + 0.5)) - margin
+        end = int(math.ceil(max(values) + 0.5)) + margin
+        start, end = max(start, 0), min(end, int(dimensions[axis]))
+        if end <= start:
+            return None
+        box.append((start, end))
+    return (box[0][0], box[1][0], box[2][0], box[0][1], box[1][1], box[2][1])
+
+
+def missing_requirements(find_spec: Callable[[str], object] = importlib.util.find_spec,
+                         requirements: Optional[Mapping[str, str]] = None) -> List[str]:
+    """pip requirements (of the engine and the module) that this Python lacks; torch is left to the PyTorch
+    extension."""
+    if requirements is None:
+        requirements = dict(ENGINE_REQUIREMENTS, **MODULE_REQUIREMENTS)
+    missing = []
+    for module, requirement in requirements.items():
+        try:
+            found = find_spec(module) is not None
+        except (ImportError, ValueError):
+            found = False
+        if not found:
+            missing.append(requirement)
+    return missing
+
+
+def new_run_folder(model_folder: str, now: Optional[datetime.datetime] = None) -> str:
+    """A fresh folder for one training inside the model folder: ``<model folder>/run-YYYYmmdd-HHMMSS``."""
+    now = now or datetime.datetime.now()
+    base = os.path.join(model_folder, now.strftime("run-%Y%m%d-%H%M%S"))
+    path, n = base, 2
+    while os.path.exists(path):
+        path = f"{base}-{n}"
+        n += 1
+    return path
+
+
+def model_file_in(folder: str) -> str:
+    """The model file that ``train --output folder`` writes."""
+    return os.path.join(folder, MODEL_FILE_NAME)

@@ -1,0 +1,371 @@
+"""A long engine job (training or segmentation) as a small state machine around a background process.
+
+States::
+
+    idle -> starting -> running -> importing -> done
+                \\          \\-> failed / cancelled
+                 \\-> failed / cancelled
+
+``starting``: the process was launched, the engine has not reported yet (Python and torch are loading);
+``running``: the engine reported its first event; ``importing``: the process ended well and the result is
+being brought in (``importer``); then ``done``, ``failed`` or ``cancelled``.
+
+The process is run by a *runner* (injectable: tests pass a fake one, Slicer passes one that uses
+``slicer.util.launchConsoleProcess``). A reader thread puts each output line into a queue; :meth:`Job.poll`
+drains it in the caller's thread (a ``qt.QTimer`` in the GUI, a loop in :meth:`Job.wait`), so every
+callback runs in that thread. Cancel sends SIGTERM to the process tree (the engine writes a checkpoint and
+exits with code 3) and kills what is left after a grace period.
+"""
+
+import collections
+import logging
+import os
+import queue
+import signal
+import subprocess
+import threading
+import time
+from typing import Callable, Dict, List, Optional, Sequence
+
+from .progress import ProgressEvent, parse_line
+
+IDLE = "idle"
+STARTING = "starting"
+RUNNING = "running"
+IMPORTING = "importing"
+DONE = "done"
+FAILED = "failed"
+CANCELLED = "cancelled"
+FINISHED_STATES = (DONE, FAILED, CANCELLED)
+
+_TRANSITIONS = {
+    IDLE: (STARTING, FAILED, CANCELLED),
+    STARTING: (RUNNING, IMPORTING, FAILED, CANCELLED),
+    RUNNING: (IMPORTING, FAILED, CANCELLED),
+    IMPORTING: (DONE, FAILED),
+    DONE: (),
+    FAILED: (),
+    CANCELLED: (),
+}
+
+#: Exit codes of the engine.
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_BAD_INPUT = 2
+EXIT_CANCELLED = 3
+
+DEFAULT_GRACE_S = 15.0
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Running a process
+
+
+def _default_popen(command: Sequence[str], env_updates: Optional[Dict[str, str]], cwd: Optional[str]):
+    env = None
+    if env_updates:
+        env = dict(os.environ)
+        env.update(env_updates)
+    kwargs = {}
+    if os.name == "nt":
+        kwargs["creationflags"] = getattr(subprocess, "CREATE_NO_WINDOW", 0)
+    return subprocess.Popen(list(command), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            stdin=subprocess.DEVNULL, universal_newlines=True, encoding="utf-8",
+                            errors="replace", bufsize=1, env=env, cwd=cwd, **kwargs)
+
+
+class ProcessHandle:
+    """A started process: a reader thread feeds ``("line", text)`` items and finally ``("exit", code)``."""
+
+    def __init__(self, proc, sink: Callable[[tuple], None]):
+        self.proc = proc
+        self.pid = proc.pid
+        self._sink = sink
+        self._kill_timer: Optional[threading.Timer] = None
+        self._tree: List = []
+        self.thread = threading.Thread(target=self._read, name=f"engine-output-{self.pid}", daemon=True)
+        self.thread.start()
+
+    def _read(self) -> None:
+        stream = self.proc.stdout
+        while True:
+            try:
+                line = stream.readline()
+            except UnicodeDecodeError:
+                continue  # a line in another code page: drop it, keep reading
+            except (OSError, ValueError):
+                break
+            if not line:
+                break
+            self._sink(("line", line.rstrip("\r\n")))
+        code = self.proc.wait()
+        if self._kill_timer is not None:
+            self._kill_timer.cancel()
+        self._sink(("exit", code))
+
+    def is_running(self) -> bool:
+        return self.proc.poll() is None
+
+    def _process_tree(self) -> List:
+        """The process and all its descendants (psutil objects), children first; [] without psutil."""
+        try:
+            import psutil
+        except ImportError:
+            return []
+        try:
+            parent = psutil.Process(self.pid)
+            return parent.children(recursive=True)[::-1] + [parent]
+        except psutil.Error:
+            return []
+
+    def cancel(self, grace_s: float = DEFAULT_GRACE_S) -> None:
+        """SIGTERM to the whole tree now (PythonSlicer is a launcher: the engine is its child), then a
+        kill of whatever still runs after ``grace_s`` seconds."""
+        self._tree = self._process_tree() or self._tree
+        if self._tree:
+            for process in self._tree:
+                try:
+                    process.terminate()
+                except Exception:  # psutil.NoSuchProcess, AccessDenied
+                    pass
+        else:
+            try:
+                if os.name == "nt":
+                    self.proc.terminate()
+                else:
+                    self.proc.send_signal(signal.SIGTERM)
+            except OSError:
+                pass
+        if self._kill_timer is None:
+            self._kill_timer = threading.Timer(grace_s, self.kill)
+            self._kill_timer.daemon = True
+            self._kill_timer.start()
+
+    def kill(self) -> None:
+        """Kills the process and every descendant that is still running."""
+        tree = self._process_tree() or []
+        known = {p.pid for p in tree}
+        tree += [p for p in self._tree if p.pid not in known]
+        for process in tree:
+            try:
+                if process.is_running():
+                    process.kill()
+            except Exception:
+                pass
+        if self.proc.poll() is None:
+            try:
+                self.proc.kill()
+            except OSError:
+                pass
+
+
+class SubprocessRunner:
+    """Starts a command with ``popen(command, env_updates, cwd)`` (default: :class:`subprocess.Popen` with
+    stderr merged into stdout, text mode) and reads its output on a thread."""
+
+    def __init__(self, popen: Optional[Callable] = None):
+        self.popen = popen or _default_popen
+
+    def start(self, command: Sequence[str], env_updates: Optional[Dict[str, str]], cwd: Optional[str],
+              sink: Callable[[tuple], None]) -> ProcessHandle:
+        return ProcessHandle(self.popen(list(command), env_updates, cwd), sink)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The job
+
+
+class Job:
+    """One engine run. Callbacks (called from :meth:`start` and :meth:`poll`, in the caller's thread):
+
+    - ``on_state(job)`` after each state change (``job.state`` is the new state),
+    - ``on_event(event)`` for each engine event (:class:`ProgressEvent`),
+    - ``on_log(line)`` for each output line that is not an event,
+    - ``importer(job)`` once the process ended well; it brings the result in (exceptions: ``failed``).
+    """
+
+    def __init__(self, command: Sequence[str], runner=None, env: Optional[Dict[str, str]] = None,
+                 cwd: Optional[str] = None, name: str = "Job",
+                 on_state: Optional[Callable[["Job"], None]] = None,
+                 on_event: Optional[Callable[[ProgressEvent], None]] = None,
+                 on_log: Optional[Callable[[str], None]] = None,
+                 importer: Optional[Callable[["Job"], object]] = None,
+                 grace_s: float = DEFAULT_GRACE_S):
+        self.command = list(command)
+        self.runner = runner or SubprocessRunner()
+        self.env = env
+        self.cwd = cwd
+        self.name = name
+        self.on_state = on_state
+        self.on_event = on_event
+        self.on_log = on_log
+        self.importer = importer
+        self.grace_s = grace_s
+
+        self.state = IDLE
+        self.states: List[str] = [IDLE]
+        self.exit_code: Optional[int] = None
+        self.last_progress: Optional[ProgressEvent] = None
+        self.start_event: Optional[ProgressEvent] = None
+        self.done_event: Optional[ProgressEvent] = None
+        self.error_event: Optional[ProgressEvent] = None
+        self.cancelled_event: Optional[ProgressEvent] = None
+        self.checkpoint: Optional[str] = None
+        self.result = None  # what the importer returned
+        self.error_message: Optional[str] = None
+        self.exception: Optional[BaseException] = None
+        self.log_tail = collections.deque(maxlen=40)
+        self.cancel_requested = False
+        self.started_at: Optional[float] = None
+        self.finished_at: Optional[float] = None
+        self._queue = queue.Queue()  # ("line", text) and finally ("exit", code), from the reader thread
+        self._handle = None
+
+    # -- state -------------------------------------------------------------------------------------------
+
+    @property
+    def finished(self) -> bool:
+        return self.state in FINISHED_STATES
+
+    @property
+    def active(self) -> bool:
+        return self.state in (STARTING, RUNNING, IMPORTING)
+
+    def _set_state(self, state: str) -> None:
+        if state == self.state:
+            return
+        if state not in _TRANSITIONS[self.state]:
+            raise RuntimeError(f"{self.name}: no transition from {self.state} to {state}")
+        self.state = state
+        self.states.append(state)
+        if state in FINISHED_STATES:
+            self.finished_at = time.monotonic()
+        if self.on_state:
+            self.on_state(self)
+
+    def _fail(self, message: str, exception: Optional[BaseException] = None) -> None:
+        self.error_message = message
+        self.exception = exception
+        self._set_state(FAILED)
+
+    # -- control -----------------------------------------------------------------------------------------
+
+    def start(self) -> "Job":
+        """Launches the process (state ``starting``); a launch error ends in ``failed``."""
+        if self.state != IDLE:
+            raise RuntimeError(f"{self.name} was already started")
+        self._set_state(STARTING)
+        self.started_at = time.monotonic()
+        logging.info("%s: %s", self.name, " ".join(self.command))
+        try:
+            self._handle = self.runner.start(self.command, self.env, self.cwd, self._queue.put)
+        except Exception as e:  # FileNotFoundError, PermissionError, ...
+            self._fail(f"{self.name} could not start the engine ({self.command[0]}): {e}", e)
+        return self
+
+    def cancel(self) -> None:
+        """Asks the process to stop (SIGTERM, then kill after the grace period); a second call kills now.
+        The state becomes ``cancelled`` when the process has ended (see :meth:`poll`)."""
+        if self.finished:
+            return
+        if self.state == IDLE:
+            self._set_state(CANCELLED)
+            return
+        if self.state == IMPORTING:
+            return  # the process is gone already; importing is short
+        if self.cancel_requested:
+            if self._handle is not None:
+                self._handle.kill()
+            return
+        self.cancel_requested = True
+        if self._handle is not None:
+            self._handle.cancel(self.grace_s)
+
+    def poll(self) -> bool:
+        """Handles the output that arrived since the last call; returns whether the job is finished."""
+        while not self.finished:
+            try:
+                kind, value = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if kind == "line":
+                self._handle_line(value)
+            elif kind == "exit":
+                self._handle_exit(value)
+        return self.finished
+
+    def wait(self, timeout: Optional[float] = None, interval: float = 0.1,
+             on_tick: Optional[Callable[[], None]] = None) -> str:
+        """Polls until the job is finished (``on_tick`` runs between polls, e.g. to keep a GUI alive);
+        returns the final state. Raises TimeoutError after ``timeout`` seconds (the job keeps running)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self.poll():
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"{self.name} did not finish within {timeout} s")
+            if on_tick:
+                on_tick()
+            time.sleep(interval)
+        return self.state
+
+    # -- output ------------------------------------------------------------------------------------------
+
+    def _handle_line(self, line: str) -> None:
+        event = parse_line(line)
+        if event is None:
+            if line.strip():
+                self.log_tail.append(line)
+                if self.on_log:
+                    self.on_log(line)
+            return
+        if event.event in ("start", "progress", "checkpoint") and self.state == STARTING:
+            self._set_state(RUNNING)
+        if event.event == "start":
+            self.start_event = event
+        elif event.event == "progress":
+            self.last_progress = event
+        elif event.event == "checkpoint":
+            path = event.get("path")
+            self.checkpoint = path if isinstance(path, str) else self.checkpoint
+        elif event.event == "done":
+            self.done_event = event
+        elif event.event == "error":
+            self.error_event = event
+        elif event.event == "cancelled":
+            self.cancelled_event = event
+            path = event.get("checkpoint")
+            self.checkpoint = path if isinstance(path, str) else self.checkpoint
+        if self.on_event:
+            self.on_event(event)
+
+    def _handle_exit(self, code: int) -> None:
+        self.exit_code = code
+        if code == EXIT_OK and (self.done_event is not None or not self.cancel_requested):
+            self._set_state(IMPORTING)
+            try:
+                if self.importer is not None:
+                    self.result = self.importer(self)
+            except Exception as e:
+                logging.exception("%s: importing the result failed", self.name)
+                self._fail(f"{self.name} finished, but its result could not be loaded: {e}", e)
+                return
+            self._set_state(DONE)
+        elif self.cancel_requested or code == EXIT_CANCELLED or self.cancelled_event is not None:
+            self._set_state(CANCELLED)
+        else:
+            self._fail(self._failure_message(code))
+
+    def _failure_message(self, code: int) -> str:
+        if self.error_event is not None and self.error_event.message:
+            return self.error_event.message
+        lines = [line.strip() for line in self.log_tail if line.strip()]
+        detail = f": {lines[-1]}" if lines else ""
+        return f"{self.name} stopped with exit code {code}{detail}"
+
+    # -- reporting ---------------------------------------------------------------------------------------
+
+    @property
+    def elapsed_s(self) -> Optional[float]:
+        if self.started_at is None:
+            return None
+        end = self.finished_at if self.finished_at is not None else time.monotonic()
+        return end - self.started_at

@@ -1,0 +1,231 @@
+"""The job state machine and its process runner (SemiSupSegLib.job), with a fake runner and with real
+small Python processes that print JSON lines like the engine."""
+
+import os
+import sys
+import textwrap
+import time
+
+import pytest
+from SemiSupSegLib import job as jobmod
+from SemiSupSegLib.job import Job
+
+
+class FakeHandle:
+    def __init__(self, sink):
+        self.sink = sink
+        self.cancels = 0
+        self.kills = 0
+
+    def say(self, *lines):
+        for line in lines:
+            self.sink(("line", line))
+
+    def exit(self, code):
+        self.sink(("exit", code))
+
+    def cancel(self, grace_s):
+        self.cancels += 1
+
+    def kill(self):
+        self.kills += 1
+
+
+class FakeRunner:
+    def __init__(self, fail=None):
+        self.fail = fail
+        self.handle = None
+        self.started = None
+
+    def start(self, command, env, cwd, sink):
+        if self.fail:
+            raise self.fail
+        self.started = (command, env, cwd)
+        self.handle = FakeHandle(sink)
+        return self.handle
+
+
+def _job(**kwargs):
+    runner = FakeRunner(kwargs.pop("fail", None))
+    seen = {"states": [], "events": [], "logs": []}
+    j = Job(["engine", "train"], runner=runner, env={"A": "1"}, name="Training",
+            on_state=lambda job: seen["states"].append(job.state), on_event=lambda e: seen["events"].append(e.event),
+            on_log=seen["logs"].append, **kwargs)
+    return j, runner, seen
+
+
+def test_successful_job_goes_through_every_state_and_imports():
+    imported = []
+    j, runner, seen = _job(importer=lambda job: imported.append(job.done_event.get("model")) or "the result")
+    j.start()
+    assert j.state == "starting" and runner.started == (["engine", "train"], {"A": "1"}, None)
+    runner.handle.say("importing torch...", '{"event": "start", "phase": "train", "total": 2}')
+    j.poll()
+    assert j.state == "running"
+    runner.handle.say('{"event": "progress", "phase": "train", "iteration": 1, "total": 2, "losses": {"loss": 1}}',
+                      '{"event": "done", "phase": "train", "model": "out/model.pt"}')
+    runner.handle.exit(0)
+    assert j.poll() is True
+    assert seen["states"] == ["starting", "running", "importing", "done"]
+    assert seen["events"] == ["start", "progress", "done"]
+    assert seen["logs"] == ["importing torch..."]
+    assert imported == ["out/model.pt"] and j.result == "the result"
+    assert j.last_progress.iteration == 1 and j.exit_code == 0
+
+
+def test_engine_error_message_is_kept():
+    j, runner, seen = _job()
+    j.start()
+    runner.handle.say('{"event": "error", "message": "Manifest m.json: case x has no image.", "exit_code": 2}')
+    runner.handle.exit(2)
+    j.poll()
+    assert seen["states"] == ["starting", "failed"]
+    assert j.error_message == "Manifest m.json: case x has no image."
+
+
+def test_crash_without_event_reports_the_last_output_line():
+    j, runner, _ = _job()
+    j.start()
+    runner.handle.say("Traceback (most recent call last):", "MemoryError: out of memory")
+    runner.handle.exit(1)
+    j.poll()
+    assert j.state == "failed"
+    assert j.error_message == "Training stopped with exit code 1: MemoryError: out of memory"
+
+
+def test_importer_failure_fails_the_job():
+    def importer(job):
+        raise OSError("seg.nrrd is missing")
+    j, runner, seen = _job(importer=importer)
+    j.start()
+    runner.handle.exit(0)
+    j.poll()
+    assert seen["states"] == ["starting", "importing", "failed"]
+    assert "seg.nrrd is missing" in j.error_message and isinstance(j.exception, OSError)
+
+
+def test_cancel_asks_once_then_kills():
+    j, runner, seen = _job()
+    j.start()
+    j.cancel()
+    j.cancel()
+    assert runner.handle.cancels == 1 and runner.handle.kills == 1
+    runner.handle.say('{"event": "cancelled", "message": "Stopped.", "checkpoint": "out/checkpoint.pt"}')
+    runner.handle.exit(3)
+    j.poll()
+    assert seen["states"] == ["starting", "cancelled"] and j.checkpoint == "out/checkpoint.pt"
+
+
+def test_cancel_that_arrives_after_success_keeps_the_result():
+    j, runner, _ = _job()
+    j.start()
+    runner.handle.say('{"event": "done", "phase": "segment", "output": "s.nrrd"}')
+    j.cancel()
+    runner.handle.exit(0)
+    j.poll()
+    assert j.state == "done"
+
+
+def test_launch_failure_and_cancel_before_start():
+    j, _, seen = _job(fail=FileNotFoundError("no such file: PythonSlicer"))
+    j.start()
+    assert seen["states"] == ["starting", "failed"] and "PythonSlicer" in j.error_message
+    j2, _, seen2 = _job()
+    j2.cancel()
+    assert seen2["states"] == ["cancelled"]
+    with pytest.raises(RuntimeError):
+        j2.start()
+
+
+def test_wait_times_out_while_the_job_runs():
+    j, runner, _ = _job()
+    j.start()
+    ticks = []
+    with pytest.raises(TimeoutError):
+        j.wait(timeout=0.05, interval=0.01, on_tick=lambda: ticks.append(1))
+    assert ticks and j.state == "starting"
+
+
+# -- real processes --------------------------------------------------------------------------------------
+
+FAKE_ENGINE = textwrap.dedent('''
+    import json, signal, subprocess, sys, time
+    total = int(sys.argv[1]); ignore_term = sys.argv[2] == "ignore-term"
+    def say(**event):
+        print(json.dumps(event), flush=True)
+    def stop(signum, frame):
+        say(event="cancelled", message="Stopped; checkpoint written.", checkpoint="ckpt.pt")
+        sys.exit(3)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN if ignore_term else stop)
+    if ignore_term:  # a child that also ignores SIGTERM: only a kill of the tree ends it
+        child = subprocess.Popen([sys.executable, "-c",
+            "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(60)"])
+        print("child", child.pid, flush=True)
+    print("a warning that is not JSON", flush=True)
+    say(event="start", phase="train", total=total, device="cpu")
+    for i in range(1, total + 1):
+        time.sleep(0.05)
+        say(event="progress", phase="train", iteration=i, total=total, losses={"loss": 1.0 / i})
+    say(event="done", phase="train", model="model.pt")
+''')
+
+
+@pytest.fixture
+def fake_engine(tmp_path):
+    path = tmp_path / "fake_engine.py"
+    path.write_text(FAKE_ENGINE)
+    return str(path)
+
+
+def test_real_process_runs_to_done(fake_engine):
+    logs = []
+    j = Job([sys.executable, fake_engine, "3", "-"], on_log=logs.append, name="Fake")
+    assert j.start().wait(timeout=60) == "done"
+    assert j.states == ["idle", "starting", "running", "importing", "done"]
+    assert j.last_progress.iteration == 3 and j.done_event.get("model") == "model.pt"
+    assert logs == ["a warning that is not JSON"]
+
+
+def test_real_process_cancel_with_sigterm_ends_cancelled(fake_engine):
+    if os.name == "nt":
+        pytest.skip("SIGTERM handlers are a POSIX feature")
+    j = Job([sys.executable, fake_engine, "100000", "-"], name="Fake")
+    j.start()
+    while j.last_progress is None:
+        j.poll()
+        time.sleep(0.02)
+    j.cancel()
+    assert j.wait(timeout=30) == "cancelled"
+    assert j.exit_code == 3 and j.checkpoint == "ckpt.pt"
+    assert j._handle.proc.poll() is not None
+
+
+def test_real_process_tree_is_killed_after_the_grace_period(fake_engine):
+    psutil = pytest.importorskip("psutil")
+    j = Job([sys.executable, fake_engine, "100000", "ignore-term"], name="Fake", grace_s=0.5)
+    child = []
+    j.on_log = lambda line: child.append(int(line.split()[1])) if line.startswith("child") else None
+    j.start()
+    while j.last_progress is None:
+        j.poll()
+        time.sleep(0.02)
+    assert child and psutil.pid_exists(child[0])
+    started = time.monotonic()
+    j.cancel()
+    assert j.wait(timeout=30) == "cancelled"
+    assert time.monotonic() - started >= 0.4  # it waited for the grace period, then killed
+    assert j._handle.proc.poll() is not None
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        try:
+            if psutil.Process(child[0]).status() == psutil.STATUS_ZOMBIE:
+                break
+        except psutil.NoSuchProcess:
+            break
+        time.sleep(0.05)
+    else:
+        pytest.fail("the engine's child process survived the cancel")
+
+
+def test_job_default_runner_is_subprocess():
+    assert isinstance(Job(["x"]).runner, jobmod.SubprocessRunner)
