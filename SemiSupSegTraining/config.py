@@ -86,6 +86,14 @@ class TrainConfig:
                              f"use e.g. 112 112 80.")
         if self.iterations < 1 or self.batch_labeled < 1 or self.batch_unlabeled < 0:
             raise InputError("Iterations and the labeled batch size must be at least 1.")
+        bottleneck = 1
+        for size in self.patch_size:
+            bottleneck *= int(size) // 16
+        if bottleneck * self.batch_labeled < 2:
+            # Batch normalisation needs two values per channel at the 1/16-resolution bottleneck.
+            raise InputError(f"Patch size {tuple(self.patch_size)} with {self.batch_labeled} labeled crop(s) "
+                             f"leaves a single voxel at the networks' bottleneck; use a larger patch "
+                             f"(e.g. 32 32 16) or batch_labeled=2.")
         if self.method not in METHODS:
             raise InputError(f"method is {self.method!r}; use one of {', '.join(METHODS)}.")
         if self.reliability not in ("batch", "class"):

@@ -98,6 +98,10 @@ def _read_sitk(path: str, what: str) -> sitk.Image:
         raise InputError(f"The {what} {path} does not exist; check the path.")
     if os.path.isdir(path):
         return _read_dicom_series(path, what)
+    if path.lower().endswith((".nii", ".nii.gz")) and not _nifti_magic_ok(path):
+        raise InputError(f"The {what} {path} is not a valid NIfTI file (its header lacks the NIfTI magic "
+                         f"'n+1'): it is damaged, or an old Analyze file whose orientation cannot be trusted; "
+                         f"export the image again as NIfTI.")
     try:
         image = sitk.ReadImage(path)
     except RuntimeError as e:
@@ -108,6 +112,25 @@ def _read_sitk(path: str, what: str) -> sitk.Image:
         raise InputError(f"The {what} {path} is truncated (it holds fewer voxel bytes than its header "
                          f"announces); copy or export the file again.")
     return image
+
+
+def _nifti_magic_ok(path: str) -> bool:
+    """Whether a .nii/.nii.gz header carries the NIfTI-1/2 magic. Without it ITK reads the file as Analyze
+    7.5 (a deprecation warning, no orientation): a .nii file without the magic is damaged or mislabelled.
+    Unreadable headers pass here; the reader below reports them."""
+    import gzip
+    import zlib
+
+    try:
+        with (gzip.open if path.lower().endswith(".gz") else open)(path, "rb") as f:
+            header = f.read(348)
+    except (OSError, EOFError, zlib.error):
+        return True
+    if len(header) < 348:
+        return True
+    if header[4:8] in (b"n+2\0", b"ni2\0"):  # NIfTI-2 (540-byte header, magic after sizeof_hdr)
+        return True
+    return header[344:348] in (b"n+1\0", b"ni1\0")
 
 
 def _nifti_complete(path: str) -> bool:

@@ -4,39 +4,54 @@ import os
 from typing import Dict, List, Optional
 
 import numpy as np
+import SimpleITK as sitk
 
-from .data import Geometry, _read_sitk, _require_3d_scalar, read_image, read_label, values_to_indices
+from .data import (Geometry, _read_sitk, _require_3d_scalar, is_segmentation_file, read_image, read_label,
+                   read_segmentation_file)
 from .errors import InputError
 from .infer import Segmenter
-from .manifest import ClassInfo, load_manifest
+from .manifest import ClassInfo, default_classes, load_manifest
 from .metrics import evaluate, summarize
 
 
-def _label_array(path: str):
-    import SimpleITK as sitk
-
+def _grid_of(path: str) -> Geometry:
+    if is_segmentation_file(path):
+        return Geometry.of(read_segmentation_file(path)[0])
     image = _read_sitk(path, "label")
     _require_3d_scalar(image, path, "label")
-    return sitk.GetArrayFromImage(image).astype(np.int64), Geometry.of(image)
+    return Geometry.of(image)
+
+
+def _classes_from_files(paths: List[str], grid: Geometry) -> List[ClassInfo]:
+    """Without a model's classes: a Slicer segmentation's segment names, else every value found."""
+    for path in paths:
+        if is_segmentation_file(path):
+            _, segments = read_segmentation_file(path, grid)
+            return default_classes([name for name, _ in segments])
+    values = set()
+    for path in paths:
+        values |= set(int(v) for v in np.unique(sitk.GetArrayFromImage(_read_sitk(path, "label"))))
+    return [ClassInfo(0, "background")] + [ClassInfo(v, f"label {v}") for v in sorted(values - {0})]
 
 
 def evaluate_files(prediction_path: str, reference_path: str,
                    classes: Optional[List[ClassInfo]] = None) -> Dict[str, object]:
-    """Metrics per class of a predicted label file against a reference on the same grid.
+    """Metrics per class of a predicted label map against a reference on the same grid.
 
-    Without ``classes`` every non-zero value found in either file is a class named ``label <value>``.
+    Label maps or Slicer ``.seg.nrrd`` files (segments matched to classes by name). Without ``classes``
+    the classes are a segmentation file's segments, else every non-zero value found in either file.
     """
-    prediction, grid = _label_array(prediction_path)
-    reference, ref_grid = _label_array(reference_path)
-    problem = ref_grid.mismatch(grid)
-    if problem:
-        raise InputError(f"The prediction {prediction_path} is not on the reference's grid ({problem}); "
-                         f"compare files that share one image grid.")
+    grid = _grid_of(reference_path)
     if classes is None:
-        values = sorted((set(np.unique(prediction)) | set(np.unique(reference))) - {0})
-        classes = [ClassInfo(0, "background")] + [ClassInfo(int(v), f"label {int(v)}") for v in values]
-    pred = values_to_indices(prediction, classes, prediction_path)
-    ref = values_to_indices(reference, classes, reference_path)
+        classes = _classes_from_files([reference_path, prediction_path], grid)
+    try:
+        ref = read_label(reference_path, classes, grid)
+        pred = read_label(prediction_path, classes, grid)
+    except InputError as e:
+        if "grid" in str(e):
+            raise InputError(f"The prediction {prediction_path} is not on the grid of the reference "
+                             f"{reference_path}; compare files that share one image grid.") from None
+        raise
     per_class = evaluate(pred, ref, grid.spacing, range(1, len(classes)), [c.name for c in classes[1:]])
     return {"prediction": prediction_path, "reference": reference_path, "classes": per_class}
 

@@ -112,7 +112,8 @@ def parse_manifest(data: dict, path: str = "<manifest>") -> Manifest:
                           "[{\"value\": 0, \"name\": \"background\"}, {\"value\": 1, \"name\": \"organ\"}]")
     classes = []
     for i, c in enumerate(raw_classes):
-        if not isinstance(c, dict) or not isinstance(c.get("value"), int) or not isinstance(c.get("name"), str):
+        if (not isinstance(c, dict) or not isinstance(c.get("value"), int) or isinstance(c.get("value"), bool)
+                or not isinstance(c.get("name"), str)):
             raise _fail(path, f"class {i} must be an object with an integer 'value' and a string 'name'")
         color = c.get("color")
         if color is not None and (not isinstance(color, list) or len(color) != 3):
@@ -140,6 +141,8 @@ def parse_manifest(data: dict, path: str = "<manifest>") -> Manifest:
         label = c.get("label")
         if label is not None and not isinstance(label, str):
             raise _fail(path, f"case '{case_id}' has a 'label' that is not a path")
+        if not isinstance(c.get("labeled", True), bool):
+            raise _fail(path, f"case '{case_id}' has a 'labeled' that is not true or false")
         cases.append(CaseEntry(
             id=case_id,
             image=os.path.normpath(os.path.join(base, c["image"])),
