@@ -5,9 +5,13 @@ checkpoint was written; continue with ``semisupseg train --resume DIR``).
 """
 
 import argparse
+import contextlib
 import json
 import os
+import signal
 import sys
+import threading
+import traceback
 from typing import List, Optional
 
 from . import __version__
@@ -173,24 +177,59 @@ def main(argv: Optional[List[str]] = None) -> int:
                 "demo": lambda a: __import__("SemiSupSegTraining.demo", fromlist=["run_demo"]).run_demo(
                     a.output, a.iterations, a.device, a.progress, a.seed)}
     json_mode = getattr(args, "progress", None) == "json"
+    with _terminate_as_interrupt(), _quiet_itk():
+        try:
+            handlers[args.command](args)
+            return EXIT_OK
+        except InputError as e:
+            _report_error(str(e), EXIT_BAD_INPUT, json_mode)
+            return EXIT_BAD_INPUT
+        except Cancelled:
+            return EXIT_CANCELLED
+        except KeyboardInterrupt:
+            _report_error("Stopped by the user.", EXIT_CANCELLED, json_mode)
+            return EXIT_CANCELLED
+        except MemoryError as e:
+            _report_error(str(e) or "Out of memory; use a smaller preset or patch size, or a machine with more "
+                                   "memory.", EXIT_FAILED, json_mode)
+            return EXIT_FAILED
+        except Exception as e:  # a bug: the traceback is for the report, the last line for the user
+            traceback.print_exc()
+            _report_error(f"Unexpected failure ({type(e).__name__}: {e}); please report it with the lines "
+                          f"above.", EXIT_FAILED, json_mode)
+            return EXIT_FAILED
+
+
+@contextlib.contextmanager
+def _quiet_itk():
+    """ITK prints its warnings (e.g. "... is Analyze file and it's deprecated") straight to stderr, several
+    lines each; the engine checks what matters itself and says it in one sentence."""
+    import SimpleITK as sitk
+
+    previous = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)
     try:
-        handlers[args.command](args)
-        return EXIT_OK
-    except InputError as e:
-        _report_error(str(e), EXIT_BAD_INPUT, json_mode)
-        return EXIT_BAD_INPUT
-    except Cancelled:
-        return EXIT_CANCELLED
-    except KeyboardInterrupt:
-        _report_error("Stopped by the user.", EXIT_CANCELLED, json_mode)
-        return EXIT_CANCELLED
-    except MemoryError:
-        _report_error("Out of memory; use a smaller preset or patch size, or a machine with more memory.",
-                      EXIT_FAILED, json_mode)
-        return EXIT_FAILED
+        yield
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(previous)
+
+
+@contextlib.contextmanager
+def _terminate_as_interrupt():
+    """SIGTERM (how the Slicer module and job systems stop a process) raises KeyboardInterrupt, so that
+    temporary files are removed on the way out; training installs its own handler that checkpoints first."""
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def _report_error(message: str, code: int, json_mode: bool) -> None:
+    message = " ".join(str(message).split())  # always one line, whatever a library put into it
     if json_mode:
         print(json.dumps({"event": "error", "message": message, "exit_code": code}), flush=True)
-    print(f"semisupseg: error: {message}", file=sys.stderr)
+    print(f"semisupseg: error: {message}", file=sys.stderr, flush=True)

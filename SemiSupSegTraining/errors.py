@@ -13,3 +13,14 @@ class InputError(Exception):
 
 class Cancelled(Exception):
     """The user asked to stop (signal or cancel callback)."""
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """Whether ``error`` says that a device ran out of memory (CUDA, MPS, or a CPU allocation torch refused).
+
+    Checked by name and message so that this module needs no torch import.
+    """
+    if isinstance(error, MemoryError) or type(error).__name__ == "OutOfMemoryError":
+        return True
+    text = str(error).lower()
+    return isinstance(error, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)

@@ -18,7 +18,7 @@ from scipy import ndimage
 from .config import zyx
 from .data import Volume, normalize, read_image, write_image_atomic, write_label_image
 from .devices import autocast, autocast_dtype, select_device
-from .errors import InputError
+from .errors import InputError, is_out_of_memory
 from .modelfile import classes_of, load_model
 from .progress import Reporter
 
@@ -27,7 +27,7 @@ from .progress import Reporter
 class Segmentation:
     labels: np.ndarray                      # class indices (z, y, x) uint8
     probabilities: np.ndarray               # averaged softmax (K, z, y, x) float32
-    disagreement: np.ndarray                # (z, y, x) float32
+    disagreement: Optional[np.ndarray]      # (z, y, x) float32; None when the Segmenter was asked not to
 
     @property
     def foreground_probability(self) -> np.ndarray:
@@ -35,8 +35,28 @@ class Segmentation:
 
     @property
     def uncertainty(self) -> np.ndarray:
-        p = np.clip(self.probabilities, 1e-8, 1.0)
-        return (-(p * np.log(p)).sum(0) / math.log(p.shape[0])).astype(np.float32)
+        """Entropy of the averaged softmax / log K, computed slab by slab (no K-channel temporaries)."""
+        probs = self.probabilities
+        out = np.empty(probs.shape[1:], np.float32)
+        for slab in _slabs(probs.shape[1], probs.shape[0] * int(np.prod(probs.shape[2:]))):
+            p = np.clip(probs[:, slab], 1e-8, 1.0)
+            out[slab] = -(p * np.log(p)).sum(0) / math.log(probs.shape[0])
+        return out
+
+
+def _slabs(depth: int, voxels_per_slice: int, budget: int = 1 << 22):
+    """z ranges of about ``budget`` values each: whole-volume reductions without whole-volume temporaries."""
+    step = max(1, budget // max(voxels_per_slice, 1))
+    return [slice(z, min(z + step, depth)) for z in range(0, depth, step)]
+
+
+def argmax_labels(probabilities: np.ndarray) -> np.ndarray:
+    """Class indices (z, y, x) uint8 of (K, z, y, x) probabilities, slab by slab: numpy's argmax would
+    allocate an int64 volume (8 bytes per voxel) first."""
+    labels = np.empty(probabilities.shape[1:], np.uint8)
+    for slab in _slabs(probabilities.shape[1], probabilities.shape[0] * int(np.prod(probabilities.shape[2:]))):
+        labels[slab] = probabilities[:, slab].argmax(0)
+    return labels
 
 
 def window_count(shape: Sequence[int], window: Sequence[int], overlap: float) -> int:
@@ -54,16 +74,24 @@ class Segmenter:
     """A loaded model file, ready to segment volumes. ``window_batch`` windows run per forward pass."""
 
     def __init__(self, model_path: str, device: str = "auto", overlap: float = 0.5, window_batch: int = 4,
-                 amp: bool = True):
+                 amp: bool = True, on_message: Optional[Callable[[str], None]] = None,
+                 disagreement: bool = True):
         if not 0.0 <= overlap < 1.0:
             raise InputError(f"Overlap {overlap} must lie in [0, 1); 0.5 is a good choice.")
+        if window_batch < 1:
+            raise InputError(f"The window batch {window_batch} must be at least 1.")
         self.device = select_device(device)
         self.net_a, self.net_b, self.meta = load_model(model_path, str(self.device))
         self.classes = classes_of(self.meta)
         self.window = zyx(self.meta["patch_size"])
         self.overlap = overlap
         self.window_batch = window_batch
+        self.amp = amp
         self.amp_dtype = autocast_dtype(self.device, amp)
+        #: Told (one sentence) when inference falls back to fewer windows per pass or to the CPU.
+        self.on_message = on_message
+        #: Whether to blend the two networks' disagreement too: one more float32 volume (4 bytes per voxel).
+        self.disagreement = disagreement
 
     def normalize(self, array: np.ndarray) -> np.ndarray:
         norm = self.meta["normalization"]
@@ -73,12 +101,60 @@ class Segmenter:
         with autocast(self.device, self.amp_dtype):
             pa = torch.softmax(self.net_a(windows)[0].float(), 1)
             pb = torch.softmax(self.net_b(windows)[0].float(), 1)
+        if not self.disagreement:
+            return 0.5 * (pa + pb)
         disagreement = 0.5 * (pa - pb).abs().sum(1, keepdim=True)
         return torch.cat([0.5 * (pa + pb), disagreement], 1)
 
     def predict(self, image: np.ndarray, on_window_batch: Optional[Callable[[int, int], None]] = None
-                ) -> Tuple[np.ndarray, np.ndarray]:
-        """Averaged softmax (K, z, y, x) and disagreement (z, y, x) of a normalised image (z, y, x)."""
+                ) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+        """Averaged softmax (K, z, y, x) and disagreement (z, y, x; None unless ``self.disagreement``) of a
+        normalised image (z, y, x).
+
+        The volume stays in host memory; only a batch of windows visits the device at a time, so device
+        memory depends on the window batch, not on the volume. When the device runs out of memory the
+        windows go one at a time, then to the CPU (each step told through ``on_message``); out of memory
+        on the CPU with one window at a time raises :class:`MemoryError` with a sentence for the user.
+        """
+        while True:
+            try:
+                return self._predict_once(image, on_window_batch)
+            except Exception as e:
+                if not is_out_of_memory(e):
+                    raise
+            # Outside the except clause: the failed attempt's tensors (held by the traceback) are gone.
+            self._fall_back(image.shape)
+
+    def _fall_back(self, shape: Sequence[int]) -> None:
+        """One step down after running out of memory: one window per pass, then the CPU, then give up."""
+        where = {"cuda": "GPU", "cpu": "CPU"}.get(self.device.type, self.device.type.upper())
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        if self.window_batch > 1:
+            self.window_batch = 1
+            self._tell(f"The {where} ran out of memory with several windows per pass; segmenting one window "
+                       f"at a time (slower).")
+            return
+        if self.device.type != "cpu":
+            self.device = torch.device("cpu")
+            self.net_a.to(self.device)
+            self.net_b.to(self.device)
+            self.amp_dtype = autocast_dtype(self.device, self.amp)
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            self._tell(f"The {where} ran out of memory even with one window at a time; segmenting on the CPU "
+                       f"instead (much slower).")
+            return
+        raise MemoryError(f"Out of memory while segmenting a volume of {tuple(int(s) for s in shape[::-1])} "
+                          f"voxels on the CPU, even one window at a time; close other programs, segment a "
+                          f"region of interest (--roi), or use a machine with more memory.")
+
+    def _tell(self, message: str) -> None:
+        if self.on_message is not None:
+            self.on_message(message)
+
+    def _predict_once(self, image: np.ndarray, on_window_batch: Optional[Callable[[int, int], None]]
+                      ) -> Tuple[np.ndarray, Optional[np.ndarray]]:
         total = math.ceil(window_count(image.shape, self.window, self.overlap) / self.window_batch)
         done = [0]
 
@@ -89,31 +165,42 @@ class Segmenter:
                 on_window_batch(done[0], total)
             return out
 
-        inputs = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None, None].to(self.device)
+        # The volume and the blended output stay on the host (sw_device: where the windows run).
+        inputs = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None, None]
         with torch.inference_mode():
             out = sliding_window_inference(inputs, self.window, self.window_batch, predictor,
-                                           overlap=self.overlap, mode="gaussian", device=torch.device("cpu"))
-        out = out[0].float().numpy()
-        return out[:-1], out[-1]
+                                           overlap=self.overlap, mode="gaussian", sw_device=self.device,
+                                           device=torch.device("cpu"))
+        out = out[0].float().numpy()  # a view: no copy of the channels
+        return (out[:-1], out[-1]) if self.disagreement else (out, None)
 
     def segment(self, volume: Volume, roi: Optional[Sequence[int]] = None, keep_largest: bool = False,
-                on_window_batch: Optional[Callable[[int, int], None]] = None) -> Segmentation:
-        """Segments a volume (raw intensities); ``roi`` = (i0, j0, k0, i1, j1, k1) voxel box, end exclusive."""
-        box = roi_slices(roi, volume.array.shape, volume.path)
+                on_window_batch: Optional[Callable[[int, int], None]] = None,
+                release_input: bool = False) -> Segmentation:
+        """Segments a volume (raw intensities); ``roi`` = (i0, j0, k0, i1, j1, k1) voxel box, end exclusive.
+
+        ``release_input=True`` drops ``volume.array`` (sets it to None) once it is normalised, so that the raw
+        intensities do not stay in memory beside the whole-volume outputs; for callers that own the volume.
+        """
+        shape = volume.array.shape
+        box = roi_slices(roi, shape, volume.path)
         image = self.normalize(volume.array[box])
+        if release_input:
+            volume.array = None
         probs, disagreement = self.predict(image, on_window_batch)
-        labels = probs.argmax(0).astype(np.uint8)
+        del image  # the normalised copy is not needed any more: free it before the label map
+        labels = argmax_labels(probs)
         if keep_largest:
             labels = keep_largest_components(labels)
         if roi is None:
             return Segmentation(labels, probs, disagreement)
-        full = Segmentation(np.zeros(volume.array.shape, np.uint8),
-                            np.zeros((probs.shape[0],) + volume.array.shape, np.float32),
-                            np.zeros(volume.array.shape, np.float32))
+        full = Segmentation(np.zeros(shape, np.uint8), np.zeros((probs.shape[0],) + shape, np.float32),
+                            None if disagreement is None else np.zeros(shape, np.float32))
         full.probabilities[0] = 1.0
         full.labels[box] = labels
         full.probabilities[(slice(None),) + box] = probs
-        full.disagreement[box] = disagreement
+        if disagreement is not None:
+            full.disagreement[box] = disagreement
         return full
 
 
@@ -151,13 +238,15 @@ def segment_file(model_path: str, input_path: str, output_path: str, probabiliti
                  reporter: Optional[Reporter] = None) -> Dict[str, str]:
     """Segments an image file; every output has the input's size, origin, spacing and direction."""
     reporter = reporter or Reporter("none")
-    segmenter = Segmenter(model_path, device, overlap, window_batch)
+    segmenter = Segmenter(model_path, device, overlap, window_batch,
+                          on_message=lambda text: reporter.emit("warning", "segment", message=text),
+                          disagreement=disagreement_path is not None)
     volume = read_image(input_path)
     reporter.emit("start", "segment", device=str(segmenter.device),
                   message=f"Segmenting {input_path} on {segmenter.device}.")
     reporter.restart_clock()
-    result = segmenter.segment(volume, roi, keep_largest,
-                               lambda i, n: reporter.progress("segment", i, n))
+    result = segmenter.segment(volume, roi, keep_largest, lambda i, n: reporter.progress("segment", i, n),
+                               release_input=True)
     write_label_image(result.labels, segmenter.classes, volume.geometry, output_path)
     written = {"output": output_path}
     extras = ((probabilities_path, "probabilities", lambda: result.foreground_probability),

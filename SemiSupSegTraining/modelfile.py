@@ -106,7 +106,38 @@ def _check_metadata(meta: Any, path: str) -> Dict[str, Any]:
     for key in ("classes", "networks", "normalization", "patch_size"):
         if key not in meta:
             raise InputError(f"The model file {path} lacks its '{key}' metadata; it is damaged, retrain it.")
+    problem = _metadata_problem(meta)
+    if problem:
+        raise InputError(f"The model file {path} has invalid metadata ({problem}); it is damaged, retrain it.")
     return meta
+
+
+def _is_int(value: Any, low: int, high: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+
+
+def _metadata_problem(meta: Dict[str, Any]) -> str:
+    """What is wrong with the fields that size the networks and read the image, or ''. A file from a stranger
+    could otherwise ask for networks of absurd size or crash the engine with a wrong type."""
+    classes = meta["classes"]
+    if not isinstance(classes, list) or not 2 <= len(classes) <= 255 or not all(
+            isinstance(c, dict) and _is_int(c.get("value"), -32768, 65535) and isinstance(c.get("name"), str)
+            for c in classes):
+        return "'classes' is not a list of 2 to 255 classes with a value and a name"
+    net = meta["networks"]
+    blocks = net.get("resnet_blocks") if isinstance(net, dict) else None
+    if not isinstance(net, dict) or not _is_int(net.get("base_filters"), 1, 256) or not (
+            isinstance(blocks, (list, tuple)) and len(blocks) == 4 and all(_is_int(b, 1, 64) for b in blocks)) \
+            or not _is_int(net.get("in_channels", 1), 1, 16):
+        return "'networks' does not describe the two networks"
+    patch = meta["patch_size"]
+    if not isinstance(patch, (list, tuple)) or len(patch) != 3 or not all(
+            _is_int(p, 16, 4096) and p % 16 == 0 for p in patch):
+        return "'patch_size' is not three sizes divisible by 16"
+    norm = meta["normalization"]
+    if not isinstance(norm, dict) or norm.get("method") not in ("zscore", "window"):
+        return "'normalization' is not 'zscore' or 'window'"
+    return ""
 
 
 def read_metadata(path: str) -> Dict[str, Any]:

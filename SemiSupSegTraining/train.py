@@ -6,7 +6,9 @@ before it, ``checkpoint.prev.pt``), ``config.json``, ``log.jsonl`` (every progre
 training runs, ``.lock``.
 """
 
+import contextlib
 import datetime
+import errno
 import json
 import os
 import signal
@@ -20,15 +22,23 @@ from . import losses
 from .config import TrainConfig, preset_config, zyx
 from .data import PatchSampler, load_training_cases, normalization_for
 from .devices import autocast, autocast_dtype, select_device
-from .errors import Cancelled, InputError
+from .errors import Cancelled, InputError, is_out_of_memory
 from .manifest import Manifest, class_color, load_manifest, manifest_to_dict, parse_manifest
-from .modelfile import load_trusted_data, save_atomic, save_model
+from .modelfile import PARTIAL_MARK, load_trusted_data, save_model, save_temporary
 from .networks import build_networks
 from .progress import Reporter
+
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None
 
 MODEL_NAME = "model.pt"
 CHECKPOINT_NAME = "checkpoint.pt"
 PREVIOUS_CHECKPOINT_NAME = "checkpoint.prev.pt"
+LOCK_NAME = ".lock"
+LOG_NAME = "log.jsonl"
+CONFIG_NAME = "config.json"
 CHECKPOINT_FORMAT = "semisupseg-checkpoint"
 # Logged beside the losses, but not losses: progress events carry them under "stats".
 STAT_KEYS = ("reliable_fraction", "mdiff_voxels", "lambda_c")
@@ -231,26 +241,79 @@ class Trainer:
 # --------------------------------------------------------------------------------- folder handling
 
 class TrainingLock:
-    """One training per output folder: ``.lock`` holds the owner's pid; a dead owner's lock is taken over."""
+    """One training per output folder.
+
+    ``.lock`` holds the owner's pid (for the message). Where the operating system offers ``flock`` the
+    lock is the kernel's: it ends with the process however the process ends (SIGKILL, a crash, a power
+    cut), so a lock left by a dead training is taken over, and a reused pid can never keep a folder locked.
+    Elsewhere (Windows, file systems without locks) the pid decides: a lock whose process is gone is stale.
+    """
 
     def __init__(self, folder: str):
-        self.path = os.path.join(folder, ".lock")
+        self.folder = folder
+        self.path = os.path.join(folder, LOCK_NAME)
+        self._fd: Optional[int] = None
 
     def __enter__(self):
+        if fcntl is not None and self._acquire_flock():
+            return self
+        self._acquire_pidfile()
+        return self
+
+    def _cannot_write(self, error: OSError):
+        return InputError(f"Cannot write into the output folder {self.folder} ({error.strerror}); choose a "
+                          f"folder you can write to.")
+
+    def _refuse(self, owner: Optional[int]):
+        who = f" (process {owner})" if owner else ""
+        return InputError(f"The folder {self.folder} is in use by a training that is still running{who}; wait "
+                          f"for it, cancel it, or choose another output folder.")
+
+    def _acquire_flock(self) -> bool:
+        """Takes the kernel lock; False when this file system has none (then the pid file decides)."""
+        for _ in range(10):
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as e:
+                raise self._cannot_write(e) from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as e:
+                os.close(fd)
+                if e.errno in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EACCES):
+                    raise self._refuse(self._owner()) from None
+                return False  # ENOLCK, EOPNOTSUPP...: no locks on this file system
+            try:  # the holder may have removed the file between our open and our lock: lock the new one
+                same = os.path.samestat(os.fstat(fd), os.stat(self.path))
+            except FileNotFoundError:
+                same = False
+            if not same:
+                os.close(fd)
+                continue
+            os.ftruncate(fd, 0)
+            os.write(fd, str(os.getpid()).encode())
+            self._fd = fd
+            return True
+        raise InputError(f"Cannot take the lock {self.path}; remove it if no training runs there.")
+
+    def _acquire_pidfile(self) -> None:
         for _ in range(2):
             try:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
             except FileExistsError:
                 owner = self._owner()
                 if owner is not None and owner != os.getpid() and _alive(owner):
-                    raise InputError(f"The folder {os.path.dirname(self.path)} is in use by a training "
-                                     f"that is still running (process {owner}); wait for it, cancel it, or "
-                                     f"choose another output folder.") from None
-                os.remove(self.path)  # stale: its process is gone
+                    raise self._refuse(owner) from None
+                try:
+                    os.remove(self.path)  # stale: its process is gone
+                except FileNotFoundError:
+                    pass
                 continue
+            except OSError as e:
+                raise self._cannot_write(e) from None
             with os.fdopen(fd, "w") as f:
                 f.write(str(os.getpid()))
-            return self
+            return
         raise InputError(f"Cannot take the lock {self.path}; remove it if no training runs there.")
 
     def _owner(self) -> Optional[int]:
@@ -261,11 +324,30 @@ class TrainingLock:
             return None
 
     def __exit__(self, *exc):
-        if self._owner() == os.getpid():
+        if self._fd is not None:
+            try:
+                os.remove(self.path)  # while still holding the lock, so no one else's lock is removed
+            except OSError:
+                pass
+            os.close(self._fd)  # releases the kernel lock
+            self._fd = None
+        elif self._owner() == os.getpid():
             os.remove(self.path)
 
 
 def _alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (never signals it: on Windows ``os.kill(pid, 0)`` would stop it)."""
+    if os.name == "nt":
+        import ctypes
+
+        kernel32 = ctypes.windll.kernel32
+        handle = kernel32.OpenProcess(0x1000, False, pid)  # PROCESS_QUERY_LIMITED_INFORMATION
+        if not handle:
+            return kernel32.GetLastError() == 5  # access denied: it exists
+        code = ctypes.c_ulong()
+        ok = kernel32.GetExitCodeProcess(handle, ctypes.byref(code))
+        kernel32.CloseHandle(handle)
+        return bool(ok) and code.value == 259  # STILL_ACTIVE
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -297,8 +379,16 @@ class StopRequest:
         return self.event.is_set()
 
 
+CHECKPOINT_KEYS = ("iteration", "weights_a", "weights_b", "optimizer_a", "optimizer_b", "rng_numpy", "rng_torch",
+                   "rng_generator", "config", "manifest")
+
+
 def load_checkpoint(folder: str) -> Dict[str, Any]:
-    """The newest readable checkpoint of ``folder``; a truncated newest one falls back to the previous."""
+    """The newest usable checkpoint of ``folder``: ``checkpoint.pt``, or ``checkpoint.prev.pt`` when the newest
+    is missing, truncated or incomplete (a machine that died mid-write, a full disk).
+
+    The returned dict carries ``"_path"`` (the file used) and ``"_skipped"`` (why newer ones were not).
+    """
     problems = []
     for name in (CHECKPOINT_NAME, PREVIOUS_CHECKPOINT_NAME):
         path = os.path.join(folder, name)
@@ -306,22 +396,70 @@ def load_checkpoint(folder: str) -> Dict[str, Any]:
             continue
         try:
             data = load_trusted_data(path, "checkpoint")
-        except InputError as e:
-            problems.append(str(e))
+        except InputError:
+            problems.append(f"{path} is truncated or damaged")
             continue
-        if data.get("format") == CHECKPOINT_FORMAT:
-            return data
-        problems.append(f"{path} is not a SemiSupSeg checkpoint")
+        missing = [k for k in CHECKPOINT_KEYS if k not in data]
+        if data.get("format") != CHECKPOINT_FORMAT or missing:
+            problems.append(f"{path} is not a complete SemiSupSeg checkpoint")
+            continue
+        data["_path"], data["_skipped"] = path, problems
+        return data
     detail = f" ({'; '.join(problems)})" if problems else ""
     raise InputError(f"The folder {folder} has no usable checkpoint to resume from{detail}; start a new "
                      f"training instead.")
 
 
 def write_checkpoint(folder: str, payload: Dict[str, Any]) -> str:
+    """Writes ``checkpoint.pt`` so that one complete checkpoint exists at every moment.
+
+    The new checkpoint goes to a temporary file first (flushed to disk); only then does the current one
+    become ``checkpoint.prev.pt`` and the new one take its name (both renames are atomic). A kill, a
+    power cut or a second Ctrl+C at any point leaves the old checkpoint, the new one, or both.
+    """
     path = os.path.join(folder, CHECKPOINT_NAME)
-    if os.path.exists(path):  # keep one good checkpoint even if the machine dies mid-write
-        os.replace(path, os.path.join(folder, PREVIOUS_CHECKPOINT_NAME))
-    return save_atomic(payload, path)
+    tmp = save_temporary(payload, path)
+    try:
+        if os.path.exists(path):
+            os.replace(path, os.path.join(folder, PREVIOUS_CHECKPOINT_NAME))
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
+def _remove_partial_files(folder: str) -> None:
+    """Temporary files of a training that was killed mid-write (we hold the folder's lock)."""
+    for name in os.listdir(folder):
+        if PARTIAL_MARK in name and (name.startswith(("checkpoint", "model", CONFIG_NAME, LOG_NAME))):
+            try:
+                os.remove(os.path.join(folder, name))
+            except OSError:
+                pass
+
+
+def _write_text_atomic(path: str, text: str) -> None:
+    tmp = f"{path}{PARTIAL_MARK}{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def _trim_log(path: str, iteration: int) -> None:
+    """On resume: drops the log's events after the checkpoint's iteration (they are run again)."""
+    if not os.path.exists(path):
+        return
+    kept = []
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue  # a line cut short by a kill
+            if isinstance(event, dict) and int(event.get("iteration") or 0) <= iteration:
+                kept.append(json.dumps(event) + "\n")
+    _write_text_atomic(path, "".join(kept))
 
 
 # ------------------------------------------------------------------------------------------ public API
@@ -357,35 +495,79 @@ def train(manifest_path: Optional[str], output_dir: str, config: Optional[TrainC
           cancel_event: Optional[threading.Event] = None, log_every: int = 10) -> str:
     """Trains both networks and writes ``output_dir/model.pt``; returns its path.
 
-    ``resume=True`` continues the checkpoint in ``output_dir`` (manifest and settings come from it).
+    ``resume=True`` continues the checkpoint in ``output_dir`` (manifest and settings come from it) with the
+    same iteration count, schedules, optimiser and random states: the result equals an uninterrupted run.
     ``init_model`` starts from a model file's weights (retraining after corrections). SIGINT/SIGTERM or
-    ``cancel_event`` write a checkpoint and raise :class:`Cancelled`.
+    ``cancel_event`` write a checkpoint and raise :class:`Cancelled`. A folder that this call created is
+    removed again when the training fails before writing anything into it.
     """
     output_dir = os.path.abspath(output_dir)
-    os.makedirs(output_dir, exist_ok=True)
+    if resume and not os.path.isdir(output_dir):
+        raise InputError(f"The folder {output_dir} does not exist; give the output folder of the stopped "
+                         f"training to resume.")
+    if os.path.exists(output_dir) and not os.path.isdir(output_dir):
+        raise InputError(f"The output {output_dir} is a file, not a folder; choose a folder for the training.")
+    created = not os.path.exists(output_dir)
+    try:
+        os.makedirs(output_dir, exist_ok=True)
+    except OSError as e:
+        raise InputError(f"Cannot create the output folder {output_dir} ({e.strerror}); choose another "
+                         f"folder.") from None
     reporter = Reporter(progress, callback)
-    with TrainingLock(output_dir), StopRequest(cancel_event) as stop:
-        checkpoint = load_checkpoint(output_dir) if resume else None
-        if checkpoint is not None:
-            config = TrainConfig.from_dict(checkpoint["config"])
-            manifest = parse_manifest(checkpoint["manifest"], checkpoint["manifest_path"])
-        else:
-            if manifest_path is None:
-                raise InputError("Give a manifest (--manifest) to train on, or --resume a stopped training.")
-            manifest = load_manifest(manifest_path)
-            config = config or preset_config("paper")
-        config.validate()
-        device = select_device(config.device)
-        labeled, unlabeled = load_training_cases(
-            manifest, normalization_for(manifest.modality, config.normalization), config.ct_window)
-        trainer = Trainer(config, len(manifest.classes), labeled, unlabeled, device)
-        if checkpoint is not None:
-            trainer.load_state(checkpoint)
-        elif init_model:
-            _init_from_model(trainer, init_model, manifest)
-        with open(os.path.join(output_dir, "config.json"), "w") as f:
-            json.dump(config.to_dict(), f, indent=2)
-        return _run(trainer, manifest, labeled, unlabeled, output_dir, reporter, stop, log_every)
+    try:
+        with TrainingLock(output_dir), StopRequest(cancel_event) as stop:
+            _remove_partial_files(output_dir)
+            checkpoint = load_checkpoint(output_dir) if resume else None
+            if checkpoint is not None:
+                config = TrainConfig.from_dict(checkpoint["config"])
+                manifest = parse_manifest(checkpoint["manifest"], checkpoint["manifest_path"])
+            else:
+                if manifest_path is None:
+                    raise InputError("Give a manifest (--manifest) to train on, or --resume a stopped training.")
+                manifest = load_manifest(manifest_path)
+                config = config or preset_config("paper")
+            config.validate()
+            device = select_device(config.device)
+            labeled, unlabeled = load_training_cases(
+                manifest, normalization_for(manifest.modality, config.normalization), config.ct_window)
+            trainer = Trainer(config, len(manifest.classes), labeled, unlabeled, device)
+            note = ""
+            log_path = os.path.join(output_dir, LOG_NAME)
+            if checkpoint is not None:
+                trainer.load_state(checkpoint)
+                _trim_log(log_path, trainer.iteration)
+                if checkpoint["_skipped"]:
+                    note = (f" The newest checkpoint could not be used ({'; '.join(checkpoint['_skipped'])}), so "
+                            f"training continues from {checkpoint['_path']}.")
+                del checkpoint  # the state now lives in the trainer; free the copy
+            else:
+                if init_model:
+                    _init_from_model(trainer, init_model, manifest)
+                if os.path.exists(log_path):
+                    os.remove(log_path)  # a new training starts a new log
+            _write_text_atomic(os.path.join(output_dir, CONFIG_NAME), json.dumps(config.to_dict(), indent=2))
+            return _run(trainer, manifest, labeled, unlabeled, output_dir, reporter, stop, log_every, note)
+    except BaseException:
+        if created:
+            _remove_if_empty(output_dir)
+        raise
+
+
+@contextlib.contextmanager
+def _disk_errors(folder: str, what: str):
+    """A full disk or a folder that became read-only, in one sentence (the previous checkpoint is kept)."""
+    try:
+        yield
+    except OSError as e:
+        raise InputError(f"Cannot write {what} into {folder} ({e.strerror or e}); free disk space or check the "
+                         f"folder, then continue with 'semisupseg train --resume {folder}'.") from None
+
+
+def _remove_if_empty(folder: str) -> None:
+    try:
+        os.rmdir(folder)
+    except OSError:
+        pass
 
 
 def _init_from_model(trainer: Trainer, path: str, manifest: Manifest) -> None:
@@ -402,22 +584,24 @@ def _init_from_model(trainer: Trainer, path: str, manifest: Manifest) -> None:
 
 
 def _run(trainer: Trainer, manifest: Manifest, labeled: list, unlabeled: list, output_dir: str,
-         reporter: Reporter, stop: StopRequest, log_every: int) -> str:
+         reporter: Reporter, stop: StopRequest, log_every: int, note: str = "") -> str:
     config = trainer.config
     first = trainer.iteration
-    log_path = os.path.join(output_dir, "log.jsonl")
+    log_path = os.path.join(output_dir, LOG_NAME)
     manifest_data = manifest_to_dict(manifest)
 
     def checkpoint() -> str:
         payload = dict(trainer.state(), format=CHECKPOINT_FORMAT, config=config.to_dict(),
                        manifest=manifest_data, manifest_path=manifest.path or "")
-        path = write_checkpoint(output_dir, payload)
+        with _disk_errors(output_dir, "the checkpoint"):
+            path = write_checkpoint(output_dir, payload)
         reporter.emit("checkpoint", "train", iteration=trainer.iteration, path=path)
         return path
 
+    what = f"Resuming at iteration {first} of {config.iterations}" if first else "Training"
     reporter.emit("start", "train", iteration=first, total=config.iterations, device=str(trainer.device),
-                  message=f"Training on {trainer.device} ({len(labeled)} labeled, {len(unlabeled)} unlabeled "
-                          f"cases, preset {config.preset}, {config.iterations} iterations).")
+                  message=f"{what} on {trainer.device} ({len(labeled)} labeled, {len(unlabeled)} unlabeled "
+                          f"cases, preset {config.preset}, {config.iterations} iterations).{note}")
     with open(log_path, "a") as log:
         while trainer.iteration < config.iterations:
             if stop.requested:
@@ -426,7 +610,18 @@ def _run(trainer: Trainer, manifest: Manifest, labeled: list, unlabeled: list, o
                               message=f"Cancelled at iteration {trainer.iteration}; resume with "
                                       f"'semisupseg train --resume {output_dir}'.")
                 raise Cancelled()
-            terms = trainer.step()
+            try:
+                terms = trainer.step()
+            except Exception as e:
+                if not is_out_of_memory(e):
+                    raise
+                kept = os.path.exists(os.path.join(output_dir, CHECKPOINT_NAME))
+                raise MemoryError(
+                    f"The {trainer.device} ran out of memory at iteration {trainer.iteration + 1} (patch size "
+                    f"{tuple(config.patch_size)}, batch {config.batch_labeled}+{config.batch_unlabeled}); train "
+                    f"again with a smaller preset or patch (e.g. --preset cpu-fast or --set patch_size=[64,64,48]) "
+                    f"or on another device{'; the checkpoints in ' + output_dir + ' are kept' if kept else ''}."
+                ) from None
             it = trainer.iteration
             if it % log_every == 0 or it == config.iterations or it == first + 1:
                 values = {k: round(float(v), 5) for k, v in terms.items()}
@@ -442,10 +637,11 @@ def _run(trainer: Trainer, manifest: Manifest, labeled: list, unlabeled: list, o
                 reporter.progress("train", it, config.iterations, first)
             if it % config.checkpoint_every == 0 and it < config.iterations:
                 checkpoint()
-    model_path = save_model(os.path.join(output_dir, MODEL_NAME), trainer.net_a.state_dict(),
-                            trainer.net_b.state_dict(),
-                            model_metadata(config, manifest, labeled, unlabeled, trainer.iteration,
-                                           trainer.device))
+    with _disk_errors(output_dir, "the model file"):
+        model_path = save_model(os.path.join(output_dir, MODEL_NAME), trainer.net_a.state_dict(),
+                                trainer.net_b.state_dict(),
+                                model_metadata(config, manifest, labeled, unlabeled, trainer.iteration,
+                                               trainer.device))
     checkpoint()
     reporter.emit("done", "train", iteration=trainer.iteration, total=config.iterations, model=model_path,
                   message=f"Model file written: {model_path}")
