@@ -20,6 +20,7 @@ from .data import Volume, normalize, read_image, write_image_atomic, write_label
 from .devices import autocast, autocast_dtype, select_device
 from .errors import InputError, is_out_of_memory
 from .modelfile import classes_of, load_model
+from .networks import fold_batchnorm
 from .progress import Reporter
 
 
@@ -82,6 +83,10 @@ class Segmenter:
             raise InputError(f"The window batch {window_batch} must be at least 1.")
         self.device = select_device(device)
         self.net_a, self.net_b, self.meta = load_model(model_path, str(self.device))
+        # Exact speed-ups: batch norm folded into the convolutions; channels-last 3D on CPUs (oneDNN).
+        self.memory_format = torch.channels_last_3d if self.device.type == "cpu" else torch.contiguous_format
+        self.net_a, self.net_b = (fold_batchnorm(n).to(memory_format=self.memory_format)
+                                  for n in (self.net_a, self.net_b))
         self.classes = classes_of(self.meta)
         self.window = zyx(self.meta["patch_size"])
         self.overlap = overlap
@@ -98,6 +103,7 @@ class Segmenter:
         return normalize(array, norm["method"], tuple(norm.get("ct_window", (-120.0, 240.0))))
 
     def _predictor(self, windows: torch.Tensor) -> torch.Tensor:
+        windows = windows.contiguous(memory_format=self.memory_format)
         with autocast(self.device, self.amp_dtype):
             pa = torch.softmax(self.net_a(windows)[0].float(), 1)
             pb = torch.softmax(self.net_b(windows)[0].float(), 1)

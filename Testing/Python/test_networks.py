@@ -82,3 +82,22 @@ def test_gradients_reach_both_networks():
         logits, features = net(torch.randn(2, 1, 16, 16, 16))
         (logits.square().mean() + features.mean()).backward()
         assert all(p.grad is not None for p in net.parameters() if p.requires_grad)
+
+
+@pytest.mark.parametrize("which", [0, 1])
+def test_folding_batchnorm_keeps_outputs_and_removes_every_norm(which):
+    from SemiSupSegTraining.networks import fold_batchnorm
+
+    torch.manual_seed(0)
+    net = build_networks(3, 4, (1, 2, 1, 1))[which]
+    x = torch.randn(2, 1, 32, 32, 32)
+    net.train()
+    with torch.no_grad():
+        net(x)  # running statistics that differ from the identity
+    net.eval()
+    with torch.no_grad():
+        before = net(x)[0]
+        folded = fold_batchnorm(net)
+        after = folded(x)[0]
+    assert not any(isinstance(m, torch.nn.BatchNorm3d) for m in folded.modules())
+    assert torch.allclose(before, after, atol=1e-5)
