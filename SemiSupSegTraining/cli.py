@@ -153,8 +153,6 @@ def _evaluate(args) -> None:
         return
     if args.model and args.manifest:
         report = evaluate_model(args.model, args.manifest, device=args.device)
-        for case in report["cases"]:
-            case.pop("_arrays")
         print(json.dumps(report, indent=2) if args.json else format_table(report))
         return
     raise InputError("Give --prediction and --reference, or --model and --manifest.")

@@ -44,6 +44,7 @@ class TrainConfig:
     use_regularization: bool = True      # L_reg
     use_contrastive: bool = True         # L_c
     lambda_u: float = 1.0
+    lambda_u_rampup: float = 0.0         # share of training over which λu ramps up from 0 (0: constant, as printed)
     lambda_c_max: float = 0.1
     lambda_c_schedule: str = "rampup"    # "rampup" (default) or "printed" (the paper's formula as printed)
     reliable_fraction: float = 0.8       # share of unlabeled voxels kept by the entropy filter

@@ -34,12 +34,18 @@ def run_demo(output_dir: str, iterations: Optional[int] = None, device: str = "a
     model_dir = os.path.join(output_dir, "model")
     model_path = train(train_manifest, model_dir, config, progress=progress)
     say.emit("progress", "demo", message="Segmenting the held-out phantoms.")
+    shown: List[dict] = []
+
+    def keep_for_pictures(case_id, volume, reference, result):
+        if len(shown) < 3:
+            shown.append({"id": case_id, "arrays": (volume, reference, result)})
+
     report = evaluate_model(model_path, test_manifest, device=device,
-                            output_dir=os.path.join(output_dir, "segmentations"))
-    pictures = write_overlays(report["cases"][:3], os.path.join(output_dir, "overlays.png"))
+                            output_dir=os.path.join(output_dir, "segmentations"), on_case=keep_for_pictures)
+    for picture in shown:
+        picture["classes"] = next(c["classes"] for c in report["cases"] if c["id"] == picture["id"])
+    pictures = write_overlays(shown, os.path.join(output_dir, "overlays.png"))
     curve = write_loss_curve(os.path.join(model_dir, "log.jsonl"), os.path.join(output_dir, "loss_curve.png"))
-    for case in report["cases"]:
-        case.pop("_arrays")
     report.update({"seconds": round(time.monotonic() - started, 1), "iterations": config.iterations,
                    "pictures": [p for p in (pictures, curve) if p]})
     with open(os.path.join(output_dir, "report.json"), "w") as f:
@@ -61,7 +67,7 @@ def write_overlays(cases: List[dict], path: str) -> Optional[str]:
         return None
     fig, axes = plt.subplots(len(cases), 3, figsize=(9, 3 * len(cases)), squeeze=False)
     for row, case in zip(axes, cases):
-        volume, reference, result = case["_arrays"]
+        volume, reference, result = case["arrays"]
         centre = np.argwhere(reference > 0).mean(0).astype(int) if reference.any() else \
             np.array(reference.shape) // 2
         aspect = volume.geometry.spacing[::-1]

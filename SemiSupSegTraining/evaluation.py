@@ -1,7 +1,7 @@
 """Comparing segmentations with references: label files, or a whole manifest segmented by a model."""
 
 import os
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional
 
 import numpy as np
 import SimpleITK as sitk
@@ -57,8 +57,13 @@ def evaluate_files(prediction_path: str, reference_path: str,
 
 
 def evaluate_model(model_path: str, manifest_path: str, device: str = "auto", overlap: float = 0.5,
-                   output_dir: Optional[str] = None, keep_largest: bool = False) -> Dict[str, object]:
-    """Segments every case of a manifest that has a label and compares; optional label files in output_dir."""
+                   output_dir: Optional[str] = None, keep_largest: bool = False,
+                   on_case: Optional[Callable[[str, object, np.ndarray, object], None]] = None
+                   ) -> Dict[str, object]:
+    """Segments every case of a manifest that has a label and compares; optional label files in output_dir.
+
+    ``on_case(case_id, volume, reference_indices, segmentation)`` sees each case's arrays (for pictures).
+    """
     from .data import write_label_image
 
     manifest = load_manifest(manifest_path)
@@ -78,8 +83,9 @@ def evaluate_model(model_path: str, manifest_path: str, device: str = "auto", ov
                               os.path.join(output_dir, f"{entry.id}.nii.gz"))
         metrics = evaluate(result.labels, reference, volume.geometry.spacing, range(1, len(manifest.classes)),
                            manifest.class_names[1:])
-        cases.append({"id": entry.id, "image": entry.image, "classes": metrics,
-                      "_arrays": (volume, reference, result)})
+        cases.append({"id": entry.id, "image": entry.image, "classes": metrics})
+        if on_case is not None:
+            on_case(entry.id, volume, reference, result)
     if not cases:
         raise InputError(f"The manifest {manifest_path} has no case with a label to evaluate against.")
     return {"model": model_path, "manifest": manifest_path, "cases": cases,

@@ -28,6 +28,7 @@ class Reporter:
         self.keep = keep
         self._start = time.monotonic()
         self._bar_open = False
+        self._last_losses = ""
 
     def restart_clock(self) -> None:
         self._start = time.monotonic()
@@ -56,17 +57,24 @@ class Reporter:
 
     def _draw(self, record: Event) -> None:
         out = self.stream or sys.stderr
-        if record["event"] == "progress":
+        if record["event"] == "progress" and "total" in record:
+            losses = record.get("losses") or {}
+            if losses:
+                self._last_losses = " ".join(f"{k}={v:.3f}" for k, v in list(losses.items())[:4])
+            elif not out.isatty():
+                return  # a log file gets the lines with losses, not every redraw
             total = max(int(record["total"]), 1)
             done = int(record["iteration"])
             filled = int(30 * done / total)
-            losses = record.get("losses") or {}
-            text = " ".join(f"{k}={v:.3f}" for k, v in list(losses.items())[:4])
             eta = record.get("eta_s")
             eta_text = f" eta {_clock(eta)}" if eta is not None else ""
-            out.write(f"\r{record['phase']:>8} [{'#' * filled}{'.' * (30 - filled)}] {done}/{total}"
-                      f"{eta_text} {text}\x1b[K")
-            self._bar_open = True
+            line = f"{record['phase']:>8} [{'#' * filled}{'.' * (30 - filled)}] {done}/{total}{eta_text} " \
+                   f"{self._last_losses}"
+            if out.isatty():
+                out.write(f"\r{line}\x1b[K")
+                self._bar_open = True
+            else:
+                out.write(line + "\n")
         else:
             if self._bar_open:
                 out.write("\n")

@@ -41,7 +41,7 @@ LOG_NAME = "log.jsonl"
 CONFIG_NAME = "config.json"
 CHECKPOINT_FORMAT = "semisupseg-checkpoint"
 # Logged beside the losses, but not losses: progress events carry them under "stats".
-STAT_KEYS = ("reliable_fraction", "mdiff_voxels", "lambda_c")
+STAT_KEYS = ("reliable_fraction", "mdiff_voxels", "lambda_c", "lambda_u")
 
 
 # ------------------------------------------------------------------------------------------- the step
@@ -111,7 +111,11 @@ def unlabeled_terms(config: TrainConfig, iteration: int, num_classes: int, label
                 config.contrastive_max_voxels, config.prototype_margin, generator)
             total_c = total_c + stats[name]
     stats["lambda_c"] = torch.tensor(lam_c)
-    return config.lambda_u * total_u + lam_c * total_c, stats
+    lam_u = config.lambda_u
+    if config.lambda_u_rampup > 0:  # the same sigmoid ramp-up as λc, over the first share of training
+        lam_u *= losses.lambda_c(iteration, max(1, int(config.lambda_u_rampup * config.iterations)), "rampup", 1.0)
+    stats["lambda_u"] = torch.tensor(lam_u)
+    return lam_u * total_u + lam_c * total_c, stats
 
 
 def reference_correction(logits_a: torch.Tensor, logits_b: torch.Tensor, labels: torch.Tensor,

@@ -1,0 +1,588 @@
+"""Accuracy benchmark: semi-supervised methods against supervised-only training, on the same splits.
+
+Run by hand (not part of the test suite). The full table, sized for two CPU cores (about 90 minutes)::
+
+    python Testing/Benchmarks/bench_accuracy.py --out benchmark-accuracy
+
+Time: about 90 minutes on two otherwise idle cores with the default iterations (phantoms 80,
+colin27 240 per training; estimated from per-iteration CPU times measured on one thread: "ours" and
+its ablations 1.0 s (phantoms) and 1.1 s (colin27), "supervised" and "reference" 0.45 s, evaluation of
+the 8 test cases 3 s; and 0.65 s per "ours" iteration with two threads on an idle machine). Fewer
+iterations do not work for colin27: supervised-only (10 % labels, seed 0) reached a mean Dice of 10 %
+after 150 iterations (lr ÷10 after 100), 75 % after 240 (÷10 after 192) and 76 % after 300. On a machine that other jobs keep busy, ``--threads 1`` is much faster than
+torch's default (its threads wait for each other: 6.7 s instead of 2.0 s per iteration at load 10).
+
+Subsets, resumable (a run whose ``result.json`` exists is skipped; a stopped training continues from its
+checkpoint; run the same command again to continue)::
+
+    python Testing/Benchmarks/bench_accuracy.py --out benchmark-accuracy --datasets colin27 --fractions 0.1 \\
+        --seeds 0 --methods supervised,ours --iterations colin27=240
+    python Testing/Benchmarks/bench_accuracy.py --quick          # a couple of minutes: is everything wired up?
+    python Testing/Benchmarks/bench_accuracy.py --out benchmark-accuracy --report-only   # tables from results
+
+Data (the split is fixed: data seed 0; the seeds change network initialisation and crop sampling only):
+
+* ``phantoms``: synthetic left-atrium-like phantoms (``SemiSupSegTraining.phantoms``), binary,
+  64×64×48 voxels of 1 mm.
+* ``colin27``: pseudo-subjects made from ONE real subject, the Colin27 T1 with its AAL labels
+  (``apt-get install -y mricron-data``), by random smooth deformation, bias field, gamma, anisotropic
+  resampling to 1.5×1.5×2 mm and noise (``colin27_pseudo.py``); classes caudate, putamen, thalamus.
+  Variety comes from augmentation only: this is not a multi-subject evaluation.
+
+Each dataset has 20 training cases, of which the first 2 (10 %) or 4 (20 %) are labeled and the rest
+unlabeled, and 8 separate test cases. Methods:
+
+* ``supervised``: both networks on the labeled crops only (``method="supervised"``);
+* ``reference``: what the released reference code trains (``method="reference"``): supervised losses plus
+  its labeled-data correction; its unlabeled terms carry no gradient, so it uses no unlabeled data;
+* ``ours``: the paper's method with gradient through every term (``method="ours"``);
+* ``ours-no-reg``: ours without L_reg (``use_regularization=False``);
+* ``ours-no-c``: ours without L_c (``use_contrastive=False``).
+
+Every run is one ``train(...)`` call into ``OUT/runs/<dataset>/<fraction>/<method>/seed<k>/`` followed by
+``evaluate_model`` on the test cases; ``result.json`` there holds the per-case metrics (the run's
+checkpoints are then deleted, its ``model.pt`` is kept). ``OUT`` gets
+``accuracy.md`` (the tables, the goal check and the command), ``accuracy.json`` (every run's per-case
+metrics) and ``accuracy_dice.png`` (Dice per method).
+
+Numbers: per case, the metric averaged over the foreground classes; per run, averaged over the test
+cases; the table shows mean ± std (sample std) of the run values over the seeds. HD95 and ASD (medpy's
+definitions, directed ASD) are in mm and voxels; a case-class with an empty prediction has no distance
+(Dice 0): those are counted in the ``n/a`` column and left out of the distance means.
+
+Goal (issue 3): at 10 % labels, ours full ≥ supervised-only + 3 Dice points, and each of L_reg and L_c
+worth ≥ 0.5 Dice points (ours full minus the ablation). The report states whether each is met.
+"""
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import shlex
+import sys
+import time
+from typing import Dict, List, Optional
+
+import numpy as np
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+HERE = os.path.dirname(os.path.abspath(__file__))
+for _path in (HERE, REPO):  # benchmark the working tree, not an installed copy
+    if _path not in sys.path:
+        sys.path.insert(0, _path)
+
+import torch  # noqa: E402
+
+from SemiSupSegTraining.config import preset_config  # noqa: E402
+from SemiSupSegTraining.devices import select_device  # noqa: E402
+from SemiSupSegTraining.errors import Cancelled, InputError  # noqa: E402
+from SemiSupSegTraining.evaluation import evaluate_model  # noqa: E402
+from SemiSupSegTraining.manifest import load_manifest, write_manifest  # noqa: E402
+from SemiSupSegTraining.phantoms import write_phantom_dataset  # noqa: E402
+from SemiSupSegTraining.train import CHECKPOINT_NAME, MODEL_NAME, PREVIOUS_CHECKPOINT_NAME, train  # noqa: E402
+
+PRESET = "demo"
+# Iterations per training, per dataset: the full table in about 90 minutes on two idle cores.
+DEFAULT_ITERATIONS = "phantoms=80,colin27=240"
+LR_STEP_SHARE = 0.8               # lr ÷10 after this share of the iterations
+QUICK = {"datasets": "phantoms", "fractions": "0.1", "seeds": "0", "methods": "supervised,ours",
+         "iterations": "20", "out": "benchmark-accuracy-quick"}
+FULL = {"datasets": "phantoms,colin27", "fractions": "0.1,0.2", "seeds": "0,1,2",
+        "methods": "supervised,reference,ours,ours-no-reg,ours-no-c", "iterations": DEFAULT_ITERATIONS,
+        "out": "benchmark-accuracy"}
+TRAIN_CASES, TEST_CASES, DATA_SEED = 20, 8, 0
+
+METHODS: Dict[str, Dict[str, object]] = {
+    "supervised": {"method": "supervised"},
+    "reference": {"method": "reference"},
+    "ours": {"method": "ours"},
+    "ours-no-reg": {"method": "ours", "use_regularization": False},
+    "ours-no-c": {"method": "ours", "use_contrastive": False},
+}
+METHOD_LABELS = {
+    "supervised": "supervised only",
+    "reference": "reference code's training",
+    "ours": "ours (full)",
+    "ours-no-reg": "ours without L_reg",
+    "ours-no-c": "ours without L_c",
+}
+DATASET_LABELS = {
+    "phantoms": "synthetic phantoms (left-atrium-like, binary, 1 mm)",
+    "colin27": "Colin27 pseudo-subjects: ONE real subject (Colin27 T1 + AAL labels) augmented "
+               "(deformation, bias, gamma, 1.5×1.5×2 mm, noise); caudate, putamen, thalamus",
+}
+METRICS = (("dice", "Dice %", 100.0), ("jaccard", "Jaccard %", 100.0), ("hd95_mm", "HD95 mm", 1.0),
+           ("asd_mm", "ASD mm", 1.0), ("hd95_vox", "HD95 vox", 1.0), ("asd_vox", "ASD vox", 1.0))
+GOAL_GAIN, GOAL_TERM = 3.0, 0.5
+
+
+# ------------------------------------------------------------------------------------------------ data
+
+def fraction_name(fraction: float) -> str:
+    return f"{int(round(fraction * 100))}pct"
+
+
+def labeled_count(fraction: float, train_cases: int = TRAIN_CASES) -> int:
+    return max(1, int(round(fraction * train_cases)))
+
+
+def prepare_dataset(name: str, out: str, fractions: List[float]) -> Dict[str, str]:
+    """Writes the dataset once (reused when its description matches) and one training manifest per
+    fraction (the first k training cases labeled); returns {fraction name or "test": manifest path}."""
+    folder = os.path.join(out, "data", name)
+    marker = os.path.join(folder, "dataset.json")
+    description = {"dataset": name, "train_cases": TRAIN_CASES, "test_cases": TEST_CASES, "data_seed": DATA_SEED}
+    if os.path.exists(marker):
+        with open(marker) as f:
+            found = json.load(f)
+        if found != description:
+            raise InputError(f"{folder} holds another dataset ({found}); use another --out folder.")
+    else:
+        say(f"Writing the {name} dataset ({TRAIN_CASES} training + {TEST_CASES} test cases) to {folder}.")
+        if name == "phantoms":
+            write_phantom_dataset(folder, labeled=TRAIN_CASES, unlabeled=0, test=TEST_CASES, seed=DATA_SEED)
+        elif name == "colin27":
+            from colin27_pseudo import write_colin27_dataset
+
+            write_colin27_dataset(folder, labeled=TRAIN_CASES, unlabeled=0, test=TEST_CASES, seed=DATA_SEED)
+        else:
+            raise InputError(f"Unknown dataset {name!r}; use phantoms or colin27.")
+        with open(marker, "w") as f:
+            json.dump(description, f, indent=2)
+    manifests = {"test": os.path.join(folder, "test.json")}
+    for fraction in fractions:
+        path = os.path.join(folder, f"train-{fraction_name(fraction)}.json")
+        if not os.path.exists(path):
+            manifest = load_manifest(os.path.join(folder, "train.json"))
+            k = labeled_count(fraction, len(manifest.cases))
+            for i, case in enumerate(manifest.cases):
+                case.labeled = i < k
+            write_manifest(manifest, path)
+        manifests[fraction_name(fraction)] = path
+    return manifests
+
+
+# ------------------------------------------------------------------------------------------------ runs
+
+def run_folder(out: str, dataset: str, fraction: float, method: str, seed: int) -> str:
+    return os.path.join(out, "runs", dataset, fraction_name(fraction), method, f"seed{seed}")
+
+
+def run_config(method: str, seed: int, iterations: int, device: str):
+    overrides = dict(METHODS[method])
+    overrides.update({"iterations": iterations, "lr_step": max(1, round(iterations * LR_STEP_SHARE)),
+                      "seed": seed, "device": device, "checkpoint_every": max(10, iterations // 3)})
+    return preset_config(PRESET, overrides)
+
+
+def case_value(classes: Dict[str, Dict[str, Optional[float]]], metric: str) -> Optional[float]:
+    values = [m[metric] for m in classes.values() if m[metric] is not None]
+    return float(np.mean(values)) if values else None
+
+
+def run_one(out: str, dataset: str, fraction: float, method: str, seed: int, iterations: int, device: str,
+            manifests: Dict[str, str]) -> Dict[str, object]:
+    """Trains (or continues) one run, evaluates it on the test cases and writes its result.json."""
+    folder = run_folder(out, dataset, fraction, method, seed)
+    result_path = os.path.join(folder, "result.json")
+    config = run_config(method, seed, iterations, device)
+    model_path = os.path.join(folder, MODEL_NAME)
+    started = time.monotonic()
+    resumed = False
+    config_path = os.path.join(folder, "config.json")
+    if (os.path.exists(model_path) or os.path.exists(os.path.join(folder, CHECKPOINT_NAME))) and \
+            os.path.exists(config_path):
+        with open(config_path) as f:
+            done_iterations = json.load(f).get("iterations")
+        if done_iterations != iterations:
+            raise InputError(f"{folder} holds a training of {done_iterations} iterations, not {iterations}; "
+                             f"use another --out folder or the same --iterations.")
+    if not os.path.exists(model_path):
+        resumed = os.path.exists(os.path.join(folder, CHECKPOINT_NAME))
+        if resumed:
+            train(None, folder, progress="none", resume=True)
+        else:
+            train(manifests[fraction_name(fraction)], folder, config, progress="none")
+    train_seconds = time.monotonic() - started
+    started = time.monotonic()
+    report = evaluate_model(model_path, manifests["test"], device=device)
+    eval_seconds = time.monotonic() - started
+    cases = []
+    for case in report["cases"]:
+        cases.append({"id": case["id"], "classes": case["classes"],
+                      "mean": {m: case_value(case["classes"], m) for m, _, _ in METRICS}})
+    result = {
+        "dataset": dataset, "fraction": fraction, "labeled": labeled_count(fraction), "method": method,
+        "seed": seed, "iterations": iterations, "preset": PRESET, "settings": METHODS[method],
+        "train_seconds": round(train_seconds, 1), "eval_seconds": round(eval_seconds, 1), "resumed": resumed,
+        "device": str(select_device(device)), "torch_threads": torch.get_num_threads(),
+        "run": run_summary(cases), "per_class": report["mean"], "cases": cases,
+    }
+    tmp = result_path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(result, f, indent=1)
+    os.replace(tmp, result_path)
+    for name in (CHECKPOINT_NAME, PREVIOUS_CHECKPOINT_NAME):  # 60 MB a run; model.pt (15 MB) stays
+        if os.path.exists(os.path.join(folder, name)):
+            os.remove(os.path.join(folder, name))
+    return result
+
+
+def run_summary(cases: List[dict]) -> Dict[str, Dict[str, Optional[float]]]:
+    """Per metric: the mean over cases of the class-averaged values, and how many case-classes had none."""
+    summary = {}
+    for metric, _, _ in METRICS:
+        values = [c["mean"][metric] for c in cases if c["mean"][metric] is not None]
+        undefined = sum(1 for c in cases for m in c["classes"].values() if m[metric] is None)
+        summary[metric] = {"mean": float(np.mean(values)) if values else None, "undefined": undefined}
+    return summary
+
+
+def load_result(out: str, dataset: str, fraction: float, method: str, seed: int,
+                iterations: int) -> Optional[Dict[str, object]]:
+    path = os.path.join(run_folder(out, dataset, fraction, method, seed), "result.json")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        result = json.load(f)
+    if result.get("iterations") != iterations:
+        raise InputError(f"{path} comes from a run of {result.get('iterations')} iterations, not {iterations}; "
+                         f"use another --out folder or the same --iterations.")
+    return result
+
+
+# --------------------------------------------------------------------------------------------- report
+
+def mean_std(values: List[float]):
+    values = [v for v in values if v is not None]
+    if not values:
+        return None, None
+    return float(np.mean(values)), (float(np.std(values, ddof=1)) if len(values) > 1 else 0.0)
+
+
+def aggregate(results: List[dict]) -> Dict[str, dict]:
+    """{dataset: {fraction name: {method: {metric: {mean, std, n}, per_class_dice, undefined, seeds}}}}."""
+    table: Dict[str, dict] = {}
+    groups: Dict[tuple, List[dict]] = {}
+    for r in results:
+        groups.setdefault((r["dataset"], fraction_name(r["fraction"]), r["method"]), []).append(r)
+    for (dataset, fraction, method), runs in groups.items():
+        entry: Dict[str, object] = {"seeds": sorted(r["seed"] for r in runs)}
+        for metric, _, scale in METRICS:
+            mean, std = mean_std([r["run"][metric]["mean"] for r in runs])
+            entry[metric] = {"mean": None if mean is None else mean * scale,
+                             "std": None if std is None else std * scale}
+        entry["undefined"] = sum(r["run"]["hd95_mm"]["undefined"] for r in runs)
+        entry["per_class_dice"] = {
+            name: mean_std([r["per_class"][name]["dice"]["mean"] * 100.0 for r in runs])
+            for name in runs[0]["per_class"]}
+        entry["by_seed_dice"] = {r["seed"]: r["run"]["dice"]["mean"] * 100.0 for r in runs}
+        entry["train_seconds"] = float(np.mean([r["train_seconds"] for r in runs]))
+        table.setdefault(dataset, {}).setdefault(fraction, {})[method] = entry
+    return table
+
+
+def paired_gain(entry_a: dict, entry_b: dict):
+    """Dice of a minus b (points): mean ± std over the seeds both have."""
+    seeds = sorted(set(entry_a["by_seed_dice"]) & set(entry_b["by_seed_dice"]))
+    diffs = [entry_a["by_seed_dice"][s] - entry_b["by_seed_dice"][s] for s in seeds]
+    mean, std = mean_std(diffs)
+    return mean, std, len(seeds)
+
+
+def goal_check(table: Dict[str, dict]) -> List[dict]:
+    checks = []
+    for dataset, fractions in table.items():
+        methods = fractions.get(fraction_name(0.1))
+        if not methods:
+            continue
+        ours = methods.get("ours")
+        for other, goal, what in (("supervised", GOAL_GAIN, "ours − supervised only"),
+                                  ("ours-no-reg", GOAL_TERM, "L_reg: ours − ours without L_reg"),
+                                  ("ours-no-c", GOAL_TERM, "L_c: ours − ours without L_c")):
+            if ours is None or other not in methods:
+                checks.append({"dataset": dataset, "what": what, "goal": goal, "gain": None, "met": None})
+                continue
+            gain, std, n = paired_gain(ours, methods[other])
+            checks.append({"dataset": dataset, "what": what, "goal": goal, "gain": gain, "std": std, "seeds": n,
+                           "met": bool(gain >= goal)})
+    return checks
+
+
+def fmt(value, std=None, digits=1) -> str:
+    if value is None:
+        return "–"
+    return f"{value:.{digits}f}" + ("" if std is None else f" ± {std:.{digits}f}")
+
+
+def markdown(table: Dict[str, dict], checks: List[dict], settings: dict, command: str,
+             missing: List[str]) -> str:
+    lines = ["# SemiSupSeg accuracy benchmark", "",
+             f"Made by: `{command}`", "",
+             f"Date: {settings['date']}; machine: {settings['machine']}; torch {settings['torch']}, "
+             f"{settings['threads']} threads, device {settings['device']}.", "",
+             f"Training: preset `{PRESET}` (crops {settings['patch_size']}, {settings['base_filters']} base "
+             f"filters, batch {settings['batch']}); iterations per run: "
+             f"{', '.join(f'{d} {n}' for d, n in settings['iterations'].items())} (lr ÷10 after "
+             f"{LR_STEP_SHARE:.0%} of them), the same for every method. These are short CPU trainings, far "
+             f"from the paper's 6000 iterations at 112×112×80: compare the methods with each other, not with "
+             f"the paper's numbers.", "",
+             f"Splits: {TRAIN_CASES} training cases, the first {labeled_count(0.1)} (10 %) or "
+             f"{labeled_count(0.2)} (20 %) labeled and the rest unlabeled; {TEST_CASES} separate test cases. "
+             f"The split is fixed (data seed {DATA_SEED}); the seeds change network initialisation and crop "
+             f"sampling only.", "",
+             "Values: per test case the metric averaged over the foreground classes, per run averaged over the "
+             "test cases; shown as mean ± std over the seeds. HD95/ASD leave out case-classes with an empty "
+             "prediction (counted in n/a; their Dice is 0).", ""]
+    for dataset, fractions in table.items():
+        lines += [f"## {dataset}: {DATASET_LABELS.get(dataset, dataset)}", ""]
+        if dataset == "colin27":
+            lines += ["**All Colin27 pseudo-subjects come from one real subject; variety comes from augmentation "
+                      "only. This is not a multi-subject evaluation.**", ""]
+        for fraction, methods in sorted(fractions.items(), key=lambda kv: int(kv[0][:-3])):
+            lines += [f"### {fraction[:-3]} % labeled ({labeled_count(int(fraction[:-3]) / 100)} labeled, "
+                      f"{TRAIN_CASES - labeled_count(int(fraction[:-3]) / 100)} unlabeled, {TEST_CASES} test)", ""]
+            header = "| method | " + " | ".join(label for _, label, _ in METRICS) + " | n/a | seeds | train s |"
+            lines += [header, "|" + "---|" * (len(METRICS) + 4)]
+            for method in METHODS:
+                if method not in methods:
+                    continue
+                e = methods[method]
+                digits = {"dice": 1, "jaccard": 1}
+                cells = [fmt(e[m]["mean"], e[m]["std"], digits.get(m, 2)) for m, _, _ in METRICS]
+                lines.append(f"| {METHOD_LABELS[method]} | " + " | ".join(cells) +
+                             f" | {e['undefined']} | {len(e['seeds'])} | {e['train_seconds']:.0f} |")
+            names = list(next(iter(methods.values()))["per_class_dice"])
+            if len(names) > 1:
+                lines += ["", "Dice % per class:", "",
+                          "| method | " + " | ".join(names) + " |", "|" + "---|" * (len(names) + 1)]
+                for method in METHODS:
+                    if method in methods:
+                        pcd = methods[method]["per_class_dice"]
+                        lines.append(f"| {METHOD_LABELS[method]} | " +
+                                     " | ".join(fmt(*pcd[n]) for n in names) + " |")
+            lines.append("")
+    lines += ["## Goal check (10 % labeled)", "",
+              f"Goal: ours full ≥ supervised only + {GOAL_GAIN:g} Dice points; L_reg and L_c each worth "
+              f"≥ {GOAL_TERM:g} Dice points. Gains are paired by seed (same initialisation): mean ± std over "
+              f"seeds.", "", "| dataset | comparison | goal | gain (Dice points) | met? |", "|---|---|---|---|---|"]
+    for c in checks:
+        met = "not measured" if c["met"] is None else ("**yes**" if c["met"] else "**NO**")
+        gain = "–" if c["gain"] is None else f"{c['gain']:+.2f} ± {c['std']:.2f} ({c['seeds']} seeds)"
+        lines.append(f"| {c['dataset']} | {c['what']} | ≥ {c['goal']:g} | {gain} | {met} |")
+    measured = [c for c in checks if c["met"] is not None]
+    failed = [f"{c['dataset']}: {c['what']}" for c in measured if not c["met"]]
+    unmeasured = [f"{c['dataset']}: {c['what']}" for c in checks if c["met"] is None]
+    if not measured:
+        verdict = "The goal was not measured (run 10 % labels with ours, supervised and both ablations)."
+    elif failed:
+        verdict = f"The goal is **NOT met** ({'; '.join(failed)})."
+    elif unmeasured:
+        verdict = f"The goal is met where measured, but not all of it was measured ({'; '.join(unmeasured)})."
+    else:
+        verdict = "The goal is **met** on every dataset."
+    verdict += (" With so few seeds, a gain smaller than about twice its std is within the noise of the seeds."
+                if measured else "")
+    lines += ["", verdict, ""]
+    if missing:
+        lines += ["Runs missing from this table (not trained yet): " + ", ".join(missing), ""]
+    lines += [f"Total training time: {settings['total_train_s'] / 60:.1f} min over {settings['runs']} run(s) "
+              f"({settings['total_train_s'] / max(settings['runs'], 1):.0f} s each on average, evaluation "
+              f"{settings['total_eval_s'] / max(settings['runs'], 1):.0f} s each).", ""]
+    return "\n".join(lines)
+
+
+def bar_chart(table: Dict[str, dict], path: str) -> Optional[str]:
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    groups = [(d, f) for d, fractions in table.items() for f in sorted(fractions, key=lambda x: int(x[:-3]))]
+    methods = [m for m in METHODS if any(m in table[d][f] for d, f in groups)]
+    if not groups or not methods:
+        return None
+    width = 0.8 / len(methods)
+    fig, ax = plt.subplots(figsize=(max(6.5, 1.8 * len(groups) + 2), 4.8))
+    for i, method in enumerate(methods):
+        xs, means, stds = [], [], []
+        for g, (d, f) in enumerate(groups):
+            e = table[d][f].get(method)
+            if e is not None and e["dice"]["mean"] is not None:
+                xs.append(g + (i - (len(methods) - 1) / 2) * width)
+                means.append(e["dice"]["mean"])
+                stds.append(e["dice"]["std"] or 0.0)
+        bars = ax.bar(xs, means, width, yerr=stds, capsize=3, label=METHOD_LABELS[method])
+        ax.bar_label(bars, [f"{m:.0f}" for m in means], fontsize=6, padding=2)
+    ax.set_xticks(range(len(groups)))
+    ax.set_xticklabels([f"{d}\n{f[:-3]} % labeled" for d, f in groups], fontsize=8)
+    ax.set_ylabel("Dice % (mean ± std over seeds)")
+    lows = [table[d][f][m]["dice"]["mean"] for d, f in groups for m in table[d][f]
+            if table[d][f][m]["dice"]["mean"] is not None]
+    ax.set_ylim(max(0.0, min(lows) - 15.0) if lows else 0.0, 105.0)
+    ax.legend(fontsize=7, ncol=min(5, len(methods)), loc="upper center", bbox_to_anchor=(0.5, -0.14),
+              frameon=False)
+    ax.set_title("SemiSupSeg accuracy (colin27 = one real subject, augmented)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+# ------------------------------------------------------------------------------------------------ main
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def say(text: str) -> None:
+    print(text, flush=True)
+
+
+def parse_iterations(text: str, datasets: List[str]) -> Dict[str, int]:
+    """``N`` (every dataset) or ``phantoms=N,colin27=M`` (datasets not named keep the default)."""
+    text = str(text).strip()
+    try:
+        if "=" not in text:
+            return {d: _positive(int(text)) for d in datasets}
+        values = {}
+        for part in (DEFAULT_ITERATIONS + "," + text).split(","):  # later entries win
+            name, number = part.split("=")
+            values[name.strip()] = _positive(int(number))
+        unknown = sorted(set(values) - set(DATASET_LABELS))
+        if unknown:
+            raise InputError(f"--iterations names {', '.join(unknown)}; the datasets are "
+                             f"{', '.join(DATASET_LABELS)}.")
+    except ValueError:
+        raise InputError(f"--iterations {text!r} is not a positive number nor of the form "
+                         f"phantoms=80,colin27=240.") from None
+    return values
+
+
+def _positive(value: int) -> int:
+    if value < 1:
+        raise ValueError(value)
+    return value
+
+
+def parse_list(text: str, kind, what: str, allowed=None) -> list:
+    try:
+        values = [kind(v.strip()) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise InputError(f"--{what} {text!r} is not a comma-separated list of {kind.__name__} values.") from None
+    if allowed is not None:
+        bad = [v for v in values if v not in allowed]
+        if bad:
+            raise InputError(f"--{what} has {', '.join(map(str, bad))}; choose from {', '.join(allowed)}.")
+    if not values:
+        raise InputError(f"--{what} is empty.")
+    return values
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", help=f"output folder (default {FULL['out']}, {QUICK['out']} with --quick)")
+    parser.add_argument("--datasets", help=f"default {FULL['datasets']}")
+    parser.add_argument("--fractions", help=f"labeled fractions of the {TRAIN_CASES} training cases, "
+                                            f"default {FULL['fractions']}")
+    parser.add_argument("--seeds", help=f"default {FULL['seeds']}")
+    parser.add_argument("--methods", help=f"default {FULL['methods']}")
+    parser.add_argument("--iterations", help=f"per training: N, or per dataset as in the default "
+                                             f"{FULL['iterations']}")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--quick", action="store_true",
+                        help="phantoms, 10 %% labels, seed 0, supervised and ours, 20 iterations (minutes)")
+    parser.add_argument("--report-only", action="store_true", help="write the tables from existing results")
+    args = parser.parse_args(argv)
+    defaults = QUICK if args.quick else FULL
+    for key, value in defaults.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    command = "python Testing/Benchmarks/bench_accuracy.py " + " ".join(
+        shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
+    try:
+        datasets = parse_list(args.datasets, str, "datasets", ("phantoms", "colin27"))
+        fractions = parse_list(args.fractions, float, "fractions")
+        seeds = parse_list(args.seeds, int, "seeds")
+        methods = parse_list(args.methods, str, "methods", tuple(METHODS))
+        if any(not 0.0 < f <= 1.0 for f in fractions):
+            raise InputError("--fractions must lie in (0, 1], e.g. 0.1,0.2.")
+        iterations = parse_iterations(args.iterations, datasets)
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        out = os.path.abspath(args.out)
+        os.makedirs(out, exist_ok=True)
+        runs = [(d, f, m, s) for d in datasets for f in fractions for m in methods for s in seeds]
+        results, missing = [], []
+        todo = [r for r in runs if load_result(out, *r, iterations[r[0]]) is None]
+        say(f"{len(runs)} runs selected, {len(runs) - len(todo)} already done, {len(todo)} to "
+            f"{'report as missing' if args.report_only else 'train'} (iterations: "
+            f"{', '.join(f'{d} {iterations[d]}' for d in datasets)}).")
+        manifests = {} if args.report_only else {d: prepare_dataset(d, out, fractions) for d in datasets
+                                                  if any(r[0] == d for r in todo)}
+        spent, trained = 0.0, 0
+        for index, (d, f, m, s) in enumerate(runs, start=1):
+            result = load_result(out, d, f, m, s, iterations[d])
+            name = f"{d} {fraction_name(f)} {m} seed{s}"
+            if result is None and args.report_only:
+                missing.append(name)
+                continue
+            if result is None:
+                started = time.monotonic()
+                result = run_one(out, d, f, m, s, iterations[d], args.device, manifests[d])
+                spent += time.monotonic() - started
+                trained += 1
+                left = len(todo) - trained
+                eta = f", about {max(1, round(spent / trained * left / 60))} min left" if left else ""
+                say(f"[{index}/{len(runs)}] {name}: Dice {result['run']['dice']['mean'] * 100:.1f} % "
+                    f"(train {result['train_seconds']:.0f} s, evaluation {result['eval_seconds']:.0f} s{eta})")
+            results.append(result)
+    except InputError as e:
+        say(f"Error: {e}")
+        return 2
+    except (Cancelled, KeyboardInterrupt):
+        say("Stopped. Run the same command again to continue where it stopped.")
+        return 3
+    if not results:
+        say("No results to report yet.")
+        return 1
+
+    table = aggregate(results)
+    checks = goal_check(table)
+    first = run_config(methods[0], seeds[0], iterations[datasets[0]], args.device)
+    settings = {
+        "date": datetime.datetime.now().isoformat(timespec="minutes"),
+        "machine": f"{cpu_name()}, {os.cpu_count()} cores", "torch": torch.__version__,
+        "threads": torch.get_num_threads(), "device": str(select_device(args.device)),
+        "preset": PRESET, "iterations": {d: iterations[d] for d in datasets},
+        "patch_size": "×".join(map(str, first.patch_size)), "base_filters": first.base_filters,
+        "batch": f"{first.batch_labeled} labeled + {first.batch_unlabeled} unlabeled (ours)",
+        "runs": len(results), "total_train_s": sum(r["train_seconds"] for r in results),
+        "total_eval_s": sum(r["eval_seconds"] for r in results),
+    }
+    text = markdown(table, checks, settings, command, missing)
+    with open(os.path.join(out, "accuracy.md"), "w") as f:
+        f.write(text)
+    with open(os.path.join(out, "accuracy.json"), "w") as f:
+        json.dump({"command": command, "settings": settings, "datasets": DATASET_LABELS,
+                   "summary": table, "goal": checks, "missing": missing, "runs": results}, f, indent=1)
+    chart = bar_chart(table, os.path.join(out, "accuracy_dice.png"))
+    say("\n" + text)
+    say(f"Written: {os.path.join(out, 'accuracy.md')}, {os.path.join(out, 'accuracy.json')}"
+        + (f", {chart}" if chart else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
