@@ -49,6 +49,7 @@ class TrainConfig:
     lambda_c_schedule: str = "rampup"    # "rampup" (default) or "printed" (the paper's formula as printed)
     reliable_fraction: float = 0.8       # share of unlabeled voxels kept by the entropy filter
     reliability: str = "batch"           # "batch": one percentile over the batch; "class": per pseudo class
+    regularization_average: str = "voxels"  # L_reg averaged over all voxels, or "mdiff": over M_diff only
     threshold_start: float = 0.7         # T of Eq. 4, linear from start to end over training
     threshold_end: float = 0.95
     contrastive_temperature: float = 0.1
@@ -97,6 +98,9 @@ class TrainConfig:
                              f"(e.g. 32 32 16) or batch_labeled=2.")
         if self.method not in METHODS:
             raise InputError(f"method is {self.method!r}; use one of {', '.join(METHODS)}.")
+        if self.regularization_average not in ("voxels", "mdiff"):
+            raise InputError(f"regularization_average is {self.regularization_average!r}; use 'voxels' or "
+                             f"'mdiff'.")
         if self.reliability not in ("batch", "class"):
             raise InputError(f"reliability is {self.reliability!r}; use 'batch' or 'class'.")
         if self.lambda_c_schedule not in ("rampup", "printed"):

@@ -267,23 +267,33 @@ def disagreement_mask(
     return (conf_a > threshold) & (conf_b > threshold) & (arg_a != arg_b)
 
 
-def regularization_loss(probs_a: torch.Tensor, probs_b: torch.Tensor, mdiff: torch.Tensor) -> torch.Tensor:
+def regularization_loss(probs_a: torch.Tensor, probs_b: torch.Tensor, mdiff: torch.Tensor,
+                        average: str = "voxels") -> torch.Tensor:
     """Eq. 5: L1 distance between the M_diff-masked softmax outputs of A and B.
 
-    ``sum_k |pA_k - pB_k|`` at every M_diff voxel, averaged over the M_diff voxels (the paper writes a
-    plain sum; the mean keeps the weight independent of the crop size and of how many voxels disagree).
+    ``sum_k |pA_k - pB_k|`` at every M_diff voxel (0 elsewhere, the Hadamard mask of Eq. 5), then
+    averaged. ``average="voxels"`` (default) divides by the number of voxels in the batch, as every other
+    voxel loss here: each disagreeing voxel gets the same gradient as a voxel of L_u. ``average="mdiff"``
+    divides by the number of M_diff voxels (../shared/REFERENCE.md's default): when only a handful of
+    voxels disagree, each gets a gradient ~10^5 times that of a voxel of L_u, and on the phantoms that
+    spike cost 11 Dice points (Testing/Benchmarks/bench_accuracy.py; the README has the figures).
     Nothing is detached: the gradient reaches both networks, so each is pulled towards the other.
 
     Args:
         probs_a, probs_b: (B, K, *spatial) softmax outputs.
         mdiff: (B, *spatial) bool from :func:`disagreement_mask`.
+        average: "voxels" or "mdiff" (see above).
 
     Returns:
         0-dim tensor; exactly 0 (connected to both inputs, zero gradient) when M_diff is empty.
     """
     diff = (probs_a - probs_b).abs().sum(dim=1)  # (B, *spatial)
     total = torch.where(mdiff, diff, torch.zeros_like(diff)).sum()
-    return total / mdiff.sum().clamp_min(1).to(diff.dtype)
+    if average == "voxels":
+        return total / mdiff.numel()
+    if average == "mdiff":
+        return total / mdiff.sum().clamp_min(1).to(diff.dtype)
+    raise ValueError(f"average must be 'voxels' or 'mdiff', got {average!r}")
 
 
 def class_prototypes(

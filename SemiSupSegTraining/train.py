@@ -88,7 +88,7 @@ def unlabeled_terms(config: TrainConfig, iteration: int, num_classes: int, label
         threshold = losses.confidence_threshold(iteration, config.iterations, config.threshold_start,
                                                 config.threshold_end)
         mdiff = losses.disagreement_mask(probs[0], probs[1], threshold)
-        stats["reg"] = losses.regularization_loss(probs[0], probs[1], mdiff)
+        stats["reg"] = losses.regularization_loss(probs[0], probs[1], mdiff, config.regularization_average)
         stats["mdiff_voxels"] = mdiff.sum().float()
         total_u = total_u + stats["reg"]
 

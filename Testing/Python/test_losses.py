@@ -207,8 +207,10 @@ def test_regularization_loss_by_hand():
     probs_a = _probs([[0.9, 0.1, 0.0], [0.1, 0.85, 0.05], [0.8, 0.1, 0.1]])
     probs_b = _probs([[0.1, 0.0, 0.9], [0.7, 0.2, 0.1], [0.05, 0.9, 0.05]])
     mdiff = _mask([True, False, True])
-    # voxel 0: 0.8 + 0.1 + 0.9 = 1.8; voxel 2: 0.75 + 0.8 + 0.05 = 1.6; mean 1.7
-    assert L.regularization_loss(probs_a, probs_b, mdiff).item() == pytest.approx(1.7, **TOL)
+    # voxel 0: 0.8 + 0.1 + 0.9 = 1.8; voxel 2: 0.75 + 0.8 + 0.05 = 1.6; voxel 1 is masked out.
+    # Averaged over all 3 voxels: 3.4 / 3; over the 2 M_diff voxels: 1.7.
+    assert L.regularization_loss(probs_a, probs_b, mdiff).item() == pytest.approx(3.4 / 3, **TOL)
+    assert L.regularization_loss(probs_a, probs_b, mdiff, "mdiff").item() == pytest.approx(1.7, **TOL)
 
 
 # ---------------------------------------------------------------- Eq. 6, 7
