@@ -40,7 +40,8 @@ def run_demo(output_dir: str, iterations: Optional[int] = None, device: str = "a
         if len(shown) < 3:
             shown.append({"id": case_id, "arrays": (volume, reference, result)})
 
-    report = evaluate_model(model_path, test_manifest, device=device,
+    # The atrium is one connected structure: keep the largest component, as a user would (--keep-largest).
+    report = evaluate_model(model_path, test_manifest, device=device, keep_largest=True,
                             output_dir=os.path.join(output_dir, "segmentations"), on_case=keep_for_pictures)
     for picture in shown:
         picture["classes"] = next(c["classes"] for c in report["cases"] if c["id"] == picture["id"])
