@@ -44,7 +44,6 @@ import copy
 import math
 import os
 import sys
-import tempfile
 import time
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -465,16 +464,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         value = getattr(args, key)
         if value is not None:
             settings[key] = tuple(value) if isinstance(value, list) else value
-    machine = benchlib.machine_info()
-    started = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="bench-inference-") as work:
-        report = run_all(args, settings, machine, work)
-    report["total_seconds"] = round(time.perf_counter() - started, 1)
-    print(format_report(report))
-    benchlib.write_json(args.json, report)
-    if args.json:
-        log(f"results written to {args.json}")
-    return report
+    return benchlib.run_and_report("bench-inference", run_all, format_report, args, settings)
 
 
 def run_all(args, settings: Dict[str, Any], machine: Dict[str, Any], work: str) -> Dict[str, Any]:

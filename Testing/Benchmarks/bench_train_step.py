@@ -34,7 +34,6 @@ import argparse
 import math
 import os
 import sys
-import tempfile
 import time
 from typing import Any, Dict, Optional, Sequence
 
@@ -246,16 +245,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     for key in ("warmup", "steps"):
         if getattr(args, key) is not None:
             settings[key] = getattr(args, key)
-    machine = benchlib.machine_info()
-    started = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="bench-train-step-") as work:
-        report = run_all(args, settings, machine, work)
-    report["total_seconds"] = round(time.perf_counter() - started, 1)
-    print(format_report(report))
-    benchlib.write_json(args.json, report)
-    if args.json:
-        log(f"results written to {args.json}")
-    return report
+    return benchlib.run_and_report("bench-train-step", run_all, format_report, args, settings)
 
 
 def run_all(args, settings: Dict[str, Any], machine: Dict[str, Any], work: str) -> Dict[str, Any]:

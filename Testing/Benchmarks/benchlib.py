@@ -271,3 +271,18 @@ def dice(a, b, num_classes: int) -> Optional[float]:
         if total:
             scores.append(2.0 * int(np.logical_and(x, y).sum()) / total)
     return round(float(np.mean(scores)), 5) if scores else None
+
+
+def run_and_report(name: str, run_all: Callable[..., Dict[str, Any]], format_report: Callable[[Dict[str, Any]], str],
+                   args: Any, settings: Dict[str, Any]) -> Dict[str, Any]:
+    """The parent's common part: run every procedure in a scratch folder, print the tables, write the JSON."""
+    machine = machine_info()
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix=f"{name}-") as work:
+        report = run_all(args, settings, machine, work)
+    report["total_seconds"] = round(time.perf_counter() - started, 1)
+    print(format_report(report))
+    write_json(args.json, report)
+    if args.json:
+        print(f"[{name} {time.strftime('%H:%M:%S')}] results written to {args.json}", file=sys.stderr, flush=True)
+    return report
