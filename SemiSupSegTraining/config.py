@@ -110,12 +110,6 @@ class TrainConfig:
         if not 0.0 <= self.reliable_fraction <= 1.0:
             raise InputError("reliable_fraction must lie between 0 and 1.")
 
-    def with_overrides(self, overrides: Dict[str, Any]) -> "TrainConfig":
-        data = self.to_dict()
-        data.update(overrides)
-        return TrainConfig.from_dict(data)
-
-
 PRESETS: Dict[str, Dict[str, Any]] = {
     # The paper's networks, crops and schedule (a GPU job).
     "paper": {},

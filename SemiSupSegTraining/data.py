@@ -93,7 +93,7 @@ class Case:
 
 # --------------------------------------------------------------------------------------------- reading
 
-def _read_sitk(path: str, what: str) -> sitk.Image:
+def read_sitk_image(path: str, what: str) -> sitk.Image:
     if not os.path.exists(path):
         raise InputError(f"The {what} {path} does not exist; check the path.")
     if os.path.isdir(path):
@@ -210,7 +210,7 @@ def _read_dicom_series(folder: str, what: str) -> sitk.Image:
                          f"the files are complete.") from None
 
 
-def _require_3d_scalar(image: sitk.Image, path: str, what: str) -> None:
+def require_3d_scalar(image: sitk.Image, path: str, what: str) -> None:
     if image.GetDimension() != 3:
         raise InputError(f"The {what} {path} is {image.GetDimension()}D; SemiSupSeg needs a 3D volume.")
     if image.GetNumberOfComponentsPerPixel() != 1:
@@ -223,8 +223,8 @@ def _require_3d_scalar(image: sitk.Image, path: str, what: str) -> None:
 
 def read_image(path: str) -> Volume:
     """Reads a 3D scalar image as float32; NaN/inf voxels, 2D and 4D images are refused."""
-    image = _read_sitk(path, "image")
-    _require_3d_scalar(image, path, "image")
+    image = read_sitk_image(path, "image")
+    require_3d_scalar(image, path, "image")
     array = sitk.GetArrayFromImage(image).astype(np.float32, copy=False)
     if not np.isfinite(array).all():
         bad = int(np.size(array) - np.isfinite(array).sum())
@@ -244,7 +244,7 @@ def read_segmentation_file(path: str, reference: Optional[Geometry] = None
     extent: layers are merged (a later segment wins where two overlap) and, with ``reference``, the label
     map is resampled (nearest neighbour) onto the reference grid, which is lossless for Slicer's sub-grids.
     """
-    image = _read_sitk(path, "segmentation")
+    image = read_sitk_image(path, "segmentation")
     reader = sitk.ImageFileReader()
     reader.SetFileName(path)
     reader.ReadImageInformation()
@@ -311,8 +311,8 @@ def read_label(path: str, classes: List[ClassInfo], reference: Geometry) -> np.n
         for order, value in mapping.items():
             values[raw == order] = value
     else:
-        image = _read_sitk(path, "label")
-        _require_3d_scalar(image, path, "label")
+        image = read_sitk_image(path, "label")
+        require_3d_scalar(image, path, "label")
         problem = reference.mismatch(Geometry.of(image))
         if problem:
             raise InputError(f"The label {path} does not lie on its image's grid ({problem}); resample the "

@@ -6,7 +6,7 @@ from typing import Callable, Dict, List, Optional
 import numpy as np
 import SimpleITK as sitk
 
-from .data import (Geometry, _read_sitk, _require_3d_scalar, is_segmentation_file, read_image, read_label,
+from .data import (Geometry, read_sitk_image, require_3d_scalar, is_segmentation_file, read_image, read_label,
                    read_segmentation_file)
 from .errors import InputError
 from .infer import Segmenter
@@ -17,8 +17,8 @@ from .metrics import evaluate, summarize
 def _grid_of(path: str) -> Geometry:
     if is_segmentation_file(path):
         return Geometry.of(read_segmentation_file(path)[0])
-    image = _read_sitk(path, "label")
-    _require_3d_scalar(image, path, "label")
+    image = read_sitk_image(path, "label")
+    require_3d_scalar(image, path, "label")
     return Geometry.of(image)
 
 
@@ -30,7 +30,7 @@ def _classes_from_files(paths: List[str], grid: Geometry) -> List[ClassInfo]:
             return default_classes([name for name, _ in segments])
     values = set()
     for path in paths:
-        values |= set(int(v) for v in np.unique(sitk.GetArrayFromImage(_read_sitk(path, "label"))))
+        values |= set(int(v) for v in np.unique(sitk.GetArrayFromImage(read_sitk_image(path, "label"))))
     return [ClassInfo(0, "background")] + [ClassInfo(v, f"label {v}") for v in sorted(values - {0})]
 
 

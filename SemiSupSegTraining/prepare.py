@@ -37,7 +37,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import SimpleITK as sitk
 
-from .data import Geometry, _read_sitk, _require_3d_scalar, normalize, read_image, write_image_atomic
+from .data import Geometry, read_sitk_image, require_3d_scalar, normalize, read_image, write_image_atomic
 from .errors import InputError
 from .manifest import CaseEntry, Manifest, default_classes, write_manifest
 from .progress import Reporter
@@ -497,8 +497,8 @@ def prepare_la(input_dir: str, output_dir: str, labeled: Sequence[int] = (8, 16)
         else:
             volume = read_image(source.image)
             geometry = volume.geometry
-            label_image = _read_sitk(source.label, "label")
-            _require_3d_scalar(label_image, source.label, "label")
+            label_image = read_sitk_image(source.label, "label")
+            require_3d_scalar(label_image, source.label, "label")
             label_image = _onto_grid(label_image, geometry, source.label, source.image)
             label01 = binary_label(sitk.GetArrayFromImage(label_image), source.label, (1, 255))
             image = geometry.to_image(normalize(volume.array, "zscore"))
@@ -632,7 +632,7 @@ def read_dicom_case(folder: str) -> sitk.Image:
     except RuntimeError as e:
         raise InputError(f"The DICOM series in {os.path.dirname(best[0])} cannot be read "
                          f"({str(e).strip()[:160]}); check that its files are complete.") from None
-    _require_3d_scalar(image, folder, "image")
+    require_3d_scalar(image, folder, "image")
     return image
 
 
@@ -669,11 +669,11 @@ def prepare_pancreas(images_dir: str, labels_dir: str, output_dir: str, labeled:
         if source.kind == "dicom":
             image = read_dicom_case(source.image)
         else:
-            image = _read_sitk(source.image, "image")
-            _require_3d_scalar(image, source.image, "image")
+            image = read_sitk_image(source.image, "image")
+            require_3d_scalar(image, source.image, "image")
         geometry = Geometry.of(image)
-        label_image = _read_sitk(source.label, "label")
-        _require_3d_scalar(label_image, source.label, "label")
+        label_image = read_sitk_image(source.label, "label")
+        require_3d_scalar(label_image, source.label, "label")
         label_image = _onto_grid(label_image, geometry, source.label, source.image, label_on_image_grid)
         label01 = binary_label(sitk.GetArrayFromImage(label_image), source.label, (1,))
         if margin is None:
