@@ -428,17 +428,11 @@ HANDLERS = {"setup": child_setup, "reference": child_reference, "ours": child_ou
 
 # ============================================================================================ parent
 
-def log(text: str) -> None:
-    print(f"[bench_inference {time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
+log = benchlib.logger("bench_inference")
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true",
-                   help="validation run: 8-filter networks, 48×48×32 windows, a 64×72×36 volume, one repetition")
-    p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
-    p.add_argument("--json", help="write the results to this JSON file")
+    p = benchlib.speed_parser(__doc__, "validation run: 8-filter networks, 48×48×32 windows, a 64×72×36 volume, one repetition")
     p.add_argument("--model", help="a trained model file for the agreement Dice (default: train a demo-scale one)")
     p.add_argument("--save-model", help="keep the demo-scale model trained for the agreement Dice here")
     p.add_argument("--train-iterations", type=int, help="iterations of the agreement model (full 150, quick 30)")

@@ -34,7 +34,6 @@ import argparse
 import math
 import os
 import sys
-import time
 from typing import Any, Dict, Optional, Sequence
 
 import numpy as np
@@ -216,17 +215,11 @@ HANDLERS = {"step": child_step}
 
 # ============================================================================================ parent
 
-def log(text: str) -> None:
-    print(f"[bench_train_step {time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
+log = benchlib.logger("bench_train_step")
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true",
-                   help="validation run: 48×48×32 crops, 8 base filters, 1 warm-up and 2 timed steps")
-    p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
-    p.add_argument("--json", help="write the results to this JSON file")
+    p = benchlib.speed_parser(__doc__, "validation run: 48×48×32 crops, 8 base filters, 1 warm-up and 2 timed steps")
     p.add_argument("--warmup", type=int, help="untimed steps first (full 2)")
     p.add_argument("--steps", type=int, help="timed steps (full 5)")
     p.add_argument("--with-bf16", action="store_true",

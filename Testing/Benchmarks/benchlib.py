@@ -286,3 +286,22 @@ def run_and_report(name: str, run_all: Callable[..., Dict[str, Any]], format_rep
     if args.json:
         print(f"[{name} {time.strftime('%H:%M:%S')}] results written to {args.json}", file=sys.stderr, flush=True)
     return report
+
+
+def logger(name: str) -> Callable[[str], None]:
+    """A timestamped progress line on stderr, prefixed with the benchmark's name."""
+    def log(text: str) -> None:
+        print(f"[{name} {time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
+    return log
+
+
+def speed_parser(doc: str, quick_help: str):
+    """The options every speed benchmark shares: --quick, --device, --json."""
+    import argparse
+
+    p = argparse.ArgumentParser(description=doc.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help=quick_help)
+    p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    p.add_argument("--json", help="write the results to this JSON file")
+    return p
