@@ -44,11 +44,15 @@ class TrainConfig:
     use_regularization: bool = True      # L_reg
     use_contrastive: bool = True         # L_c
     lambda_u: float = 1.0
-    lambda_u_rampup: float = 0.0         # share of training over which λu ramps up from 0 (0: constant, as printed)
+    # λu reaches its value through a sigmoid ramp-up over this share of training; 0 = constant from the first
+    # iteration, as printed. Early pseudo labels are all background: constant λu held the networks there.
+    lambda_u_rampup: float = 0.4
     lambda_c_max: float = 0.1
     lambda_c_schedule: str = "rampup"    # "rampup" (default) or "printed" (the paper's formula as printed)
     reliable_fraction: float = 0.8       # share of unlabeled voxels kept by the entropy filter
-    reliability: str = "batch"           # "batch": one percentile over the batch; "class": per pseudo class
+    # "class": the entropy percentile per pseudo class; "batch": one percentile over the batch, which drops
+    # every voxel of an organ smaller than the unreliable share (L_u then never sees foreground).
+    reliability: str = "class"
     regularization_average: str = "voxels"  # L_reg averaged over all voxels, or "mdiff": over M_diff only
     threshold_start: float = 0.7         # T of Eq. 4, linear from start to end over training
     threshold_end: float = 0.95
@@ -56,6 +60,8 @@ class TrainConfig:
     contrastive_max_voxels: int = 4096
     prototype_margin: float = 1.0
     prototypes_from_labeled: bool = True
+    unlabeled_views: bool = True         # each network sees its own intensity view of the unlabeled crops
+    projection_channels: int = 16        # L_c on a projection head of this width; 0: on the decoder features
     # Running
     seed: int = 0
     device: str = "auto"
@@ -107,6 +113,8 @@ class TrainConfig:
             raise InputError(f"lambda_c_schedule is {self.lambda_c_schedule!r}; use 'rampup' or 'printed'.")
         if self.normalization not in (None, "zscore", "window"):
             raise InputError(f"normalization is {self.normalization!r}; use 'zscore' or 'window'.")
+        if not (isinstance(self.projection_channels, int) and self.projection_channels >= 0):
+            raise InputError(f"projection_channels is {self.projection_channels!r}; use 0 or a positive whole number.")
         if not 0.0 <= self.reliable_fraction <= 1.0:
             raise InputError("reliable_fraction must lie between 0 and 1.")
 

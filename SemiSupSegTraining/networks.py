@@ -136,6 +136,19 @@ class ResVNet(nn.Module):
         return self.decoder(skips)
 
 
+class ProjectionHead(nn.Sequential):
+    """Maps a network's decoder features (B, F, *spatial) to the D-dimensional voxel representations that the
+    prototype contrastive loss (Eq. 6-7) works on: 1³ conv, batch norm, ReLU, 1³ conv.
+
+    Training only (inference never needs it), so model files do not hold it. Without it L_c pulls on the
+    very features the classifier reads, and on our benchmark that cost Dice (README, "The method").
+    """
+
+    def __init__(self, in_channels: int, out_channels: int):
+        super().__init__(nn.Conv3d(in_channels, in_channels, 1), nn.BatchNorm3d(in_channels), nn.ReLU(inplace=True),
+                         nn.Conv3d(in_channels, out_channels, 1))
+
+
 def build_networks(num_classes: int, base_filters: int = 16, resnet_blocks: Sequence[int] = (3, 4, 6, 3),
                    dropout: float = 0.5, in_channels: int = 1) -> Tuple[nn.Module, nn.Module]:
     """(Subnet A, Subnet B) as the paper pairs them."""

@@ -25,8 +25,9 @@ from .devices import autocast, autocast_dtype, select_device
 from .errors import Cancelled, InputError, is_out_of_memory
 from .manifest import Manifest, class_color, load_manifest, manifest_to_dict, parse_manifest
 from .modelfile import PARTIAL_MARK, load_trusted_data, save_model, save_temporary
-from .networks import build_networks
+from .networks import ProjectionHead, build_networks
 from .progress import Reporter
+from .views import intensity_view
 
 try:
     import fcntl
@@ -146,8 +147,15 @@ class Trainer:
         self.generator.manual_seed(config.seed)
         self.net_a, self.net_b = (n.to(device) for n in build_networks(
             num_classes, config.base_filters, config.resnet_blocks, config.dropout))
-        self.optimizers = [torch.optim.SGD(n.parameters(), lr=config.lr, momentum=config.momentum,
-                                           weight_decay=config.weight_decay) for n in (self.net_a, self.net_b)]
+        # L_c's projection heads train with their network (one optimiser each) but are not in the model file.
+        self.projectors: Optional[torch.nn.ModuleList] = None
+        if config.method == "ours" and config.use_contrastive and config.projection_channels > 0:
+            self.projectors = torch.nn.ModuleList(
+                ProjectionHead(config.base_filters, config.projection_channels) for _ in range(2)).to(device)
+        self.optimizers = [
+            torch.optim.SGD(list(net.parameters()) + (list(self.projectors[i].parameters()) if self.projectors else []),
+                            lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+            for i, net in enumerate((self.net_a, self.net_b))]
         # fp16 needs loss scaling; bf16 and fp32 do not.
         self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
         patch = zyx(config.patch_size)
@@ -178,9 +186,14 @@ class Trainer:
         n = labels.shape[0]
         self.net_a.train()
         self.net_b.train()
+        inputs = [images, images]
+        if config.unlabeled_views and images.shape[0] > n:  # same labeled crops, own view of the unlabeled
+            inputs = [torch.cat([images[:n], intensity_view(images[n:], self.generator)]) for _ in range(2)]
         with autocast(self.device, self.amp_dtype):
-            logits_a, feat_a = self.net_a(images)
-            logits_b, feat_b = self.net_b(images)
+            logits_a, feat_a = self.net_a(inputs[0])
+            logits_b, feat_b = self.net_b(inputs[1])
+            if self.projectors is not None:
+                feat_a, feat_b = self.projectors[0](feat_a), self.projectors[1](feat_b)
         sup_a = losses.supervised_loss(logits_a[:n].float(), labels, self.num_classes)
         sup_b = losses.supervised_loss(logits_b[:n].float(), labels, self.num_classes)
         if config.method == "ours":
@@ -221,6 +234,8 @@ class Trainer:
             state["rng_cuda"] = torch.cuda.get_rng_state(self.device)
         if self.scaler is not None:
             state["scaler"] = self.scaler.state_dict()
+        if self.projectors is not None:
+            state["projectors"] = self.projectors.state_dict()
         return state
 
     def load_state(self, state: Dict[str, Any]) -> None:
@@ -235,6 +250,8 @@ class Trainer:
             torch.cuda.set_rng_state(state["rng_cuda"], self.device)
         if "scaler" in state and self.scaler is not None:
             self.scaler.load_state_dict(state["scaler"])
+        if "projectors" in state and self.projectors is not None:
+            self.projectors.load_state_dict(state["projectors"])
         self.iteration = int(state["iteration"])
 
     def load_weights(self, weights_a: Dict[str, torch.Tensor], weights_b: Dict[str, torch.Tensor]) -> None:

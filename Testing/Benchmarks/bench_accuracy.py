@@ -84,7 +84,7 @@ from SemiSupSegTraining.train import CHECKPOINT_NAME, MODEL_NAME, PREVIOUS_CHECK
 
 PRESET = "demo"
 # Iterations per training, per dataset: the full table in about 90 minutes on two idle cores.
-DEFAULT_ITERATIONS = "phantoms=80,colin27=240"
+DEFAULT_ITERATIONS = "phantoms=600,colin27=600"
 LR_STEP_SHARE = 0.8               # lr ÷10 after this share of the iterations
 QUICK = {"datasets": "phantoms", "fractions": "0.1", "seeds": "0", "methods": "supervised,ours",
          "iterations": "20", "out": "benchmark-accuracy-quick"}
@@ -298,6 +298,11 @@ def goal_check(table: Dict[str, dict]) -> List[dict]:
         if not methods:
             continue
         ours = methods.get("ours")
+        everything = fractions.get(fraction_name(1.0), {}).get("supervised")
+        if everything is not None and "supervised" in methods:
+            gain, std, n = paired_gain(everything, methods["supervised"])
+            checks.append({"dataset": dataset, "what": "headroom: supervised with all labeled − supervised at 10 %",
+                           "goal": None, "gain": gain, "std": std, "seeds": n, "met": None})
         for other, goal, what in (("supervised", GOAL_GAIN, "ours − supervised only"),
                                   ("ours-no-reg", GOAL_TERM, "L_reg: ours − ours without L_reg"),
                                   ("ours-no-c", GOAL_TERM, "L_c: ours − ours without L_c")):
@@ -367,13 +372,17 @@ def markdown(table: Dict[str, dict], checks: List[dict], settings: dict, command
               f"Goal: ours full ≥ supervised only + {GOAL_GAIN:g} Dice points; L_reg and L_c each worth "
               f"≥ {GOAL_TERM:g} Dice points. Gains are paired by seed (same initialisation): mean ± std over "
               f"seeds.", "", "| dataset | comparison | goal | gain (Dice points) | met? |", "|---|---|---|---|---|"]
+    goals = [c for c in checks if c["goal"] is not None]
     for c in checks:
         met = "not measured" if c["met"] is None else ("**yes**" if c["met"] else "**NO**")
+        if c["goal"] is None:
+            met = "context"
         gain = "–" if c["gain"] is None else f"{c['gain']:+.2f} ± {c['std']:.2f} ({c['seeds']} seeds)"
-        lines.append(f"| {c['dataset']} | {c['what']} | ≥ {c['goal']:g} | {gain} | {met} |")
-    measured = [c for c in checks if c["met"] is not None]
+        goal = "–" if c["goal"] is None else f"≥ {c['goal']:g}"
+        lines.append(f"| {c['dataset']} | {c['what']} | {goal} | {gain} | {met} |")
+    measured = [c for c in goals if c["met"] is not None]
     failed = [f"{c['dataset']}: {c['what']}" for c in measured if not c["met"]]
-    unmeasured = [f"{c['dataset']}: {c['what']}" for c in checks if c["met"] is None]
+    unmeasured = [f"{c['dataset']}: {c['what']}" for c in goals if c["met"] is None]
     if not measured:
         verdict = "The goal was not measured (run 10 % labels with ours, supervised and both ablations)."
     elif failed:
@@ -504,6 +513,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--quick", action="store_true",
                         help="phantoms, 10 %% labels, seed 0, supervised and ours, 20 iterations (minutes)")
     parser.add_argument("--report-only", action="store_true", help="write the tables from existing results")
+    parser.add_argument("--no-ceiling", dest="ceiling", action="store_false",
+                        help="skip supervised-only with every training case labeled (the ceiling that labels "
+                             "alone reach; trained by default alongside supervised)")
     args = parser.parse_args(argv)
     defaults = QUICK if args.quick else FULL
     for key, value in defaults.items():
@@ -524,12 +536,15 @@ def main(argv: Optional[List[str]] = None) -> int:
         out = os.path.abspath(args.out)
         os.makedirs(out, exist_ok=True)
         runs = [(d, f, m, s) for d in datasets for f in fractions for m in methods for s in seeds]
+        if args.ceiling and "supervised" in methods:  # every training case labeled: what labels alone reach
+            runs += [(d, 1.0, "supervised", s) for d in datasets for s in seeds if 1.0 not in fractions]
         results, missing = [], []
         todo = [r for r in runs if load_result(out, *r, iterations[r[0]]) is None]
         say(f"{len(runs)} runs selected, {len(runs) - len(todo)} already done, {len(todo)} to "
             f"{'report as missing' if args.report_only else 'train'} (iterations: "
             f"{', '.join(f'{d} {iterations[d]}' for d in datasets)}).")
-        manifests = {} if args.report_only else {d: prepare_dataset(d, out, fractions) for d in datasets
+        manifests = {} if args.report_only else {d: prepare_dataset(d, out, sorted({r[1] for r in todo}))
+                                                  for d in datasets
                                                   if any(r[0] == d for r in todo)}
         spent, trained = 0.0, 0
         for index, (d, f, m, s) in enumerate(runs, start=1):
