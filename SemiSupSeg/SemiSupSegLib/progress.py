@@ -99,7 +99,7 @@ def format_duration(seconds: Optional[float]) -> str:
 #: The engine's training terms, in the order they are shown (others follow in their own order).
 LOSS_ORDER = ("loss", "sup_a", "sup_b", "unsup_a", "unsup_b", "reg", "contrast_a", "contrast_b")
 #: Numbers that the engine reports with the losses but that are not losses (kept in the history, not shown).
-NOT_LOSSES = ("reliable_fraction", "mdiff_voxels", "lambda_c")
+NOT_LOSSES = ("reliable_fraction", "mdiff_voxels", "lambda_c", "lambda_u")
 
 
 def loss_names(names) -> List[str]:

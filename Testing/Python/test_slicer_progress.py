@@ -34,7 +34,7 @@ def test_other_events():
 
 def test_losses_are_shown_in_the_engines_order_without_statistics():
     losses = {"reliable_fraction": 0.8, "unsup_b": 0.4, "mdiff_voxels": 1200.0, "sup_b": 0.3, "loss": 1.5,
-              "sup_a": 0.2, "lambda_c": 0.1, "contrast_a": 0.05, "new_term": 0.01}
+              "sup_a": 0.2, "lambda_c": 0.1, "lambda_u": 0.7, "contrast_a": 0.05, "new_term": 0.01}
     assert progress.loss_names(losses) == ["loss", "sup_a", "sup_b", "unsup_b", "contrast_a", "new_term"]
     assert progress.format_losses(losses) == "loss 1.500, sup_a 0.200, sup_b 0.300, unsup_b 0.400"
 
