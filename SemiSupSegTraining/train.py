@@ -152,10 +152,10 @@ class Trainer:
         if config.method == "ours" and config.use_contrastive and config.projection_channels > 0:
             self.projectors = torch.nn.ModuleList(
                 ProjectionHead(config.base_filters, config.projection_channels) for _ in range(2)).to(device)
-        self.optimizers = [
-            torch.optim.SGD(list(net.parameters()) + (list(self.projectors[i].parameters()) if self.projectors else []),
-                            lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
-            for i, net in enumerate((self.net_a, self.net_b))]
+        heads = list(self.projectors) if self.projectors is not None else [torch.nn.Identity()] * 2
+        self.optimizers = [torch.optim.SGD(list(net.parameters()) + list(head.parameters()), lr=config.lr,
+                                           momentum=config.momentum, weight_decay=config.weight_decay)
+                           for net, head in zip((self.net_a, self.net_b), heads)]
         # fp16 needs loss scaling; bf16 and fp32 do not.
         self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
         patch = zyx(config.patch_size)
