@@ -1,23 +1,24 @@
 """Accuracy benchmark: semi-supervised methods against supervised-only training, on the same splits.
 
-Run by hand (not part of the test suite). The full table, sized for two CPU cores (about 90 minutes)::
+Run by hand (not part of the test suite). The full table::
 
-    python Testing/Benchmarks/bench_accuracy.py --out benchmark-accuracy
+    python Testing/Benchmarks/bench_accuracy.py --out benchmark-accuracy --jobs 2
 
-Time: about 90 minutes on two otherwise idle cores with the default iterations (phantoms 80,
-colin27 240 per training; estimated from per-iteration CPU times measured on one thread: "ours" and
-its ablations 1.0 s (phantoms) and 1.1 s (colin27), "supervised" and "reference" 0.45 s, evaluation of
-the 8 test cases 3 s; and 0.65 s per "ours" iteration with two threads on an idle machine). Fewer
-iterations do not work for colin27: supervised-only (10 % labels, seed 0) reached a mean Dice of 10 %
-after 150 iterations (lr ÷10 after 100), 75 % after 240 (÷10 after 192) and 76 % after 300. On a machine that other jobs keep busy, ``--threads 1`` is much faster than
-torch's default (its threads wait for each other: 6.7 s instead of 2.0 s per iteration at load 10).
+Time: about 6 hours on two otherwise idle cores with ``--jobs 2`` (two runs side by side, one thread each;
+measured per run of 600 iterations: "ours" and "ours without L_reg" about 16 min, "ours without L_c" 13 min,
+"supervised" and "reference" 6 min, evaluation of the 8 test cases a few seconds). Shorter trainings do not
+measure the method: supervised-only is still learning at 240 iterations (colin27, 10 % labels, seed 0: mean
+Dice 71 % after 240 iterations, 86 % after 600; ``--iterations colin27=240``), and the unlabeled terms need
+networks that already predict the structures (λu ramps up over the first 40 %). On a machine that other
+jobs keep busy, ``--threads 1`` is much faster than torch's default (its threads wait for each other).
 
 Subsets, resumable (a run whose ``result.json`` exists is skipped; a stopped training continues from its
 checkpoint; run the same command again to continue)::
 
-    python Testing/Benchmarks/bench_accuracy.py --out benchmark-accuracy --datasets colin27 --fractions 0.1 \\
-        --seeds 0 --methods supervised,ours --iterations colin27=240
-    python Testing/Benchmarks/bench_accuracy.py --quick          # a couple of minutes: is everything wired up?
+    python Testing/Benchmarks/bench_accuracy.py --out benchmark-accuracy --jobs 2 --fractions 0.1
+    python Testing/Benchmarks/bench_accuracy.py --out benchmark-accuracy --jobs 2 --datasets phantoms \
+        --fractions 0.1 --seeds 0 --methods ours-v0.1,ours-same-input,ours-decoder-features
+    python Testing/Benchmarks/bench_accuracy.py --quick          # a few minutes: is everything wired up?
     python Testing/Benchmarks/bench_accuracy.py --out benchmark-accuracy --report-only   # tables from results
 
 Data (the split is fixed: data seed 0; the seeds change network initialisation and crop sampling only):
@@ -37,7 +38,13 @@ unlabeled, and 8 separate test cases. Methods:
   its labeled-data correction; its unlabeled terms carry no gradient, so it uses no unlabeled data;
 * ``ours``: the paper's method with gradient through every term (``method="ours"``);
 * ``ours-no-reg``: ours without L_reg (``use_regularization=False``);
-* ``ours-no-c``: ours without L_c (``use_contrastive=False``).
+* ``ours-no-c``: ours without L_c (``use_contrastive=False``);
+* with every supervised run, supervised-only with all 20 training cases labeled (``--no-ceiling`` skips
+  it): the ceiling that labels alone reach, so the table shows how much there is for unlabeled data to add;
+* not in the default list, each choice the paper leaves open switched back to version 0.1's: ``ours-same-input``
+  (both networks see the same unlabeled crops), ``ours-batch-filter`` (one entropy percentile over the
+  batch), ``ours-constant-lambda-u`` (λu = 1 from the first iteration), ``ours-decoder-features`` (L_c on the
+  decoder features, no projection head) and ``ours-v0.1`` (all four).
 
 Every run is one ``train(...)`` call into ``OUT/runs/<dataset>/<fraction>/<method>/seed<k>/`` followed by
 ``evaluate_model`` on the test cases; ``result.json`` there holds the per-case metrics (the run's
