@@ -62,9 +62,9 @@ worth ≥ 0.5 Dice points (ours full minus the ablation). The report states whet
 """
 
 import argparse
-import multiprocessing
 import datetime
 import json
+import multiprocessing
 import os
 import platform
 import shlex
@@ -381,7 +381,7 @@ def markdown(table: Dict[str, dict], checks: List[dict], settings: dict, command
     lines = ["# SemiSupSeg accuracy benchmark", "",
              f"Made by: `{command}`", "",
              f"Date: {settings['date']}; machine: {settings['machine']}; torch {settings['torch']}, "
-             f"{settings['threads']} thread(s) per run, {settings.get('jobs', 1)} run(s) at a time, device "
+             f"{settings['threads']} thread(s) per run, {settings['jobs']} run(s) at a time, device "
              f"{settings['device']}.", "",
              f"Training: preset `{PRESET}` (crops {settings['patch_size']}, {settings['base_filters']} base "
              f"filters, batch {settings['batch']}); iterations per run: "
