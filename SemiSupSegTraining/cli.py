@@ -170,6 +170,10 @@ def _info(args) -> None:
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command in ("train", "segment", "evaluate", "demo"):
+        from .devices import keep_freed_memory
+
+        keep_freed_memory()  # the engine's process: large tensors are reused, not page-faulted in again
     handlers = {"train": _train, "segment": _segment, "evaluate": _evaluate, "info": _info,
                 "prepare": run_prepare,
                 "demo": lambda a: __import__("SemiSupSegTraining.demo", fromlist=["run_demo"]).run_demo(

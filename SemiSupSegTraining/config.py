@@ -66,6 +66,9 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     amp: bool = True                     # mixed precision where the device supports it
+    # Back-propagate one network at a time (method "ours"): about half the peak memory for one more forward
+    # pass of Subnet A without gradient; the gradients are those of the joint loss (Trainer.step).
+    sequential_backward: bool = True
     checkpoint_every: int = 500
     num_workers: int = 0
     extra: Dict[str, Any] = field(default_factory=dict)

@@ -17,7 +17,7 @@ from scipy import ndimage
 
 from .config import zyx
 from .data import Volume, normalize, read_image, write_image_atomic, write_label_image
-from .devices import autocast, autocast_dtype, select_device
+from .devices import autocast, autocast_dtype, memory_format, select_device
 from .errors import InputError, is_out_of_memory
 from .modelfile import classes_of, load_model
 from .networks import fold_batchnorm
@@ -84,7 +84,7 @@ class Segmenter:
         self.device = select_device(device)
         self.net_a, self.net_b, self.meta = load_model(model_path, str(self.device))
         # Exact speed-ups: batch norm folded into the convolutions; channels-last 3D on CPUs (oneDNN).
-        self.memory_format = torch.channels_last_3d if self.device.type == "cpu" else torch.contiguous_format
+        self.memory_format = memory_format(self.device)
         self.net_a, self.net_b = (fold_batchnorm(n).to(memory_format=self.memory_format)
                                   for n in (self.net_a, self.net_b))
         self.classes = classes_of(self.meta)
@@ -143,8 +143,9 @@ class Segmenter:
             return
         if self.device.type != "cpu":
             self.device = torch.device("cpu")
-            self.net_a.to(self.device)
-            self.net_b.to(self.device)
+            self.memory_format = memory_format(self.device)
+            self.net_a.to(self.device, memory_format=self.memory_format)
+            self.net_b.to(self.device, memory_format=self.memory_format)
             self.amp_dtype = autocast_dtype(self.device, self.amp)
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()

@@ -13,7 +13,7 @@ import json
 import os
 import signal
 import threading
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, NamedTuple, Optional, Tuple
 
 import numpy as np
 import torch
@@ -21,7 +21,7 @@ import torch
 from . import losses
 from .config import TrainConfig, preset_config, zyx
 from .data import PatchSampler, load_training_cases, normalization_for
-from .devices import autocast, autocast_dtype, select_device
+from .devices import autocast, autocast_dtype, memory_format, select_device
 from .errors import Cancelled, InputError, is_out_of_memory
 from .manifest import Manifest, class_color, load_manifest, manifest_to_dict, parse_manifest
 from .modelfile import PARTIAL_MARK, load_trusted_data, save_model, save_temporary
@@ -52,25 +52,34 @@ def learning_rate(config: TrainConfig, iteration: int) -> float:
     return config.lr * config.lr_gamma ** (iteration // config.lr_step)
 
 
-def unlabeled_terms(config: TrainConfig, iteration: int, num_classes: int, labeled_count: int,
-                    labels: torch.Tensor, logits: Tuple[torch.Tensor, torch.Tensor],
-                    features: Tuple[torch.Tensor, torch.Tensor], supervised: Tuple[torch.Tensor, torch.Tensor],
-                    generator: torch.Generator) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
-    """λu·L_u + λc·L_c of Eq. 3 for both networks (with gradient), and the terms for the log.
+class PseudoTargets(NamedTuple):
+    """What both networks learn from on the unlabeled crops (all detached): the pseudo label, the reliable
+    voxels of the entropy filter, and M_diff (None without L_reg)."""
+    pseudo: torch.Tensor
+    reliable: torch.Tensor
+    mdiff: Optional[torch.Tensor]
 
-    ``logits``/``features`` cover the whole batch, labeled crops first. The pseudo label comes from the
-    network with the lower supervised loss; the entropy filter splits the unlabeled voxels into reliable
-    (L_u, prototypes) and unreliable (L_c); L_reg acts on voxels where both networks are confident and
-    disagree (Eq. 4-5).
-    """
-    n = labeled_count
-    zero = logits[0].sum() * 0.0
-    stats: Dict[str, torch.Tensor] = {}
-    if logits[0].shape[0] == n or not (config.use_unsupervised or config.use_regularization
-                                       or config.use_contrastive):
-        return zero, stats
-    logits_u = [lg[n:].float() for lg in logits]
-    probs = [torch.softmax(lg, dim=1) for lg in logits_u]
+
+def uses_unlabeled_terms(config: TrainConfig) -> bool:
+    return config.method == "ours" and (config.use_unsupervised or config.use_regularization
+                                        or config.use_contrastive)
+
+
+def loss_weights(config: TrainConfig, iteration: int) -> Tuple[float, float]:
+    """(λu, λc) of Eq. 3 at this iteration."""
+    lam_c = losses.lambda_c(iteration, config.iterations, config.lambda_c_schedule, config.lambda_c_max)
+    lam_u = config.lambda_u
+    if config.lambda_u_rampup > 0:  # the same sigmoid ramp-up as λc, over the first share of training
+        lam_u *= losses.lambda_c(iteration, max(1, int(config.lambda_u_rampup * config.iterations)), "rampup", 1.0)
+    return lam_u, lam_c
+
+
+def pseudo_targets(config: TrainConfig, iteration: int, num_classes: int, probs: Tuple[torch.Tensor, torch.Tensor],
+                   supervised: Tuple[torch.Tensor, torch.Tensor]) -> Tuple[PseudoTargets, Dict[str, torch.Tensor]]:
+    """The pseudo label comes from the network with the lower supervised loss; the entropy filter splits the
+    unlabeled voxels into reliable (L_u, prototypes) and unreliable (L_c); M_diff holds the voxels where both
+    networks are confident and disagree (Eq. 4). ``probs`` are both networks' softmax on the unlabeled crops."""
+    probs = tuple(p.detach() for p in probs)
     pseudo, winner_probs = losses.select_pseudo_labels(probs[0], probs[1], supervised[0].detach(),
                                                        supervised[1].detach())
     entropy = losses.voxel_entropy(winner_probs)
@@ -78,44 +87,55 @@ def unlabeled_terms(config: TrainConfig, iteration: int, num_classes: int, label
         reliable = losses.reliable_mask_per_class(entropy, pseudo, config.reliable_fraction, num_classes)
     else:
         reliable = losses.reliable_mask(entropy, config.reliable_fraction)
-    stats["reliable_fraction"] = reliable.float().mean()
-
-    total_u = zero
-    if config.use_unsupervised:
-        for name, lg in zip(("unsup_a", "unsup_b"), logits_u):
-            stats[name] = losses.unsupervised_loss(lg, pseudo, reliable, num_classes)
-            total_u = total_u + stats[name]
+    stats = {"reliable_fraction": reliable.float().mean()}
+    mdiff = None
     if config.use_regularization:
         threshold = losses.confidence_threshold(iteration, config.iterations, config.threshold_start,
                                                 config.threshold_end)
         mdiff = losses.disagreement_mask(probs[0], probs[1], threshold)
-        stats["reg"] = losses.regularization_loss(probs[0], probs[1], mdiff, config.regularization_average)
         stats["mdiff_voxels"] = mdiff.sum().float()
-        total_u = total_u + stats["reg"]
+    lam_u, lam_c = loss_weights(config, iteration)
+    stats["lambda_u"], stats["lambda_c"] = torch.tensor(lam_u), torch.tensor(lam_c)
+    return PseudoTargets(pseudo, reliable, mdiff), stats
 
+
+def network_terms(config: TrainConfig, iteration: int, num_classes: int, labeled_count: int, labels: torch.Tensor,
+                  logits: torch.Tensor, features: torch.Tensor, other_probs: torch.Tensor, targets: PseudoTargets,
+                  generator: torch.Generator, name: str) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+    """λu·(L_u + L_reg) + λc·L_c of Eq. 3 as they reach ONE network (``name`` "a" or "b"), with gradient.
+
+    ``logits``/``features`` are this network's over the whole batch, labeled crops first; ``other_probs`` is
+    the other network's softmax on the unlabeled crops, a constant here. L_reg depends on both networks, so
+    each network's share holds all of it: its gradient with respect to this network is the joint loss's, and
+    summing both shares counts L_reg's value twice (:meth:`Trainer.step` reports it once).
+    """
+    n = labeled_count
+    logits_u = logits[n:].float()
+    zero = logits_u.sum() * 0.0
+    lam_u, lam_c = loss_weights(config, iteration)
+    stats: Dict[str, torch.Tensor] = {}
+    total_u = zero
+    if config.use_unsupervised:
+        stats[f"unsup_{name}"] = losses.unsupervised_loss(logits_u, targets.pseudo, targets.reliable, num_classes)
+        total_u = total_u + stats[f"unsup_{name}"]
+    if config.use_regularization:
+        stats["reg"] = losses.regularization_loss(torch.softmax(logits_u, dim=1), other_probs.detach(), targets.mdiff,
+                                                  config.regularization_average)
+        total_u = total_u + stats["reg"]
     total_c = zero
-    lam_c = losses.lambda_c(iteration, config.iterations, config.lambda_c_schedule, config.lambda_c_max)
     if config.use_contrastive:
-        unreliable = ~reliable
-        for name, feat in zip(("contrast_a", "contrast_b"), features):
-            feat = feat.float()
-            if config.prototypes_from_labeled:  # ground truth is the most reliable label there is
-                proto_feat = feat
-                proto_labels = torch.cat([labels, pseudo])
-                proto_mask = torch.cat([torch.ones_like(labels, dtype=torch.bool), reliable])
-            else:
-                proto_feat, proto_labels, proto_mask = feat[n:], pseudo, reliable
-            prototypes, present = losses.class_prototypes(proto_feat, proto_labels, proto_mask, num_classes,
-                                                          detach=False)
-            stats[name] = losses.contrastive_loss(
-                feat[n:], pseudo, unreliable, prototypes, present, config.contrastive_temperature,
-                config.contrastive_max_voxels, config.prototype_margin, generator)
-            total_c = total_c + stats[name]
-    stats["lambda_c"] = torch.tensor(lam_c)
-    lam_u = config.lambda_u
-    if config.lambda_u_rampup > 0:  # the same sigmoid ramp-up as λc, over the first share of training
-        lam_u *= losses.lambda_c(iteration, max(1, int(config.lambda_u_rampup * config.iterations)), "rampup", 1.0)
-    stats["lambda_u"] = torch.tensor(lam_u)
+        feat = features.float()
+        if config.prototypes_from_labeled:  # ground truth is the most reliable label there is
+            proto_feat = feat
+            proto_labels = torch.cat([labels, targets.pseudo])
+            proto_mask = torch.cat([torch.ones_like(labels, dtype=torch.bool), targets.reliable])
+        else:
+            proto_feat, proto_labels, proto_mask = feat[n:], targets.pseudo, targets.reliable
+        prototypes, present = losses.class_prototypes(proto_feat, proto_labels, proto_mask, num_classes, detach=False)
+        stats[f"contrast_{name}"] = losses.contrastive_loss(
+            feat[n:], targets.pseudo, ~targets.reliable, prototypes, present, config.contrastive_temperature,
+            config.contrastive_max_voxels, config.prototype_margin, generator)
+        total_c = stats[f"contrast_{name}"]
     return lam_u * total_u + lam_c * total_c, stats
 
 
@@ -145,13 +165,15 @@ class Trainer:
         self.rng = np.random.default_rng(config.seed)
         self.generator = torch.Generator(device=device)
         self.generator.manual_seed(config.seed)
-        self.net_a, self.net_b = (n.to(device) for n in build_networks(
+        self.memory_format = memory_format(device)
+        self.net_a, self.net_b = (n.to(device, memory_format=self.memory_format) for n in build_networks(
             num_classes, config.base_filters, config.resnet_blocks, config.dropout))
         # L_c's projection heads train with their network (one optimiser each) but are not in the model file.
         self.projectors: Optional[torch.nn.ModuleList] = None
         if config.method == "ours" and config.use_contrastive and config.projection_channels > 0:
             self.projectors = torch.nn.ModuleList(
-                ProjectionHead(config.base_filters, config.projection_channels) for _ in range(2)).to(device)
+                ProjectionHead(config.base_filters, config.projection_channels) for _ in range(2)
+            ).to(device, memory_format=self.memory_format)
         heads = list(self.projectors) if self.projectors is not None else [torch.nn.Identity()] * 2
         self.optimizers = [torch.optim.SGD(list(net.parameters()) + list(head.parameters()), lr=config.lr,
                                            momentum=config.momentum, weight_decay=config.weight_decay)
@@ -172,16 +194,25 @@ class Trainer:
         if self.unlabeled is not None:
             unlabeled, _ = self.unlabeled.sample(self.config.batch_unlabeled)
             images = np.concatenate([images, unlabeled])
-        return (torch.from_numpy(images).to(self.device, non_blocking=True),
+        return (torch.from_numpy(images).to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format),
                 torch.from_numpy(labels).to(self.device, non_blocking=True))
 
     def step(self) -> Dict[str, torch.Tensor]:
-        """One iteration; returns the loss terms as 0-dim tensors (no host sync here)."""
+        """One iteration; returns the loss terms as 0-dim tensors (no host sync here).
+
+        With ``sequential_backward`` (method "ours") the networks back-propagate one after the other, so only
+        one network's graph is alive at a time: Subnet A first runs without gradient (for the pseudo label and
+        L_reg's other half), B runs, computes its loss and back-propagates, then A runs again with gradient
+        from the same random state and batch-norm statistics (the same outputs) and back-propagates. Each
+        network's loss reaches the other only through constants (the pseudo label, the other softmax), so
+        the gradients are the joint loss's.
+        """
         config, it = self.config, self.iteration
         lr = learning_rate(config, it)
         for opt in self.optimizers:
             for group in opt.param_groups:
                 group["lr"] = lr
+            opt.zero_grad(set_to_none=True)
         images, labels = self.next_batch()
         n = labels.shape[0]
         self.net_a.train()
@@ -189,36 +220,81 @@ class Trainer:
         inputs = [images, images]
         if config.unlabeled_views and images.shape[0] > n:  # same labeled crops, own view of the unlabeled
             inputs = [torch.cat([images[:n], intensity_view(images[n:], self.generator)]) for _ in range(2)]
-        with autocast(self.device, self.amp_dtype):
-            logits_a, feat_a = self.net_a(inputs[0])
-            logits_b, feat_b = self.net_b(inputs[1])
-            if self.projectors is not None:
-                feat_a, feat_b = self.projectors[0](feat_a), self.projectors[1](feat_b)
+        semi = uses_unlabeled_terms(config) and images.shape[0] > n
+        sequential = semi and config.sequential_backward
+        if sequential:
+            random_before_a, buffers_a = self._random_state(), [b.clone() for b in self.net_a.buffers()]
+            with torch.no_grad():
+                logits_a = self._forward(0, inputs[0], project=False)[0]
+        else:
+            logits_a, feat_a = self._forward(0, inputs[0])
+        logits_b, feat_b = self._forward(1, inputs[1])
         sup_a = losses.supervised_loss(logits_a[:n].float(), labels, self.num_classes)
         sup_b = losses.supervised_loss(logits_b[:n].float(), labels, self.num_classes)
-        if config.method == "ours":
-            extra, stats = unlabeled_terms(config, it, self.num_classes, n, labels, (logits_a, logits_b),
-                                           (feat_a, feat_b), (sup_a, sup_b), self.generator)
-        elif config.method == "reference":
-            stats = {"correction": reference_correction(logits_a[:n], logits_b[:n], labels)}
-            extra = stats["correction"]
+        if semi:
+            probs = tuple(torch.softmax(lg[n:].float().detach(), dim=1) for lg in (logits_a, logits_b))
+            targets, stats = pseudo_targets(config, it, self.num_classes, probs, (sup_a, sup_b))
+            extra_b, stats_b = network_terms(config, it, self.num_classes, n, labels, logits_b, feat_b, probs[0],
+                                             targets, self.generator, "b")
+            if sequential:
+                self._backward(sup_b + extra_b)
+                random_after_b = self._random_state()
+                del logits_b, feat_b  # B's graph is gone; free its outputs before A's graph is built
+                self._set_random_state(random_before_a)
+                for saved, buffer in zip(buffers_a, self.net_a.buffers()):
+                    buffer.copy_(saved)
+                logits_a, feat_a = self._forward(0, inputs[0])
+                sup_a = losses.supervised_loss(logits_a[:n].float(), labels, self.num_classes)
+            extra_a, stats_a = network_terms(config, it, self.num_classes, n, labels, logits_a, feat_a, probs[1],
+                                             targets, self.generator, "a")
+            if sequential:
+                self._backward(sup_a + extra_a)
+                self._set_random_state(random_after_b)
+            else:
+                self._backward(sup_a + sup_b + extra_a + extra_b)
+            stats.update(stats_a)
+            stats.update(stats_b)
+            loss = sup_a + sup_b + extra_a + extra_b
+            if "reg" in stats:  # each network's share holds all of L_reg; the loss counts it once
+                loss = loss - loss_weights(config, it)[0] * stats["reg"]
         else:
-            extra, stats = sup_a * 0.0, {}
-        loss = sup_a + sup_b + extra
-        for opt in self.optimizers:
-            opt.zero_grad(set_to_none=True)
+            if config.method == "reference":
+                stats = {"correction": reference_correction(logits_a[:n], logits_b[:n], labels)}
+            else:
+                stats = {}
+            loss = sup_a + sup_b + sum(stats.values(), torch.zeros((), device=sup_a.device))
+            self._backward(loss)
         if self.scaler is not None:
-            self.scaler.scale(loss).backward()
             for opt in self.optimizers:
                 self.scaler.step(opt)
             self.scaler.update()
         else:
-            loss.backward()
             for opt in self.optimizers:
                 opt.step()
         self.iteration += 1
         return {"loss": loss.detach(), "sup_a": sup_a.detach(), "sup_b": sup_b.detach(),
                 **{k: v.detach() for k, v in stats.items()}}
+
+    def _forward(self, index: int, images: torch.Tensor, project: bool = True) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(logits, features) of network ``index`` (0: A, 1: B); features through its projection head."""
+        with autocast(self.device, self.amp_dtype):
+            logits, features = self.networks()[index](images)
+            if project and self.projectors is not None:
+                features = self.projectors[index](features)
+        return logits, features
+
+    def _backward(self, loss: torch.Tensor) -> None:
+        (loss if self.scaler is None else self.scaler.scale(loss)).backward()
+
+    def _random_state(self) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """The generators that dropout draws from (the CPU's, and the GPU's when training on one)."""
+        cuda = torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None
+        return torch.get_rng_state(), cuda
+
+    def _set_random_state(self, state: Tuple[torch.Tensor, Optional[torch.Tensor]]) -> None:
+        torch.set_rng_state(state[0])
+        if state[1] is not None:
+            torch.cuda.set_rng_state(state[1], self.device)
 
     # ---------------------------------------------------------------------------------- state
 

@@ -5,7 +5,8 @@ The **reference procedure** is written here as the released reference code tests
 left on, each window's softmax of both networks averaged, and overlapping windows averaged uniformly with a
 score map and a count map. **Ours** is the engine's :class:`SemiSupSegTraining.infer.Segmenter` itself
 (MONAI ``sliding_window_inference``, Gaussian blending, ``inference_mode``, a batch of windows per forward,
-bf16 autocast on CPUs with native bf16), run at several settings: overlap, window batch, channels_last_3d,
+bf16 autocast on CPUs with native bf16; glibc told to keep freed memory, as the command line does), run at
+several settings: overlap, window batch, channels_last_3d,
 and a window as large as the whole volume (the networks are fully convolutional).
 
 What is measured, each procedure in a fresh child process:
@@ -344,6 +345,9 @@ def child_reference(task: Dict[str, Any]) -> Dict[str, Any]:
 def child_ours(task: Dict[str, Any]) -> Dict[str, Any]:
     import torch
 
+    from SemiSupSegTraining.devices import keep_freed_memory
+
+    keep_freed_memory()  # as the engine's command line does
     device = task["device"]
     image = _load_image(task["volume"])
     seg = make_segmenter(task["model"], device, task["config"], image.shape)

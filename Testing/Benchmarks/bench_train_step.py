@@ -6,8 +6,12 @@ filters at paper scale) from the same seed on the same batches (``Trainer.next_b
 unlabeled crops of 112×112×80 voxels from LA-sized phantoms), each in a fresh child process.
 
 * **ours**: ``Trainer.step`` of ``SemiSupSegTraining/train.py`` with every term of Eq. 3 (L_s, L_u, L_reg,
-  L_c with gradient), in the precision the engine picks (fp32 on a CPU, AMP on CUDA).
-* **reference-style**: the released reference code's iteration (REFERENCE.md §2), written here: fp32; CE
+  L_c with gradient), as ``semisupseg train`` runs it: the precision the engine picks (fp32 on a CPU, AMP on
+  CUDA), channels-last weights on a CPU, one network back-propagated at a time (``sequential_backward``),
+  and glibc told to keep freed memory (``devices.keep_freed_memory``, which the command line calls).
+  ``--ablation`` adds ours with the joint backward and ours with glibc's default settings.
+* **reference-style**: the released reference code's iteration (REFERENCE.md §2), written here: fp32,
+  PyTorch's default memory layout and allocator; CE
   on logits + Dice on the foreground channel for the labeled crops; its labeled-data correction (squared
   error where exactly one network is confident, weight 0.5); the unlabeled terms on detached softmax
   outputs: pseudo label = union of both networks' foreground, the entropy percentile computed with numpy
@@ -20,9 +24,11 @@ Reported: time per step (median of ``--steps`` after ``--warmup`` steps; the ste
 batch), the data time (``Trainer.next_batch`` timed on its own) against the step time, and peak resident
 memory (VmHWM / ru_maxrss of each child; ``torch.cuda.max_memory_allocated`` on CUDA).
 
-Full run (paper scale; about 6-8 minutes on 2 quiet cores, several GB of memory per child)::
+Full run (paper scale; about 6-8 minutes on 2 quiet cores, 15 with ``--ablation``; up to 13 GB of memory
+per child)::
 
     python Testing/Benchmarks/bench_train_step.py --json train_step.json
+    python Testing/Benchmarks/bench_train_step.py --ablation --json train_step.json
     python Testing/Benchmarks/bench_train_step.py --device cuda --json train_step-cuda.json
 
 Validation run (48×48×32 crops, 8 base filters, two timed steps; about a minute)::
@@ -167,17 +173,25 @@ def child_step(task: Dict[str, Any]) -> Dict[str, Any]:
 
     from SemiSupSegTraining.config import preset_config
     from SemiSupSegTraining.data import load_training_cases, normalization_for
+    from SemiSupSegTraining.devices import keep_freed_memory
     from SemiSupSegTraining.manifest import load_manifest
     from SemiSupSegTraining.train import Trainer
 
     device = task["device"]
+    procedure = task["procedure"]
+    if procedure.startswith("ours") and procedure != "ours-default-allocator":
+        keep_freed_memory()  # as the engine's command line does
     manifest = load_manifest(task["manifest"])
     config = preset_config("paper", {"patch_size": task["patch"], "base_filters": task["base_filters"],
-                                     "resnet_blocks": task["resnet_blocks"], "device": device, "seed": 0})
+                                     "resnet_blocks": task["resnet_blocks"], "device": device, "seed": 0,
+                                     "sequential_backward": procedure != "ours-joint"})
     labeled, unlabeled = load_training_cases(manifest, normalization_for(manifest.modality, config.normalization),
                                              config.ct_window)
     trainer = Trainer(config, len(manifest.classes), labeled, unlabeled, torch.device(device))
-    procedure = task["procedure"]
+    if procedure == "reference":  # PyTorch's default layout, as the reference code runs
+        trainer.memory_format = torch.contiguous_format
+        for net in trainer.networks():
+            net.to(memory_format=torch.contiguous_format)
     if procedure == "ours-bf16":
         trainer.amp_dtype = torch.bfloat16
     if device.startswith("cuda"):
@@ -222,6 +236,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p = benchlib.speed_parser(__doc__, "validation run: 48×48×32 crops, 8 base filters, 1 warm-up and 2 timed steps")
     p.add_argument("--warmup", type=int, help="untimed steps first (full 2)")
     p.add_argument("--steps", type=int, help="timed steps (full 5)")
+    p.add_argument("--ablation", action="store_true",
+                   help="also time ours with the joint backward and ours with glibc's default allocator settings")
     p.add_argument("--with-bf16", action="store_true",
                    help="also time ours with bf16 autocast forced on (the engine keeps CPU training in fp32)")
     p.add_argument("--threads", type=int, help="torch threads in each child (default: torch's choice)")
@@ -248,7 +264,8 @@ def run_all(args, settings: Dict[str, Any], machine: Dict[str, Any], work: str) 
     log(f"writing 2 labeled + 2 unlabeled phantoms of {'×'.join(map(str, shape))} voxels")
     manifest, _ = write_phantom_dataset(os.path.join(work, "data"), labeled=2, unlabeled=2, test=0, seed=5,
                                         shape_zyx=shape[::-1])
-    procedures = ["reference", "ours"] + (["ours-bf16"] if args.with_bf16 else [])
+    procedures = (["reference", "ours"] + (["ours-joint", "ours-default-allocator"] if args.ablation else [])
+                  + (["ours-bf16"] if args.with_bf16 else []))
     results = {}
     for procedure in procedures:
         log(f"{procedure}: {settings['warmup']} warm-up + {settings['steps']} timed steps")
@@ -287,6 +304,8 @@ def format_report(r: Dict[str, Any]) -> str:
              f"{s['warmup']} warm-up", ""]
     names = {"reference": "reference-style (fp32, host percentile, unlabeled terms without gradient)",
              "ours": "ours: Trainer.step, all terms with gradient",
+             "ours-joint": "ours with the joint backward (sequential_backward=false)",
+             "ours-default-allocator": "ours with glibc's default allocator settings",
              "ours-bf16": "ours with bf16 autocast forced (experiment)"}
     ref = r["results"]["reference"]
     rows = []

@@ -105,3 +105,41 @@ def test_bad_projection_width_is_one_sentence(value):
 
     with pytest.raises(InputError, match="projection_channels"):
         preset_config("tiny", {"projection_channels": value})
+
+
+def _every_term_active(phantom_dataset, sequential):
+    # threshold 0.5 with two classes: every voxel where the networks' argmax differ is in M_diff
+    trainer = _trainer(phantom_dataset, sequential_backward=sequential, threshold_start=0.5, threshold_end=0.5,
+                       lambda_u_rampup=0.0)
+    terms = [trainer.step() for _ in range(2)]
+    return trainer, terms
+
+
+def test_sequential_backward_gives_the_joint_loss_gradients(phantom_dataset):
+    sequential, seq_terms = _every_term_active(phantom_dataset, True)
+    joint, joint_terms = _every_term_active(phantom_dataset, False)
+    for key in ("unsup_a", "unsup_b", "reg", "mdiff_voxels", "contrast_a", "contrast_b"):
+        assert float(seq_terms[-1][key]) > 0, key  # every cross-network term is exercised
+    for key, value in joint_terms[-1].items():
+        torch.testing.assert_close(seq_terms[-1][key], value, rtol=0, atol=1e-6, msg=key)
+    modules = [(sequential.net_a, joint.net_a), (sequential.net_b, joint.net_b),
+               (sequential.projectors, joint.projectors)]
+    for seq_module, joint_module in modules:
+        for (name, p), q in zip(seq_module.state_dict().items(), joint_module.state_dict().values()):
+            torch.testing.assert_close(p, q, rtol=0, atol=1e-6, msg=name)  # weights and batch-norm statistics
+    # dropout's generator ends where the joint step leaves it, so the next iteration draws the same masks
+    assert torch.equal(sequential._random_state()[0], joint._random_state()[0])
+
+
+def test_reported_loss_counts_each_term_once(phantom_dataset):
+    trainer, terms = _every_term_active(phantom_dataset, True)
+    t = {k: float(v) for k, v in terms[-1].items()}
+    expected = (t["sup_a"] + t["sup_b"] + t["lambda_u"] * (t["unsup_a"] + t["unsup_b"] + t["reg"])
+                + t["lambda_c"] * (t["contrast_a"] + t["contrast_b"]))
+    assert t["loss"] == pytest.approx(expected, rel=1e-5)
+
+
+def test_cpu_training_uses_channels_last_weights(phantom_dataset):
+    trainer = _trainer(phantom_dataset)
+    conv = trainer.net_a.block2[0].weight  # (more than one input channel: the layouts differ)
+    assert conv.is_contiguous(memory_format=torch.channels_last_3d) and not conv.is_contiguous()
