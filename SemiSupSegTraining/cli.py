@@ -15,7 +15,7 @@ import traceback
 from typing import List, Optional
 
 from . import __version__
-from .config import list_presets, parse_override, preset_config
+from .config import DEFAULT_OVERLAP, DEFAULT_WINDOW_BATCH, list_presets, parse_override, preset_config
 from .errors import EXIT_BAD_INPUT, EXIT_CANCELLED, EXIT_FAILED, EXIT_OK, Cancelled, InputError
 from .prepare import add_prepare_parser, run_prepare
 from .progress import Reporter
@@ -77,8 +77,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also write the disagreement of the two networks (0..1)")
     p.add_argument("--roi", type=int, nargs=6, metavar=("I0", "J0", "K0", "I1", "J1", "K1"),
                    help="segment only this voxel box (start inclusive, end exclusive); outside it is background")
-    p.add_argument("--overlap", type=float, default=0.5, help="sliding-window overlap, 0..0.9 (default 0.5)")
-    p.add_argument("--window-batch", type=int, default=4, help="windows per forward pass (default 4)")
+    p.add_argument("--overlap", type=float, default=DEFAULT_OVERLAP,
+                   help=f"sliding-window overlap, 0..0.9 (default {DEFAULT_OVERLAP})")
+    p.add_argument("--window-batch", type=int, default=DEFAULT_WINDOW_BATCH,
+                   help=f"windows per forward pass (default {DEFAULT_WINDOW_BATCH})")
     p.add_argument("--keep-largest", action="store_true",
                    help="keep only the largest connected component of each class")
     _device_argument(p)

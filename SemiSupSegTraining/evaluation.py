@@ -6,6 +6,7 @@ from typing import Callable, Dict, List, Optional
 import numpy as np
 import SimpleITK as sitk
 
+from .config import DEFAULT_OVERLAP
 from .data import (Geometry, read_sitk_image, require_3d_scalar, is_segmentation_file, read_image, read_label,
                    read_segmentation_file)
 from .errors import InputError
@@ -56,7 +57,7 @@ def evaluate_files(prediction_path: str, reference_path: str,
     return {"prediction": prediction_path, "reference": reference_path, "classes": per_class}
 
 
-def evaluate_model(model_path: str, manifest_path: str, device: str = "auto", overlap: float = 0.5,
+def evaluate_model(model_path: str, manifest_path: str, device: str = "auto", overlap: float = DEFAULT_OVERLAP,
                    output_dir: Optional[str] = None, keep_largest: bool = False,
                    on_case: Optional[Callable[[str, object, np.ndarray, object], None]] = None
                    ) -> Dict[str, object]:

@@ -15,7 +15,7 @@ import torch
 from monai.inferers import sliding_window_inference
 from scipy import ndimage
 
-from .config import zyx
+from .config import DEFAULT_OVERLAP, DEFAULT_WINDOW_BATCH, zyx
 from .data import Volume, normalize, read_image, write_image_atomic, write_label_image
 from .devices import autocast, autocast_dtype, memory_format, select_device
 from .errors import InputError, is_out_of_memory
@@ -74,11 +74,12 @@ def window_count(shape: Sequence[int], window: Sequence[int], overlap: float) ->
 class Segmenter:
     """A loaded model file, ready to segment volumes. ``window_batch`` windows run per forward pass."""
 
-    def __init__(self, model_path: str, device: str = "auto", overlap: float = 0.5, window_batch: int = 4,
+    def __init__(self, model_path: str, device: str = "auto", overlap: float = DEFAULT_OVERLAP,
+                 window_batch: int = DEFAULT_WINDOW_BATCH,
                  amp: bool = True, on_message: Optional[Callable[[str], None]] = None,
                  disagreement: bool = True):
         if not 0.0 <= overlap < 1.0:
-            raise InputError(f"Overlap {overlap} must lie in [0, 1); 0.5 is a good choice.")
+            raise InputError(f"Overlap {overlap} must lie in [0, 1); {DEFAULT_OVERLAP} is a good choice.")
         if window_batch < 1:
             raise InputError(f"The window batch {window_batch} must be at least 1.")
         self.device = select_device(device)
@@ -240,7 +241,7 @@ def keep_largest_components(labels: np.ndarray) -> np.ndarray:
 
 def segment_file(model_path: str, input_path: str, output_path: str, probabilities_path: Optional[str] = None,
                  uncertainty_path: Optional[str] = None, disagreement_path: Optional[str] = None,
-                 device: str = "auto", overlap: float = 0.5, window_batch: int = 4,
+                 device: str = "auto", overlap: float = DEFAULT_OVERLAP, window_batch: int = DEFAULT_WINDOW_BATCH,
                  roi: Optional[Sequence[int]] = None, keep_largest: bool = False,
                  reporter: Optional[Reporter] = None) -> Dict[str, str]:
     """Segments an image file; every output has the input's size, origin, spacing and direction."""

@@ -52,14 +52,15 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import benchlib  # noqa: E402
+from SemiSupSegTraining.config import DEFAULT_OVERLAP, DEFAULT_WINDOW_BATCH  # noqa: E402
 
 SCRIPT = os.path.abspath(__file__)
 
 TARGET_SPEEDUP = 15.0
 TARGET_DICE = 0.99
 TARGET_FLOOR_RATIO = 1.5
-ENGINE_DEFAULT = {"overlap": 0.5, "window_batch": 4, "channels_last": False, "window": "model", "amp": True,
-                  "fold_bn": False}
+ENGINE_DEFAULT = {"overlap": DEFAULT_OVERLAP, "window_batch": DEFAULT_WINDOW_BATCH, "channels_last": False,
+                  "window": "model", "amp": True, "fold_bn": False}
 
 FULL = {"shape": (160, 192, 88), "base_filters": 16, "window": (112, 112, 80), "stride": (18, 18, 4),
         "repeats": 3, "reference_repeats": 1, "flop_repeats": 3, "train_preset": "demo", "train_iterations": 150,
@@ -217,7 +218,7 @@ def sweep_configs(kind: str) -> List[Dict[str, Any]]:
     if kind == "default":
         return [dict(ENGINE_DEFAULT)]
     if kind == "quick":
-        return [dict(ENGINE_DEFAULT), cfg(0.25, 2, True), cfg(0.5, 1, window="volume", fold=True)]
+        return [dict(ENGINE_DEFAULT), cfg(0.5, 4), cfg(0.5, 1, window="volume", fold=True)]
     configs = [cfg(o, b, cl) for o in (0.5, 0.25) for b in (4, 2, 1) for cl in (False, True)]
     configs += [cfg(0.5, 1, cl, window="volume") for cl in (False, True)]
     configs += [cfg(0.5, 4, fold=True), cfg(0.25, 4, True, fold=True), cfg(0.5, 1, True, window="volume", fold=True)]
@@ -445,7 +446,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--reference-repeats", type=int, help="timed runs of the reference procedure (1)")
     p.add_argument("--sweep", choices=("full", "quick", "default"),
                    help="settings to try: full = overlap 0.5/0.25 × batch 4/2/1 × channels_last off/on, the "
-                        "whole-volume window and fp32; default = the engine's defaults only")
+                        "whole-volume window and fp32; quick = the engine's defaults, overlap 0.5 with 4 windows "
+                        "a pass, and the whole-volume window; default = the engine's defaults only")
     p.add_argument("--threads", type=int, help="torch threads in each child (default: torch's choice)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--child", help=argparse.SUPPRESS)
