@@ -124,7 +124,7 @@ class TrainConfig:
 
 # Inference (sliding windows). Chosen by Testing/Benchmarks/bench_inference.py with a trained model: the
 # fastest tiling whose labels agree with the reference's dense procedure at Dice >= 0.99 (0.9924; overlap 0.5
-# with 4 windows a pass: 0.9926, 1.5× slower, 600 MiB more).
+# with 4 windows a pass: 0.9926, 1.5× slower, 800 MiB more).
 DEFAULT_OVERLAP = 0.25
 DEFAULT_WINDOW_BATCH = 2
 

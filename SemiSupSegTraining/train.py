@@ -254,9 +254,9 @@ class Trainer:
                 self._backward(sup_a + sup_b + extra_a + extra_b)
             stats.update(stats_a)
             stats.update(stats_b)
-            loss = sup_a + sup_b + extra_a + extra_b
+            loss = (sup_a + sup_b + extra_a + extra_b).detach()  # for the log: the backward passes are done
             if "reg" in stats:  # each network's share holds all of L_reg; the loss counts it once
-                loss = loss - loss_weights(config, it)[0] * stats["reg"]
+                loss = loss - loss_weights(config, it)[0] * stats["reg"].detach()
         else:
             if config.method == "reference":
                 stats = {"correction": reference_correction(logits_a[:n], logits_b[:n], labels)}

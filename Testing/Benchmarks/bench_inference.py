@@ -6,8 +6,8 @@ left on, each window's softmax of both networks averaged, and overlapping window
 score map and a count map. **Ours** is the engine's :class:`SemiSupSegTraining.infer.Segmenter` itself
 (MONAI ``sliding_window_inference``, Gaussian blending, ``inference_mode``, a batch of windows per forward,
 bf16 autocast on CPUs with native bf16; glibc told to keep freed memory, as the command line does), run at
-several settings: overlap, window batch, channels_last_3d,
-and a window as large as the whole volume (the networks are fully convolutional).
+several settings: overlap, window batch, channels_last_3d, and a window as large as the whole volume (the
+networks are fully convolutional).
 
 What is measured, each procedure in a fresh child process:
 
