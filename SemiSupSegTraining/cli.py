@@ -1,4 +1,4 @@
-"""``semisupseg train | segment | evaluate | demo | prepare | info``: the engine from the command line.
+"""``semisupseg train | segment | evaluate | suggest | demo | prepare | info``: the engine from the command line.
 
 Exit codes: 0 done, 1 unexpected failure, 2 bad input (one sentence on stderr), 3 cancelled (a
 checkpoint was written; continue with ``semisupseg train --resume DIR``).
@@ -107,11 +107,39 @@ def build_parser() -> argparse.ArgumentParser:
     _progress_argument(p)
 
     add_prepare_parser(commands)
+    _add_suggest_parser(commands)
 
     p = commands.add_parser("info", help="show a model file's metadata or a preset's settings")
     p.add_argument("--model", help="a model file")
     p.add_argument("--preset", choices=list_presets(), help="a preset")
     return parser
+
+
+# -- suggest (which unlabeled case to label next) ----------------------------------------------------------
+
+def _add_suggest_parser(commands) -> None:
+    p = commands.add_parser("suggest", help="rank a manifest's unlabeled cases: which one to label next",
+                            description="Segment every unlabeled case of a manifest with a model file and rank "
+                                        "them by how much a label would teach (the two networks' "
+                                        "disagreement and the model's self-estimated Dice error).")
+    p.add_argument("--model", required=True, help="the model file (model.pt) written by 'semisupseg train'")
+    p.add_argument("--manifest", required=True, help="the manifest whose unlabeled cases are ranked")
+    p.add_argument("--json", action="store_true", help="print the ranking as JSON instead of a table")
+    p.add_argument("--output", metavar="FILE", help="also write the ranking as JSON to FILE")
+    p.add_argument("--stop-file", metavar="PATH",
+                   help="stop (exit code 3) as soon as this file exists: how the Slicer module cancels")
+    _device_argument(p)
+    _progress_argument(p)
+
+
+def _suggest(args) -> None:
+    from .suggest import format_ranking, ranking_json, suggest_cases
+
+    scores = suggest_cases(args.model, args.manifest, device=args.device, reporter=Reporter(args.progress),
+                           stop_file=args.stop_file)
+    text = ranking_json(scores, args.model, args.manifest, args.output)
+    if args.progress != "json":  # in JSON mode the ranking is in the "done" event
+        print(text if args.json else format_ranking(scores))
 
 
 def _train(args) -> None:
@@ -172,11 +200,11 @@ def _info(args) -> None:
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command in ("train", "segment", "evaluate", "demo"):
+    if args.command in ("train", "segment", "evaluate", "demo", "suggest"):
         from .devices import keep_freed_memory
 
         keep_freed_memory()  # the engine's process: large tensors are reused, not page-faulted in again
-    handlers = {"train": _train, "segment": _segment, "evaluate": _evaluate, "info": _info,
+    handlers = {"train": _train, "segment": _segment, "evaluate": _evaluate, "info": _info, "suggest": _suggest,
                 "prepare": run_prepare,
                 "demo": lambda a: __import__("SemiSupSegTraining.demo", fromlist=["run_demo"]).run_demo(
                     a.output, a.iterations, a.device, a.progress, a.seed)}

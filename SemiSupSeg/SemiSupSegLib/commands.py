@@ -30,6 +30,7 @@ MODULE_REQUIREMENTS = {"psutil": "psutil>=5.9"}
 TORCH_REQUIREMENT = ">=1.13"
 
 MODEL_FILE_NAME = "model.pt"
+STOP_FILE_NAME = "stop-request"
 
 
 def find_python_slicer(which: Callable[[str], Optional[str]] = shutil.which,
@@ -100,8 +101,9 @@ def _check_device(device: Optional[str]) -> None:
 def train_command(python: str, manifest: Optional[str] = None, output: Optional[str] = None,
                   preset: Optional[str] = None, iterations: Optional[int] = None,
                   device: Optional[str] = None, init_model: Optional[str] = None,
-                  resume: Optional[str] = None, progress: str = "json") -> List[str]:
-    """``python -m SemiSupSegTraining train ...``; either ``manifest`` and ``output`` or ``resume``."""
+                  resume: Optional[str] = None, progress: str = "json", stop_file: Optional[str] = None) -> List[str]:
+    """``python -m SemiSupSegTraining train ...``; either ``manifest`` and ``output`` or ``resume``.
+    ``stop_file``: the engine stops cleanly (checkpoint, exit code 3) once this file exists."""
     _check_choice(preset, PRESETS, "Preset")
     _check_device(device)
     command = [python, "-m", ENGINE_PACKAGE, "train"]
@@ -121,14 +123,22 @@ def train_command(python: str, manifest: Optional[str] = None, output: Optional[
         command += ["--iterations", str(int(iterations))]
     if device:
         command += ["--device", device]
-    command += ["--progress", progress]
-    return command
+    return command + _tail(progress, stop_file)
+
+
+def _tail(progress: str, stop_file: Optional[str]) -> List[str]:
+    return ["--progress", progress] + (["--stop-file", str(stop_file)] if stop_file else [])
+
+
+def stop_file_in(folder: str) -> str:
+    """Where a job's stop request goes: in its own temporary folder, never in the user's model folder."""
+    return os.path.join(folder, STOP_FILE_NAME)
 
 
 def segment_command(python: str, model: str, input_path: str, output: str,
                     probabilities: Optional[str] = None, uncertainty: Optional[str] = None,
                     device: Optional[str] = None, roi: Optional[Sequence[int]] = None,
-                    keep_largest: bool = False, progress: str = "json") -> List[str]:
+                    keep_largest: bool = False, progress: str = "json", stop_file: Optional[str] = None) -> List[str]:
     """``python -m SemiSupSegTraining segment ...``; ``roi`` is (i0, j0, k0, i1, j1, k1), end exclusive."""
     _check_device(device)
     command = [python, "-m", ENGINE_PACKAGE, "segment", "--model", str(model), "--input", str(input_path),
@@ -146,8 +156,17 @@ def segment_command(python: str, model: str, input_path: str, output: str,
         command += ["--roi"] + [str(v) for v in roi]
     if keep_largest:
         command.append("--keep-largest")
-    command += ["--progress", progress]
-    return command
+    return command + _tail(progress, stop_file)
+
+
+def suggest_command(python: str, model: str, manifest: str, device: Optional[str] = None, progress: str = "json",
+                    stop_file: Optional[str] = None) -> List[str]:
+    """``python -m SemiSupSegTraining suggest ...``: the ranking arrives in the ``done`` event."""
+    _check_device(device)
+    command = [python, "-m", ENGINE_PACKAGE, "suggest", "--model", str(model), "--manifest", str(manifest)]
+    if device:
+        command += ["--device", device]
+    return command + _tail(progress, stop_file)
 
 
 def roi_index_box(corners_ijk: Sequence[Sequence[float]], dimensions: Sequence[int],

@@ -13,8 +13,14 @@ being brought in (``importer``); then ``done``, ``failed`` or ``cancelled``.
 The process is run by a *runner* (injectable: tests pass a fake one, Slicer passes one that uses
 ``slicer.util.launchConsoleProcess``). A reader thread puts each output line into a queue; :meth:`Job.poll`
 drains it in the caller's thread (a ``qt.QTimer`` in the GUI, a loop in :meth:`Job.wait`), so every
-callback runs in that thread. Cancel sends SIGTERM to the process tree (the engine writes a checkpoint and
-exits with code 3) and kills what is left after a grace period.
+callback runs in that thread.
+
+Cancel works the same on every platform: with a ``stop_file`` (the module always gives one) it first
+creates that file, which the engine checks at each iteration boundary (it writes a checkpoint, sends a
+``cancelled`` event and exits with code 3: a clean cancel); output keeps being read meanwhile. Only when the
+process still runs ``stop_grace_s`` seconds later is the process tree terminated (SIGTERM; on Windows
+TerminateProcess, where no handler runs and the last minutes of training are lost), and killed after
+``grace_s`` more. Without a stop file, cancel terminates at once.
 """
 
 import collections
@@ -54,7 +60,25 @@ EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
 EXIT_CANCELLED = 3
 
+#: Seconds between terminating the process tree and killing what still runs.
 DEFAULT_GRACE_S = 15.0
+#: Seconds the engine gets to honour the stop file (finish the iteration, write a checkpoint) before the
+#: process tree is terminated. One training iteration of the paper preset on a CPU takes a few seconds.
+DEFAULT_STOP_GRACE_S = 30.0
+
+
+def request_stop(stop_file: str) -> None:
+    """Creates the stop file (and its folder); the engine stops when it sees it."""
+    folder = os.path.dirname(os.path.abspath(stop_file))
+    os.makedirs(folder, exist_ok=True)
+    with open(stop_file, "w", encoding="utf-8") as f:
+        f.write("stop requested by the SemiSupSeg module\n")
+
+
+def clear_stop(stop_file: Optional[str]) -> None:
+    """Removes a stop file left by an earlier run, so that a new run does not stop at once."""
+    if stop_file and os.path.exists(stop_file):
+        os.remove(stop_file)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -190,7 +214,8 @@ class Job:
                  on_event: Optional[Callable[[ProgressEvent], None]] = None,
                  on_log: Optional[Callable[[str], None]] = None,
                  importer: Optional[Callable[["Job"], object]] = None,
-                 grace_s: float = DEFAULT_GRACE_S):
+                 grace_s: float = DEFAULT_GRACE_S, stop_file: Optional[str] = None,
+                 stop_grace_s: float = DEFAULT_STOP_GRACE_S):
         self.command = list(command)
         self.runner = runner or SubprocessRunner()
         self.env = env
@@ -201,6 +226,9 @@ class Job:
         self.on_log = on_log
         self.importer = importer
         self.grace_s = grace_s
+        #: The file whose existence asks the engine to stop (the command line's ``--stop-file``).
+        self.stop_file = stop_file
+        self.stop_grace_s = stop_grace_s
 
         self.state = IDLE
         self.states: List[str] = [IDLE]
@@ -216,10 +244,12 @@ class Job:
         self.exception: Optional[BaseException] = None
         self.log_tail = collections.deque(maxlen=40)
         self.cancel_requested = False
+        self.terminated = False  # whether the process tree was terminated (the stop file was not honoured)
         self.started_at: Optional[float] = None
         self.finished_at: Optional[float] = None
         self._queue = queue.Queue()  # ("line", text) and finally ("exit", code), from the reader thread
         self._handle = None
+        self._terminate_timer: Optional[threading.Timer] = None
 
     # -- state -------------------------------------------------------------------------------------------
 
@@ -258,13 +288,15 @@ class Job:
         self.started_at = time.monotonic()
         logging.info("%s: %s", self.name, " ".join(self.command))
         try:
+            clear_stop(self.stop_file)
             self._handle = self.runner.start(self.command, self.env, self.cwd, self._queue.put)
         except Exception as e:  # FileNotFoundError, PermissionError, ...
             self._fail(f"{self.name} could not start the engine ({self.command[0]}): {e}", e)
         return self
 
     def cancel(self) -> None:
-        """Asks the process to stop (SIGTERM, then kill after the grace period); a second call kills now.
+        """Asks the process to stop: the stop file now, the process tree terminated after ``stop_grace_s``
+        if it still runs (at once without a stop file), killed ``grace_s`` later; a second call kills now.
         The state becomes ``cancelled`` when the process has ended (see :meth:`poll`)."""
         if self.finished:
             return
@@ -278,8 +310,28 @@ class Job:
                 self._handle.kill()
             return
         self.cancel_requested = True
-        if self._handle is not None:
-            self._handle.cancel(self.grace_s)
+        if self._handle is None:
+            return
+        if self.stop_file:
+            try:
+                request_stop(self.stop_file)
+            except OSError as e:  # a folder that cannot be written: fall back to terminating
+                logging.warning("%s: could not write the stop file %s (%s); terminating.", self.name,
+                                self.stop_file, e)
+            else:
+                self._terminate_timer = threading.Timer(self.stop_grace_s, self._terminate)
+                self._terminate_timer.daemon = True
+                self._terminate_timer.start()
+                return
+        self._terminate()
+
+    def _terminate(self) -> None:
+        """Terminates the process tree (kill after ``grace_s``) unless it has ended; may run on a timer thread."""
+        handle = self._handle
+        if handle is None or self.exit_code is not None or not getattr(handle, "is_running", lambda: True)():
+            return
+        self.terminated = True
+        handle.cancel(self.grace_s)
 
     def poll(self) -> bool:
         """Handles the output that arrived since the last call; returns whether the job is finished."""
@@ -339,6 +391,8 @@ class Job:
 
     def _handle_exit(self, code: int) -> None:
         self.exit_code = code
+        if self._terminate_timer is not None:
+            self._terminate_timer.cancel()
         if code == EXIT_OK and (self.done_event is not None or not self.cancel_requested):
             self._set_state(IMPORTING)
             try:

@@ -48,6 +48,18 @@ def test_segment_command():
         commands.segment_command("py", "m.pt", "in.nrrd", "seg.nrrd", roi=(5, 0, 0, 5, 9, 9))
 
 
+def test_every_long_command_passes_the_stop_file():
+    stop = commands.stop_file_in(os.path.join("tmp", "SemiSupSeg-train-1"))
+    assert stop == os.path.join("tmp", "SemiSupSeg-train-1", "stop-request")
+    train = commands.train_command("py", manifest="m.json", output="out", stop_file=stop)
+    assert train[-4:] == ["--progress", "json", "--stop-file", stop]
+    segment = commands.segment_command("py", "m.pt", "in.nrrd", "seg.nrrd", stop_file=stop)
+    assert segment[-4:] == ["--progress", "json", "--stop-file", stop]
+    assert commands.suggest_command("py", "m.pt", "m.json", device="cpu", stop_file=stop) == [
+        "py", "-m", "SemiSupSegTraining", "suggest", "--model", "m.pt", "--manifest", "m.json", "--device", "cpu",
+        "--progress", "json", "--stop-file", stop]
+
+
 def test_roi_index_box_covers_every_touched_voxel_and_clips():
     corners = [(x, y, z) for x in (1.2, 4.6) for y in (-3.0, 2.4) for z in (0.0, 0.0)]
     # x: voxels 1..5 (4.6 is inside voxel 5), y: clipped to 0..2, z: the plane through voxel 0's center

@@ -229,3 +229,108 @@ def test_real_process_tree_is_killed_after_the_grace_period(fake_engine):
 
 def test_job_default_runner_is_subprocess():
     assert isinstance(Job(["x"]).runner, jobmod.SubprocessRunner)
+
+
+# -- the stop file: a cancel that every platform honours --------------------------------------------------
+
+class RecordingHandle(FakeHandle):
+    """Records whether the stop file existed when the process tree was terminated."""
+
+    def __init__(self, sink, stop_file):
+        super().__init__(sink)
+        self.stop_file = stop_file
+        self.stop_file_existed_at_cancel = None
+        self.cancelled_at = None
+
+    def cancel(self, grace_s):
+        super().cancel(grace_s)
+        self.stop_file_existed_at_cancel = os.path.exists(self.stop_file)
+        self.cancelled_at = time.monotonic()
+
+
+class RecordingRunner(FakeRunner):
+    def __init__(self, stop_file):
+        super().__init__()
+        self.stop_file = stop_file
+
+    def start(self, command, env, cwd, sink):
+        self.handle = RecordingHandle(sink, self.stop_file)
+        return self.handle
+
+
+def test_cancel_writes_the_stop_file_and_terminates_only_after_the_grace_period(tmp_path):
+    stop_file = str(tmp_path / "work" / "stop")
+    runner = RecordingRunner(stop_file)
+    j = Job(["engine", "train"], runner=runner, stop_file=stop_file, stop_grace_s=0.3, grace_s=5.0)
+    j.start()
+    asked = time.monotonic()
+    j.cancel()
+    assert os.path.isfile(stop_file) and runner.handle.cancels == 0  # asked, not terminated
+    deadline = time.monotonic() + 10
+    while runner.handle.cancels == 0 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert runner.handle.cancels == 1 and runner.handle.stop_file_existed_at_cancel is True
+    assert runner.handle.cancelled_at - asked >= 0.3 and j.terminated
+    runner.handle.exit(-15)
+    j.poll()
+    assert j.state == "cancelled"
+
+
+def test_a_stale_stop_file_is_removed_when_a_job_starts(tmp_path):
+    stop_file = tmp_path / "stop"
+    stop_file.write_text("left over")
+    j = Job(["engine"], runner=FakeRunner(), stop_file=str(stop_file))
+    j.start()
+    assert not stop_file.exists() and j.state == "starting"
+
+
+STOP_FILE_ENGINE = textwrap.dedent('''
+    import json, os, sys, time
+    stop_file = sys.argv[1]
+    def say(**event):
+        print(json.dumps(event), flush=True)
+    say(event="start", phase="train", total=100000)
+    i = 0
+    while not os.path.exists(stop_file):  # the iteration boundary
+        i += 1
+        say(event="progress", phase="train", iteration=i, total=100000)
+        time.sleep(0.05)
+    say(event="progress", phase="train", iteration=i + 1, total=100000)  # after the request: still read
+    say(event="cancelled", phase="train", message="Stopped.", checkpoint="run/checkpoint.pt")
+    sys.exit(3)
+''')
+
+
+def test_real_process_that_honours_the_stop_file_is_a_clean_cancel(tmp_path):
+    engine = tmp_path / "engine.py"
+    engine.write_text(STOP_FILE_ENGINE)
+    stop_file = str(tmp_path / "stop")
+    iterations = []
+    j = Job([sys.executable, str(engine), stop_file], stop_file=stop_file, stop_grace_s=60.0, name="Fake",
+            on_event=lambda e: iterations.append(e.iteration) if e.event == "progress" else None)
+    j.start()
+    while j.last_progress is None:
+        j.poll()
+        time.sleep(0.02)
+    started = time.monotonic()
+    j.cancel()
+    assert j.wait(timeout=30) == "cancelled"
+    assert time.monotonic() - started < 30  # it ended by itself, long before the grace period
+    assert j.exit_code == 3 and not j.terminated and j.checkpoint == "run/checkpoint.pt"
+    assert iterations[-1] == j.last_progress.iteration and len(iterations) >= 2  # drained while waiting
+
+
+def test_real_process_that_ignores_the_stop_file_is_terminated_after_the_grace_period(fake_engine, tmp_path):
+    stop_file = str(tmp_path / "stop")
+    j = Job([sys.executable, fake_engine, "100000", "-"], stop_file=stop_file, stop_grace_s=0.6, grace_s=5.0,
+            name="Fake")
+    j.start()
+    while j.last_progress is None:
+        j.poll()
+        time.sleep(0.02)
+    started = time.monotonic()
+    j.cancel()
+    assert os.path.isfile(stop_file)
+    assert j.wait(timeout=30) == "cancelled"
+    assert time.monotonic() - started >= 0.55 and j.terminated
+    assert j._handle.proc.poll() is not None

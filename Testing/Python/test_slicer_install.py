@@ -1,0 +1,65 @@
+"""The exact pip arguments the module runs (SemiSupSegLib.install): torch and numpy held by constraints, a
+monai range that supports the installed torch, one sentence when none does."""
+
+import pytest
+from SemiSupSegLib import commands, install
+
+CONSTRAINTS = "c.txt"
+
+
+@pytest.mark.parametrize("python, torch, numpy, expected", [
+    # Slicer 5.8.1 (Python 3.9.10, numpy 1.26.4) with the torch the PyTorch extension installed
+    ("3.9.10", "1.13.1+cu117", "1.26.4", "monai>=1.2,<1.5.0"),  # 1.5 needs torch >= 2.4.1
+    ("3.9.10", "2.1.2", "1.26.4", "monai>=1.2,<1.5.0"),
+    ("3.9.10", "2.4.1+cpu", "1.26.4", "monai>=1.2,<1.6.0"),     # 1.6 needs Python >= 3.10
+    ("3.9.10", "2.8.0", "1.26.4", "monai>=1.2,<1.6.0"),         # 1.5.0 caps torch < 2.7, 1.5.1/1.5.2 do not
+    # Slicer 5.10 (Python 3.12.10, numpy 2.0.2)
+    ("3.12.10", "2.1.0", "2.0.2", "monai>=1.2,<1.4.0"),         # 1.4.0 needs numpy < 2.0
+    ("3.12.10", "2.4.1", "2.0.2", "monai>=1.2,<1.6.0"),
+    ("3.12.10", "2.8.0+cu128", "2.0.2", "monai>=1.2"),          # the newest release fits: no upper bound
+])
+def test_pip_arguments_for_installed_torch_versions(python, torch, numpy, expected):
+    requirements, why_not = install.install_plan(commands.missing_requirements(find_spec=lambda name: None),
+                                                 python, torch, numpy)
+    assert why_not is None
+    assert install.pip_arguments(requirements, CONSTRAINTS) == [expected, "scipy>=1.7", "psutil>=5.9",
+                                                               "-c", CONSTRAINTS]
+    assert install.constraints_text(torch, numpy) == f"torch=={torch}\nnumpy=={numpy}\n"
+
+
+def test_a_torch_no_monai_supports_gets_one_sentence_and_no_install():
+    requirements, why_not = install.install_plan(["monai>=1.2", "psutil>=5.9"], "3.9.10", "1.8.1", "1.26.4")
+    assert requirements == []
+    assert why_not.startswith("No MONAI release supports the installed PyTorch 1.8.1") and why_not.count(". ") == 0
+    assert "'>=2.4.1'" in why_not
+
+
+def test_only_what_is_missing_is_installed_and_monai_only_when_missing():
+    assert install.install_plan(["psutil>=5.9"], "3.9.10", "2.1.2", "1.26.4") == (["psutil>=5.9"], None)
+    assert install.install_plan([], "3.9.10", "2.1.2", "1.26.4") == ([], None)
+
+
+def test_constraints_file_and_the_checks_after_installing(tmp_path):
+    path = install.write_constraints(str(tmp_path / "pip"), "2.1.2+cu118", "1.26.4")
+    assert open(path).read() == "torch==2.1.2+cu118\nnumpy==1.26.4\n"
+    before = {"torch": "2.1.2+cu118", "numpy": "1.26.4"}
+    assert install.check_unchanged(before, dict(before)) is None
+    assert "torch 2.1.2+cu118 -> 2.8.0" in install.check_unchanged(before, {"torch": "2.8.0", "numpy": "1.26.4"})
+    assert install.check_torch("1.12.1", commands.TORCH_REQUIREMENT).startswith("PyTorch 1.12.1 is too old")
+    assert install.check_torch("1.13.0+cpu", commands.TORCH_REQUIREMENT) is None
+    assert "Extensions Manager" in install.check_torch(None, commands.TORCH_REQUIREMENT)
+
+
+def test_versions_are_read_without_importing():
+    versions = install.installed_versions({"torch": "2.13.0", "numpy": "2.1.0"}.__getitem__)
+    assert versions == {"torch": "2.13.0", "numpy": "2.1.0"}
+    assert install.installed_versions(lambda name: (_ for _ in ()).throw(LookupError(name))) == \
+        {"torch": None, "numpy": None}
+    assert install.version_tuple("2.4.0a0+git") == (2, 4, 0) and install.version_tuple("1.13.1+cu117") == (1, 13, 1)
+
+
+def test_the_release_table_is_newest_first_and_every_release_meets_the_engine_minimum():
+    versions = [install.version_tuple(r.version) for r in install.MONAI_RELEASES]
+    assert versions == sorted(versions, reverse=True)
+    assert min(versions) >= install.version_tuple(install.MONAI_MINIMUM)
+    assert commands.ENGINE_REQUIREMENTS["monai"] == f"monai>={install.MONAI_MINIMUM}"
