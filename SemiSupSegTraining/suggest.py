@@ -16,7 +16,7 @@ segment it (the same inference as ``semisupseg segment``):
 way Dice is: a large and a small structure with the same relative border uncertainty score alike, and the
 far background, confidently empty, contributes nothing (a plain mean of the uncertainty over the volume
 would rank cases by how large their structure is). A case where the model finds no structure at all
-scores ``1 - E = 1``: since every case of a manifest shows the structure, that is a case the model cannot
+scores 1 on both terms: since every case of a manifest shows the structure, that is a case the model cannot
 segment. Why these two: where the two networks disagree or are unsure is exactly where the paper's
 pseudo labels are unreliable, so a label there replaces the worst supervision the training would get.
 """
@@ -64,7 +64,8 @@ def score_probabilities(probabilities: np.ndarray, labels: np.ndarray, disagreem
     dice_error = float(np.mean(errors)) if errors else 0.0
     foreground = float((1.0 - probabilities[0]).sum(dtype=np.float64))
     spread = float(disagreement.sum(dtype=np.float64))
-    disagree = min(spread / (foreground + _EPS), 1.0) if spread > 0 else 0.0
+    # Less than one voxel of structure: the model found none (both terms 1, see the module docstring).
+    disagree = 1.0 if foreground < 1.0 else min(spread / foreground, 1.0)
     return {"score": 0.5 * (dice_error + disagree), "dice_error": dice_error, "disagreement": disagree,
             "predicted_voxels": int((labels > 0).sum())}
 
