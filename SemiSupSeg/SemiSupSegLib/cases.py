@@ -111,6 +111,11 @@ class CaseRow:
     label_path: Optional[str] = None
     labeled: bool = False
     status: str = ""
+    score: Optional[float] = None  # from "Suggest next case": higher, a label teaches more
+
+    @property
+    def score_text(self) -> str:
+        return "" if self.score is None or self.is_labeled else f"{self.score:.2f}"
 
     @property
     def has_label(self) -> bool:
@@ -248,6 +253,23 @@ class CaseTable:
     def set_status(self, status: str, indices: Optional[Iterable[int]] = None) -> None:
         for index in (range(len(self.rows)) if indices is None else indices):
             self.rows[index].status = status
+
+    def set_scores(self, ranking: Sequence[dict]) -> Optional[int]:
+        """Takes the scores of ``semisupseg suggest``'s ranking (``{"id", "score"}`` items, best first; case ids
+        as in the manifest the module wrote) and forgets older ones; returns the row of the best-scored case
+        that is still unlabeled, or None."""
+        for row in self.rows:
+            row.score = None
+        by_id = {row.id: index for index, row in enumerate(self.rows)}
+        best = None
+        for item in ranking:
+            index = by_id.get(str(item.get("id")))
+            if index is None or self.rows[index].is_labeled:
+                continue
+            self.rows[index].score = float(item["score"])
+            if best is None or self.rows[index].score > self.rows[best].score:
+                best = index
+        return best
 
     # -- questions ---------------------------------------------------------------------------------------
 

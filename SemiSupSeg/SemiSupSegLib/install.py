@@ -90,9 +90,9 @@ def no_monai_message(python: str, torch: str, numpy: str) -> str:
             f"'>=2.4.1' (MONAI 1.5 supports torch 2.4.1 and later), restart Slicer and try again.")
 
 
-def constraints_text(torch: str, numpy: str) -> str:
-    """A pip constraints file that holds torch and numpy at their installed versions."""
-    return f"torch=={torch}\nnumpy=={numpy}\n"
+def constraints_text(torch: Optional[str], numpy: Optional[str]) -> str:
+    """A pip constraints file that holds torch and numpy at their installed versions (those installed)."""
+    return "".join(f"{name}=={version}\n" for name, version in (("torch", torch), ("numpy", numpy)) if version)
 
 
 def pip_arguments(requirements: Sequence[str], constraints_file: str) -> List[str]:
@@ -134,7 +134,7 @@ def python_version() -> str:
     return ".".join(str(v) for v in sys.version_info[:3])
 
 
-def write_constraints(folder: str, torch: str, numpy: str) -> str:
+def write_constraints(folder: str, torch: Optional[str], numpy: Optional[str]) -> str:
     """Writes the constraints file into ``folder`` and returns its path."""
     os.makedirs(folder, exist_ok=True)
     path = os.path.join(folder, "constraints.txt")

@@ -114,8 +114,8 @@ def format_losses(losses: Dict[str, float], max_items: int = 4) -> str:
     return ", ".join(f"{name} {losses[name]:.3f}" for name in loss_names(losses)[:max_items])
 
 
-_PHASE_WORDS = {"train": "Training", "segment": "Segmenting"}
-_UNIT_WORDS = {"train": "iteration", "segment": "window"}
+_PHASE_WORDS = {"train": "Training", "segment": "Segmenting", "suggest": "Scoring cases"}
+_UNIT_WORDS = {"train": "iteration", "segment": "window", "suggest": "case"}
 
 
 def describe(event: ProgressEvent) -> str:

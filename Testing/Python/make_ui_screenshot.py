@@ -21,6 +21,7 @@ from PySide6.QtWidgets import (  # noqa: E402
     QCheckBox,
     QComboBox,
     QGroupBox,
+    QHeaderView,
     QHBoxLayout,
     QLabel,
     QLineEdit,
@@ -109,20 +110,24 @@ def fill_example(form: QWidget) -> None:
     _find(form, QComboBox, "inputVolumeSelector").setItemText(0, "MRHead-3")
 
     table = _find(form, QTableWidget, "casesTable")
-    rows = [("MRHead-1", "MRHead-1 segmentation", True, "in training"),
-            ("MRHead-2", "(none: unlabeled)", False, "in training"),
-            ("case07.nii.gz", "case07_label.nii.gz", True, "in training"),
-            ("case08.nii.gz", "(none)", False, "in training")]
+    rows = [("MRHead-1", "MRHead-1 segmentation", True, "", "in training"),
+            ("MRHead-2", "(none: unlabeled)", False, "0.47", "in training"),
+            ("case07.nii.gz", "case07_label.nii.gz", True, "", "in training"),
+            ("case08.nii.gz", "(none)", False, "0.21", "in training")]
     table.setRowCount(len(rows))
-    for r, (volume, segmentation, labeled, status) in enumerate(rows):
+    for r, (volume, segmentation, labeled, score, status) in enumerate(rows):
         table.setItem(r, 0, QTableWidgetItem(volume))
         table.setItem(r, 1, QTableWidgetItem(segmentation))
         check = QTableWidgetItem()
         check.setFlags(Qt.ItemIsUserCheckable | Qt.ItemIsEnabled)
         check.setCheckState(Qt.Checked if labeled else Qt.Unchecked)
         table.setItem(r, 2, check)
-        table.setItem(r, 3, QTableWidgetItem(status))
+        table.setItem(r, 3, QTableWidgetItem(score))
+        table.setItem(r, 4, QTableWidgetItem(status))
     table.resizeColumnsToContents()
+    for column, mode in enumerate((QHeaderView.Stretch, QHeaderView.Stretch, QHeaderView.ResizeToContents,
+                                   QHeaderView.ResizeToContents)):  # as the widget sets them
+        table.horizontalHeader().setSectionResizeMode(column, mode)
     table.horizontalHeader().setStretchLastSection(True)
     table.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
     table.setVerticalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
@@ -152,7 +157,10 @@ def fill_example(form: QWidget) -> None:
     _find(form, QProgressBar, "segmentProgressBar").hide()
     _find(form, QPushButton, "segmentButton").setEnabled(False)
     _find(form, QPushButton, "segmentButton").setToolTip("")
-    for name in ("editSegmentationButton", "useAsLabelButton", "retrainButton"):  # as while a training runs
+    _find(form, QProgressBar, "suggestProgressBar").hide()
+    _find(form, QLabel, "suggestStatusLabel").setText(
+        "Label MRHead-2 next (score 0.47): segment it, correct it, use it as a label.")
+    for name in ("suggestButton", "editSegmentationButton", "useAsLabelButton", "retrainButton"):  # while training
         _find(form, QPushButton, name).setEnabled(False)
     _find(form, QPlainTextEdit, "logTextEdit").hide()
 

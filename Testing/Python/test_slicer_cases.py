@@ -114,3 +114,16 @@ def test_manifest_round_trip_through_the_engine_module(tmp_path):
     t2 = CaseTable()
     assert t2.add_manifest(manifest) == 2
     assert [(r.id, r.is_labeled) for r in t2] == [("one", True), ("two", False)]
+
+
+def test_suggest_scores_go_to_unlabeled_rows_and_the_best_one_is_returned():
+    table = CaseTable()
+    table.add_volume("vtkMRMLScalarVolumeNode1", "a", "vtkMRMLSegmentationNode1", "a seg")
+    table.add_volume("vtkMRMLScalarVolumeNode2", "b")
+    table.add_volume("vtkMRMLScalarVolumeNode3", "c")
+    table[2].score = 0.9  # from an older suggestion: forgotten
+    best = table.set_scores([{"id": "b", "score": 0.61}, {"id": "a", "score": 0.99}, {"id": "gone", "score": 1.0}])
+    assert best == 1 and [r.score for r in table] == [None, 0.61, None]
+    assert [r.score_text for r in table] == ["", "0.61", ""]
+    assert CaseTable.from_json(table.to_json())[1].score == 0.61
+    assert table.set_scores([]) is None

@@ -55,3 +55,8 @@ def test_loss_history_keeps_columns_aligned():
     assert h.iterations == [1, 2, 3]
     assert h.series["loss"][:2] == [1.0, 0.8] and math.isnan(h.series["loss"][2])
     assert math.isnan(h.series["con"][0]) and h.series["con"][1:] == [0.1, 0.05]
+
+
+def test_suggest_progress_reads_as_cases():
+    event = progress.parse_line('{"event": "progress", "phase": "suggest", "iteration": 2, "total": 5, "case": "c2"}')
+    assert progress.describe(event) == "Scoring cases: case 2/5"

@@ -19,7 +19,8 @@ from SemiSupSegLib import commands  # noqa: E402
 import make_ui_screenshot  # noqa: E402
 
 ROOT = make_ui_screenshot.ROOT
-MODULE_FILE = os.path.join(ROOT, "SemiSupSeg", "SemiSupSeg.py")
+WIDGET_FILE = os.path.join(ROOT, "SemiSupSeg", "SemiSupSegLib", "widget.py")
+PARAMETER_NODE_FILE = os.path.join(ROOT, "SemiSupSeg", "SemiSupSegLib", "parameter_node.py")
 
 
 @pytest.fixture(scope="module")
@@ -39,15 +40,26 @@ def test_form_loads_without_slicer(plain_form):
 
 
 def test_every_widget_the_module_uses_is_in_the_form(plain_form):
-    with open(MODULE_FILE, encoding="utf-8") as f:
+    with open(WIDGET_FILE, encoding="utf-8") as f:
         used = set(re.findall(r"self\.ui\.([A-Za-z_][A-Za-z0-9_]*)", f.read()))
-    assert {"casesTable", "trainButton", "trainProgressBar", "segmentButton", "useAsLabelButton"} <= used
+    assert {"casesTable", "trainButton", "trainProgressBar", "segmentButton", "useAsLabelButton", "suggestButton",
+            "suggestProgressBar", "suggestStatusLabel"} <= used
     missing = sorted(used - _names(plain_form))
-    assert not missing, f"used in SemiSupSeg.py but missing from SemiSupSeg.ui: {missing}"
+    assert not missing, f"used in SemiSupSegLib/widget.py but missing from SemiSupSeg.ui: {missing}"
+
+
+def test_cases_table_columns_match_the_widget(plain_form):
+    from PySide6.QtWidgets import QTableWidget
+
+    table = plain_form.findChild(QTableWidget, "casesTable")
+    headers = [table.horizontalHeaderItem(i).text() for i in range(table.columnCount())]
+    assert headers == ["Volume", "Segmentation", "Labeled", "Score", "Status"]
+    source = open(WIDGET_FILE, encoding="utf-8").read()
+    assert "COLUMN_VOLUME, COLUMN_SEGMENTATION, COLUMN_LABELED, COLUMN_SCORE, COLUMN_STATUS = range(5)" in source
 
 
 def _parameter_node_fields():
-    tree = ast.parse(open(MODULE_FILE, encoding="utf-8").read())
+    tree = ast.parse(open(PARAMETER_NODE_FILE, encoding="utf-8").read())
     for node in tree.body:
         if isinstance(node, ast.ClassDef) and node.name == "SemiSupSegParameterNode":
             return {item.target.id for item in node.body if isinstance(item, ast.AnnAssign)}

@@ -1,0 +1,389 @@
+"""The module's logic: training, segmenting and suggesting without the GUI (scripts, the Python console).
+
+It turns scene nodes into files, builds the engine's command lines (``commands``), runs them as background
+processes (``job``) and brings the results back into the scene (``nodes``). The widget reaches it only
+through :class:`SemiSupSegLib.interfaces.SemiSupSegLogicProtocol`.
+"""
+
+import importlib
+import importlib.util
+import logging
+import os
+import shutil
+import time
+from typing import Callable, List, Optional, Tuple
+
+import qt
+
+import slicer
+from slicer.i18n import tr as _
+from slicer.ScriptedLoadableModule import ScriptedLoadableModuleLogic
+
+from . import ENGINE_PARENT, commands, install, nodes
+from . import job as jobs
+from .cases import CaseTable, build_manifest
+from .labels import classes_for_training, parse_structure_names
+from .parameter_node import SemiSupSegParameterNode
+from .progress import describe
+
+
+class SemiSupSegLogic(ScriptedLoadableModuleLogic):
+    """Training and segmenting, usable without the GUI (Python console, ``Slicer --python-script``)::
+
+        logic = SemiSupSegLogic()
+        model = logic.train([(volume1, segmentation1), volume2], "/models", preset="cpu-fast")
+        segmentation = logic.segment(volume3, model)
+
+    Both run the engine as a separate process (``PythonSlicer -m SemiSupSegTraining``); with
+    ``waitForCompletion=False`` they return the running :class:`SemiSupSegLib.job.Job` instead of waiting.
+    """
+
+    SETTINGS_LAST_MODEL = "SemiSupSeg/LastModelFile"
+    #: Seconds the engine gets to stop by itself after Cancel (it writes a checkpoint at the next iteration)
+    #: before its process tree is terminated; a user setting.
+    SETTINGS_STOP_GRACE = "SemiSupSeg/CancelGracePeriod"
+
+    def __init__(self) -> None:
+        ScriptedLoadableModuleLogic.__init__(self)
+        self.askConfirmation = True  # before installing Python packages
+        self.keepTemporaryFiles = False
+        self.runner = None  # a SemiSupSegLib.job runner; None: slicer.util.launchConsoleProcess
+        self.lastUncertaintyVolume = None
+        self.stopGracePeriod = float(slicer.app.userSettings().value(self.SETTINGS_STOP_GRACE,
+                                                                     jobs.DEFAULT_STOP_GRACE_S))
+        self._requirementsReady = False
+
+    def getParameterNode(self):
+        return SemiSupSegParameterNode(super().getParameterNode())
+
+    # -- settings ----------------------------------------------------------------------------------------
+
+    @staticmethod
+    def defaultModelFolder() -> str:
+        documents = qt.QStandardPaths.writableLocation(qt.QStandardPaths.DocumentsLocation)
+        return os.path.join(documents or os.path.expanduser("~"), "SemiSupSeg", "models")
+
+    @classmethod
+    def lastModelFile(cls) -> str:
+        path = slicer.app.userSettings().value(cls.SETTINGS_LAST_MODEL, "")
+        return path if path and os.path.isfile(path) else ""
+
+    @classmethod
+    def setLastModelFile(cls, path: str) -> None:
+        slicer.app.userSettings().setValue(cls.SETTINGS_LAST_MODEL, path)
+
+    # -- dependencies ------------------------------------------------------------------------------------
+
+    def setupPythonRequirements(self, askConfirmation: Optional[bool] = None) -> None:
+        """PyTorch through the PyTorch extension (version checked after installing), then what the engine
+        needs beyond Slicer (monai, scipy) and psutil, installed with the installed torch and numpy held as
+        pip constraints (``install.py``). Raises RuntimeError with one sentence when something is missing,
+        was declined, or no monai fits the installed torch."""
+        if self._requirementsReady:
+            return
+        ask = self.askConfirmation if askConfirmation is None else askConfirmation
+        try:
+            import PyTorchUtils
+        except ImportError:
+            PyTorchUtils = None
+        if PyTorchUtils is None:
+            if importlib.util.find_spec("torch") is None:
+                raise RuntimeError(_("This module needs PyTorch: install the 'PyTorch' extension in the Extensions "
+                                     "Manager, restart Slicer, and try again."))
+        else:
+            torchLogic = PyTorchUtils.PyTorchUtilsLogic()
+            if not torchLogic.torchInstalled():
+                torch = torchLogic.installTorch(askConfirmation=ask, torchVersionRequirement=commands.TORCH_REQUIREMENT)
+                if torch is None:
+                    raise RuntimeError(_("PyTorch is needed to train and segment; its installation was declined."))
+        versions = install.installed_versions()
+        problem = install.check_torch(versions["torch"], commands.TORCH_REQUIREMENT)
+        if problem:
+            raise RuntimeError(problem)
+        missing = commands.missing_requirements()
+        if missing:
+            requirements, whyNot = install.install_plan(missing, install.python_version(), versions["torch"],
+                                                        versions["numpy"])
+            if whyNot:
+                raise RuntimeError(whyNot)
+            if ask and not slicer.util.confirmOkCancelDisplay(
+                    _("SemiSupSeg needs these Python packages: {packages}. Download and install them now? "
+                      "This may take a few minutes; PyTorch and numpy stay as they are.").format(
+                        packages=", ".join(requirements))):
+                raise RuntimeError(_("These Python packages are needed: {packages}; their installation was "
+                                     "declined.").format(packages=", ".join(requirements)))
+            constraints = install.write_constraints(slicer.util.tempDirectory("SemiSupSeg-pip-"), versions["torch"],
+                                                    versions["numpy"])
+            slicer.util.pip_install(install.pip_arguments(requirements, constraints))
+            importlib.invalidate_caches()
+            problem = install.check_unchanged(versions, install.installed_versions())
+            if problem:
+                raise RuntimeError(problem)
+        self._requirementsReady = True
+
+    # -- the engine --------------------------------------------------------------------------------------
+
+    def _runner(self):
+        if self.runner is not None:
+            return self.runner
+
+        def launch(command, environmentUpdates, cwd):
+            return slicer.util.launchConsoleProcess(command, useStartupEnvironment=True,
+                                                    updateEnvironment=environmentUpdates, cwd=cwd)
+
+        return jobs.SubprocessRunner(popen=launch)
+
+    def _startJob(self, command: List[str], name: str, importer: Callable, device: str,
+                  onEvent=None, onState=None, onLog=None, waitForCompletion=True, stopFile: Optional[str] = None):
+        if ENGINE_PARENT is None:
+            raise RuntimeError(_("The SemiSupSegTraining engine was not found beside the module; reinstall the extension."))
+        environment = commands.engine_environment(ENGINE_PARENT, slicer.util.startupEnvironment(),
+                                                  cpu_only=device == "cpu")
+        job = jobs.Job(command, runner=self._runner(), env=environment, name=name, importer=importer,
+                       on_event=onEvent or self._logEvent, on_state=onState, on_log=onLog or logging.info,
+                       stop_file=stopFile, stop_grace_s=self.stopGracePeriod)
+        job.start()
+        if not waitForCompletion:
+            return job
+        state = job.wait(on_tick=slicer.app.processEvents)
+        if state == jobs.CANCELLED:
+            raise RuntimeError(_("{name} was cancelled.").format(name=name))
+        if state != jobs.DONE:
+            raise RuntimeError(job.error_message)
+        return job.result
+
+    _lastLogTime = 0.0
+
+    def _logEvent(self, event) -> None:
+        """Default progress report for scripts: events, and progress at most every 5 seconds."""
+        now = time.monotonic()
+        if event.event != "progress" or now - self._lastLogTime > 5.0:
+            self._lastLogTime = now
+            logging.info(describe(event))
+
+    @staticmethod
+    def readModelMetadata(modelFile: str) -> dict:
+        if not modelFile or not os.path.isfile(modelFile):
+            raise ValueError(_("The model file {path} does not exist.").format(path=modelFile))
+        from SemiSupSegTraining.modelfile import read_metadata
+
+        return read_metadata(modelFile)
+
+    def describeModel(self, modelFile: str) -> str:
+        """One line about a model file for the GUI (structures, preset), or why it cannot be read."""
+        if importlib.util.find_spec("torch") is None:
+            return _("PyTorch is installed when you first train or segment.")
+        try:
+            meta = self.readModelMetadata(modelFile)
+        except Exception as e:
+            return _("Not a usable model file: {error}").format(error=e)
+        names = ", ".join(c["name"] for c in meta["classes"] if c["value"] != 0)
+        return _("Structures: {names} · preset {preset}").format(names=names, preset=meta.get("preset", "?"))
+
+    # -- cases -------------------------------------------------------------------------------------------
+
+    @staticmethod
+    def loadManifest(path: str):
+        from SemiSupSegTraining.manifest import load_manifest
+
+        return load_manifest(path)
+
+    @staticmethod
+    def classesToJson(classes) -> str:
+        import json
+
+        return json.dumps([c.to_dict() for c in classes])
+
+    @staticmethod
+    def caseTable(cases) -> CaseTable:
+        """A CaseTable from a CaseTable, or from a list of volume nodes and (volume node, segmentation node or
+        None) pairs; a segmentation makes its case labeled."""
+        if isinstance(cases, CaseTable):
+            return cases
+        table = CaseTable()
+        for item in cases:
+            volumeNode, segmentationNode = (item if isinstance(item, (tuple, list)) else (item, None))
+            table.add_volume(volumeNode.GetID(), volumeNode.GetName(),
+                             segmentationNode.GetID() if segmentationNode else None,
+                             segmentationNode.GetName() if segmentationNode else "")
+        return table
+
+    def trainingClasses(self, table: CaseTable, structureNames: str = "", manifestClasses: str = "",
+                        initModel: Optional[str] = None):
+        """The classes to train: the model's (retrain), a loaded manifest's, the typed names, or the segment
+        names of the labeled cases."""
+        import json
+
+        if initModel:
+            return classes_for_training(model_classes=self.readModelMetadata(initModel)["classes"])
+        typed = parse_structure_names(structureNames or "")
+        if manifestClasses:
+            fromManifest = json.loads(manifestClasses)
+            if not typed or typed == [c["name"] for c in fromManifest if c["value"] != 0]:
+                return classes_for_training(model_classes=fromManifest)
+        namesPerCase, colors = [], {}
+        for row in table.labeled_rows:
+            segmentationNode = slicer.mrmlScene.GetNodeByID(row.segmentation_node_id) if row.segmentation_node_id else None
+            if segmentationNode is not None:
+                namesPerCase.append([name for _, name in nodes.segments(segmentationNode)])
+                colors.update({k: v for k, v in nodes.segmentColors(segmentationNode).items() if k not in colors})
+        return classes_for_training(typed, namesPerCase, segment_colors=colors)
+
+    def exportCases(self, table: CaseTable, folder: str, classes) -> List[Tuple[str, str, Optional[str], bool]]:
+        """Writes the scene's volumes (and the segmentations of labeled cases) of the table into ``folder``;
+        file cases stay where they are. Returns manifest entries (id, image, label, labeled)."""
+        entries = []
+        for row in table:
+            if not row.volume_node_id:
+                entries.append((row.id, row.image_path, row.label_path, row.labeled))
+                continue
+            volumeNode = slicer.mrmlScene.GetNodeByID(row.volume_node_id)
+            if volumeNode is None:
+                raise ValueError(_("The volume of case '{id}' is no longer in the scene.").format(id=row.id))
+            image = nodes.writeVolume(volumeNode, os.path.join(folder, "images", row.id + ".nrrd"))
+            label = None
+            if row.is_labeled:
+                segmentationNode = slicer.mrmlScene.GetNodeByID(row.segmentation_node_id)
+                if segmentationNode is None:
+                    raise ValueError(_("The segmentation of case '{id}' is no longer in the scene.").format(id=row.id))
+                label = os.path.join(folder, "labels", row.id + ".nrrd")
+                nodes.writeSegmentationAsLabelmap(segmentationNode, volumeNode, classes, label)
+            entries.append((row.id, image, label, row.is_labeled))
+        return entries
+
+    def saveCasesAsManifest(self, cases, folder: str, structureNames: str = "", modality: str = "MRI",
+                            manifestClasses: str = "") -> str:
+        """Writes the cases to ``folder`` (images/, labels/, manifest.json) for the command line."""
+        table = self.caseTable(cases)
+        classes = self.trainingClasses(table, structureNames, manifestClasses)
+        for sub in ("images", "labels"):
+            os.makedirs(os.path.join(folder, sub), exist_ok=True)
+        path = os.path.join(folder, "manifest.json")
+        build_manifest(self.exportCases(table, folder, classes), classes, modality, path)
+        return path
+
+    # -- train and segment -------------------------------------------------------------------------------
+
+    def train(self, cases, modelFolder: str, preset: str = commands.DEFAULT_PRESET, iterations: Optional[int] = None,
+              device: str = "auto", modality: str = "MRI", structureNames: str = "", manifestClasses: str = "",
+              initModel: Optional[str] = None, waitForCompletion: bool = True,
+              onEvent=None, onState=None, onLog=None):
+        """Trains on ``cases`` (a CaseTable, a list of volume nodes / (volume, segmentation) pairs, or the
+        path of a manifest file) and writes ``<modelFolder>/run-DATE-TIME/model.pt``.
+
+        :param initModel: start from this model file's weights and classes ("Retrain").
+        :return: the model file path; with ``waitForCompletion=False`` the running Job (its ``result``
+          is the model file path once it is done).
+        """
+        self.setupPythonRequirements()
+        if not modelFolder:
+            raise ValueError(_("Choose a model folder."))
+        os.makedirs(modelFolder, exist_ok=True)
+        if isinstance(cases, str):
+            manifestPath = cases
+            self.loadManifest(manifestPath)  # a clear error now rather than in the engine
+            workFolder = slicer.util.tempDirectory("SemiSupSeg-train-")  # for the stop file only
+        else:
+            table = self.caseTable(cases)
+            ready, reason = table.readiness()
+            if not ready:
+                raise ValueError(reason)
+            classes = self.trainingClasses(table, structureNames, manifestClasses, initModel)
+            workFolder = slicer.util.tempDirectory("SemiSupSeg-train-")
+            manifestPath = os.path.join(workFolder, "manifest.json")
+            build_manifest(self.exportCases(table, workFolder, classes), classes, modality, manifestPath)
+        runFolder = commands.new_run_folder(modelFolder)
+        stopFile = commands.stop_file_in(workFolder)
+        command = commands.train_command(commands.find_python_slicer(), manifestPath, runFolder, preset=preset,
+                                         iterations=iterations, device=device, init_model=initModel,
+                                         stop_file=stopFile)
+
+        def importModel(job):
+            model = job.done_event.get("model") if job.done_event else None
+            if not model or not os.path.isfile(model):
+                model = commands.model_file_in(runFolder)
+            if not os.path.isfile(model):
+                raise RuntimeError(_("The training ended without writing {path}.").format(path=model))
+            self.setLastModelFile(model)
+            if not self.keepTemporaryFiles:
+                shutil.rmtree(workFolder, ignore_errors=True)
+            return model
+
+        return self._startJob(command, _("Training"), importModel, device, onEvent, onState, onLog, waitForCompletion,
+                              stopFile)
+
+    def segment(self, volumeNode, modelFile: str, outputSegmentation=None, roiNode=None, device: str = "auto",
+                uncertainty: bool = False, keepLargest: bool = False, waitForCompletion: bool = True,
+                onEvent=None, onState=None, onLog=None):
+        """Segments ``volumeNode`` with a model file into ``outputSegmentation`` (a new segmentation node when
+        None): one segment per structure of the model, named and colored like it, on the volume's geometry.
+
+        :param roiNode: a markups ROI; only the voxels inside it are segmented.
+        :param uncertainty: also load an uncertainty volume (``logic.lastUncertaintyVolume``).
+        :return: the segmentation node; with ``waitForCompletion=False`` the running Job.
+        """
+        self.setupPythonRequirements()
+        if volumeNode is None:
+            raise ValueError(_("Choose the volume to segment."))
+        meta = self.readModelMetadata(modelFile)
+        workFolder = slicer.util.tempDirectory("SemiSupSeg-segment-")
+        inputPath = nodes.writeVolume(volumeNode, os.path.join(workFolder, "input.nrrd"))
+        outputPath = os.path.join(workFolder, "segmentation.nrrd")
+        uncertaintyPath = os.path.join(workFolder, "uncertainty.nrrd") if uncertainty else None
+        roi = nodes.roiIndexBox(roiNode, volumeNode) if roiNode is not None else None
+        stopFile = commands.stop_file_in(workFolder)
+        command = commands.segment_command(commands.find_python_slicer(), modelFile, inputPath, outputPath,
+                                           uncertainty=uncertaintyPath, device=device, roi=roi,
+                                           keep_largest=keepLargest, stop_file=stopFile)
+
+        def importResult(job):
+            segmentationNode = outputSegmentation
+            if segmentationNode is None:
+                segmentationNode = slicer.mrmlScene.AddNewNodeByClass(
+                    "vtkMRMLSegmentationNode", slicer.mrmlScene.GenerateUniqueName(volumeNode.GetName() + " segmentation"))
+                segmentationNode.CreateDefaultDisplayNodes()
+                segmentationNode.SetAndObserveTransformNodeID(volumeNode.GetTransformNodeID())
+            nodes.importLabelmapFile(outputPath, segmentationNode, meta["classes"], volumeNode)
+            if uncertaintyPath:
+                self.lastUncertaintyVolume = nodes.readVolume(uncertaintyPath, name=slicer.mrmlScene.GenerateUniqueName(
+                    volumeNode.GetName() + " uncertainty"))
+                self.lastUncertaintyVolume.SetAndObserveTransformNodeID(volumeNode.GetTransformNodeID())
+                self.lastUncertaintyVolume.CreateDefaultDisplayNodes()
+            if not self.keepTemporaryFiles:
+                shutil.rmtree(workFolder, ignore_errors=True)
+            return segmentationNode
+
+        return self._startJob(command, _("Segmenting"), importResult, device, onEvent, onState, onLog,
+                              waitForCompletion, stopFile)
+
+    def suggest(self, cases, modelFile: str, device: str = "auto", waitForCompletion: bool = True,
+                onEvent=None, onState=None, onLog=None):
+        """Ranks the unlabeled cases of ``cases`` (a CaseTable, or a list of volume nodes / (volume,
+        segmentation) pairs) by how much a label would teach, with the model file (``semisupseg suggest``).
+
+        :return: the ranking, best first: ``[{"id", "score", "dice_error", "disagreement", "predicted_voxels",
+          "rank"}, ...]``, ids as in the table; with ``waitForCompletion=False`` the running Job.
+        """
+        self.setupPythonRequirements()
+        meta = self.readModelMetadata(modelFile)
+        unlabeled = CaseTable(self.caseTable(cases).unlabeled_rows)
+        if not len(unlabeled):
+            raise ValueError(_("There is no unlabeled case to rank: add cases without a segmentation."))
+        classes = classes_for_training(model_classes=meta["classes"])
+        workFolder = slicer.util.tempDirectory("SemiSupSeg-suggest-")
+        manifestPath = os.path.join(workFolder, "manifest.json")
+        build_manifest(self.exportCases(unlabeled, workFolder, classes), classes, path=manifestPath)
+        stopFile = commands.stop_file_in(workFolder)
+        command = commands.suggest_command(commands.find_python_slicer(), modelFile, manifestPath, device=device,
+                                           stop_file=stopFile)
+
+        def importRanking(job):
+            ranking = job.done_event.get("ranking") if job.done_event else None
+            if not isinstance(ranking, list):
+                raise RuntimeError(_("The engine ended without a ranking."))
+            if not self.keepTemporaryFiles:
+                shutil.rmtree(workFolder, ignore_errors=True)
+            return ranking
+
+        return self._startJob(command, _("Suggesting"), importRanking, device, onEvent, onState, onLog,
+                              waitForCompletion, stopFile)

@@ -1,0 +1,572 @@
+"""The module's widget: the form (Resources/UI/SemiSupSeg.ui) driving the logic.
+
+It holds no decisions of its own beyond the GUI: the case table, command lines, job states and progress
+come from the plain-Python files of this package, the work from a logic object that has the methods of
+:class:`SemiSupSegLib.interfaces.SemiSupSegLogicProtocol` (``logic.SemiSupSegLogic`` unless one is given).
+"""
+
+import importlib
+import logging
+import os
+import time
+from typing import Optional
+
+import qt
+import vtk
+
+import slicer
+from slicer.i18n import tr as _
+from slicer.ScriptedLoadableModule import ScriptedLoadableModuleWidget
+from slicer.util import VTKObservationMixin
+
+from . import job as jobs
+from . import nodes
+from .cases import CaseTable
+from .interfaces import SemiSupSegLogicProtocol
+from .parameter_node import SemiSupSegParameterNode
+from .progress import LossHistory, describe, format_duration, loss_names
+
+#: The package's files in the order a reload needs (each after what it imports).
+RELOAD_ORDER = ("commands", "progress", "job", "labels", "cases", "install", "interfaces", "nodes",
+                "parameter_node", "logic", "widget")
+
+
+class SemiSupSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    """The module's panel (a ScriptedLoadableModuleWidget: Slicer finds it by this name in SemiSupSeg.py).
+
+    :param logic: what does the work; ``logic.SemiSupSegLogic()`` unless given.
+    """
+
+    COLUMN_VOLUME, COLUMN_SEGMENTATION, COLUMN_LABELED, COLUMN_SCORE, COLUMN_STATUS = range(5)
+
+    def __init__(self, parent=None, logic: Optional[SemiSupSegLogicProtocol] = None) -> None:
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)
+        self.logic: Optional[SemiSupSegLogicProtocol] = logic
+        self._parameterNode = None
+        self._parameterNodeGuiTag = None
+        self.cases = CaseTable()
+        self.trainJob = None
+        self.segmentJob = None
+        self.suggestJob = None
+        self.lossHistory = LossHistory()
+        self._plotNodes = {}
+        self._lastPlotTime = 0.0
+        self._updatingTable = False
+        self._forgetPending = False
+        self._pollTimer = None
+
+    def setup(self) -> None:
+        ScriptedLoadableModuleWidget.setup(self)
+        uiWidget = slicer.util.loadUI(self.resourcePath("UI/SemiSupSeg.ui"))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+        if self.logic is None:
+            from .logic import SemiSupSegLogic
+
+            self.logic = SemiSupSegLogic()
+
+        header = self.ui.casesTable.horizontalHeader()
+        header.setSectionResizeMode(self.COLUMN_VOLUME, qt.QHeaderView.Stretch)
+        header.setSectionResizeMode(self.COLUMN_SEGMENTATION, qt.QHeaderView.Stretch)
+        header.setSectionResizeMode(self.COLUMN_LABELED, qt.QHeaderView.ResizeToContents)
+        header.setSectionResizeMode(self.COLUMN_SCORE, qt.QHeaderView.ResizeToContents)
+        self.ui.trainProgressBar.hide()
+        self.ui.segmentProgressBar.hide()
+        self.ui.suggestProgressBar.hide()
+        if not self.ui.modelFolderPathLineEdit.currentPath:
+            self.ui.modelFolderPathLineEdit.currentPath = self.logic.defaultModelFolder()
+        lastModel = self.logic.lastModelFile()
+        if lastModel:
+            self.ui.modelFilePathLineEdit.currentPath = lastModel
+
+        self._pollTimer = qt.QTimer()
+        self._pollTimer.setInterval(250)
+        self._pollTimer.connect("timeout()", self.onPollTimer)
+
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.NodeRemovedEvent, self.onNodeRemoved)
+
+        self.ui.addVolumeButton.connect("clicked(bool)", self.onAddVolume)
+        self.ui.addAllVolumesButton.connect("clicked(bool)", self.onAddAllVolumes)
+        self.ui.loadFolderButton.connect("clicked(bool)", self.onLoadFolder)
+        self.ui.loadManifestButton.connect("clicked(bool)", self.onLoadManifest)
+        self.ui.removeCasesButton.connect("clicked(bool)", self.onRemoveCases)
+        self.ui.saveManifestButton.connect("clicked(bool)", self.onSaveManifest)
+        self.ui.casesTable.connect("itemChanged(QTableWidgetItem*)", self.onCaseItemChanged)
+        self.ui.trainButton.connect("clicked(bool)", self.onTrainButton)
+        self.ui.retrainButton.connect("clicked(bool)", self.onRetrainButton)
+        self.ui.segmentButton.connect("clicked(bool)", self.onSegmentButton)
+        self.ui.suggestButton.connect("clicked(bool)", self.onSuggestButton)
+        self.ui.editSegmentationButton.connect("clicked(bool)", self.onEditSegmentation)
+        self.ui.useAsLabelButton.connect("clicked(bool)", self.onUseAsLabel)
+        self.ui.modelFilePathLineEdit.connect("currentPathChanged(QString)", self.onModelFileChanged)
+
+        self.initializeParameterNode()
+        self.onModelFileChanged()
+
+    def cleanup(self) -> None:
+        """Called when the application closes or the module is reloaded: no engine process is left behind."""
+        for job in self._jobs():
+            if job is not None and job.active:
+                job.cancel()
+        if self._pollTimer:
+            self._pollTimer.stop()
+        self.removeObservers()
+
+    def onReload(self) -> None:
+        """Reloads this package's files too (Slicer reloads only SemiSupSeg.py), in import order."""
+        package = __name__.rsplit(".", 1)[0]
+        for name in RELOAD_ORDER:
+            module = importlib.import_module(f"{package}.{name}")
+            importlib.reload(module)
+        ScriptedLoadableModuleWidget.onReload(self)
+
+    def enter(self) -> None:
+        self.initializeParameterNode()
+
+    def exit(self) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateButtons)
+
+    def onSceneStartClose(self, caller, event) -> None:
+        self.setParameterNode(None)
+
+    def onSceneEndClose(self, caller, event) -> None:
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    def initializeParameterNode(self) -> None:
+        self.setParameterNode(self.logic.getParameterNode())
+        if not self._parameterNode.inputVolume:
+            firstVolumeNode = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+            if firstVolumeNode and not firstVolumeNode.IsA("vtkMRMLLabelMapVolumeNode"):
+                self._parameterNode.inputVolume = firstVolumeNode
+
+    def setParameterNode(self, inputParameterNode: Optional[SemiSupSegParameterNode]) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateButtons)
+        self._parameterNode = inputParameterNode
+        self.cases = CaseTable.from_json(self._parameterNode.cases) if self._parameterNode else CaseTable()
+        if self._parameterNode:
+            # Widgets with a "SlicerParameterName" property in the .ui file are connected to the parameter node.
+            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateButtons)
+        self.updateCasesTable()
+
+    # -- cases -------------------------------------------------------------------------------------------
+
+    def saveCases(self) -> None:
+        if self._parameterNode:
+            self._parameterNode.cases = self.cases.to_json()
+        self.updateCasesTable()
+
+    def updateCasesTable(self) -> None:
+        table = self.ui.casesTable
+        self._updatingTable = True
+        try:
+            table.setRowCount(len(self.cases))
+            for index, row in enumerate(self.cases):
+                volumeItem = qt.QTableWidgetItem(row.volume_text)
+                volumeItem.setToolTip(row.image_path or row.volume_node_id or "")
+                table.setItem(index, self.COLUMN_VOLUME, volumeItem)
+                if row.volume_node_id:
+                    table.setCellWidget(index, self.COLUMN_SEGMENTATION, self._segmentationSelector(index, row))
+                else:
+                    table.removeCellWidget(index, self.COLUMN_SEGMENTATION)
+                    labelItem = qt.QTableWidgetItem(row.label_text or _("(none)"))
+                    labelItem.setToolTip(row.label_path or "")
+                    table.setItem(index, self.COLUMN_SEGMENTATION, labelItem)
+                labeledItem = qt.QTableWidgetItem()
+                flags = qt.Qt.ItemIsUserCheckable | (qt.Qt.ItemIsEnabled if row.has_label else qt.Qt.NoItemFlags)
+                labeledItem.setFlags(flags)
+                labeledItem.setCheckState(qt.Qt.Checked if row.is_labeled else qt.Qt.Unchecked)
+                table.setItem(index, self.COLUMN_LABELED, labeledItem)
+                scoreItem = qt.QTableWidgetItem(row.score_text)
+                scoreItem.setToolTip(_("How much a label of this case would teach (0..1; Suggest next case)."))
+                table.setItem(index, self.COLUMN_SCORE, scoreItem)
+                table.setItem(index, self.COLUMN_STATUS, qt.QTableWidgetItem(row.status))
+        finally:
+            self._updatingTable = False
+        self.ui.casesSummaryLabel.text = self.cases.summary() if len(self.cases) else _("No cases yet.")
+        self.updateButtons()
+
+    def _segmentationSelector(self, index: int, row):
+        selector = slicer.qMRMLNodeComboBox()
+        selector.nodeTypes = ["vtkMRMLSegmentationNode"]
+        selector.noneEnabled = True
+        selector.noneDisplay = _("(none: unlabeled)")
+        selector.addEnabled = False
+        selector.removeEnabled = False
+        selector.setMRMLScene(slicer.mrmlScene)
+        selector.setCurrentNode(slicer.mrmlScene.GetNodeByID(row.segmentation_node_id) if row.segmentation_node_id else None)
+        selector.connect("currentNodeChanged(vtkMRMLNode*)", lambda node, i=index: self.onCaseSegmentationChanged(i, node))
+        return selector
+
+    def onCaseSegmentationChanged(self, index: int, node) -> None:
+        if self._updatingTable or index >= len(self.cases):
+            return
+        self.cases.set_segmentation(index, node.GetID() if node else None, node.GetName() if node else "")
+        # the table is rebuilt after this signal has returned: its sender must not be deleted while it emits
+        qt.QTimer.singleShot(0, self.saveCases)
+
+    def onCaseItemChanged(self, item) -> None:
+        if self._updatingTable or item.column() != self.COLUMN_LABELED:
+            return
+        self.cases.set_labeled(item.row(), item.checkState() == qt.Qt.Checked and self.cases[item.row()].has_label)
+        qt.QTimer.singleShot(0, self.saveCases)
+
+    def addVolumeCases(self, volumeNodes) -> int:
+        added = 0
+        for volumeNode in volumeNodes:
+            if volumeNode is None or volumeNode.IsA("vtkMRMLLabelMapVolumeNode"):
+                continue
+            segmentationNode = nodes.findSegmentationOf(volumeNode)
+            added += self.cases.add_volume(volumeNode.GetID(), volumeNode.GetName(),
+                                           segmentationNode.GetID() if segmentationNode else None,
+                                           segmentationNode.GetName() if segmentationNode else "")[1]
+        self.saveCases()
+        return added
+
+    def onAddVolume(self) -> None:
+        self.addVolumeCases([self.ui.caseVolumeSelector.currentNode()])
+
+    def onAddAllVolumes(self) -> None:
+        self.addVolumeCases(slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode"))
+
+    def onLoadFolder(self) -> None:
+        folder = qt.QFileDialog.getExistingDirectory(slicer.util.mainWindow(), _("Folder of cases"))
+        if not folder:
+            return
+        with slicer.util.tryWithErrorDisplay(_("Could not add the folder's cases."), waitCursor=True):
+            added = self.cases.add_folder(folder)
+            self.saveCases()
+            self.addLog(_("{count} cases added from {folder}.").format(count=added, folder=folder))
+
+    def onLoadManifest(self) -> None:
+        path = qt.QFileDialog.getOpenFileName(slicer.util.mainWindow(), _("Manifest"), "", _("Manifest (*.json)"))
+        if not path:
+            return
+        with slicer.util.tryWithErrorDisplay(_("Could not add the manifest's cases."), waitCursor=True):
+            manifest = self.logic.loadManifest(path)
+            added = self.cases.add_manifest(manifest)
+            self._parameterNode.modality = manifest.modality
+            self._parameterNode.structureNames = ", ".join(c.name for c in manifest.classes if c.value != 0)
+            self._parameterNode.manifestClasses = self.logic.classesToJson(manifest.classes)
+            self.saveCases()
+            self.addLog(_("{count} cases added from {path}.").format(count=added, path=path))
+
+    def onRemoveCases(self) -> None:
+        rows = {index.row() for index in self.ui.casesTable.selectionModel().selectedRows()}
+        self.cases.remove(rows)
+        self.saveCases()
+
+    def onSaveManifest(self) -> None:
+        folder = qt.QFileDialog.getExistingDirectory(slicer.util.mainWindow(), _("Folder for the cases and the manifest"))
+        if not folder:
+            return
+        with slicer.util.tryWithErrorDisplay(_("Could not save the cases."), waitCursor=True):
+            path = self.logic.saveCasesAsManifest(self.cases, folder, **self._classArguments())
+            self.addLog(_("Cases and manifest written: {path}").format(path=path))
+
+    def onNodeRemoved(self, caller, event) -> None:
+        if not len(self.cases) or self._forgetPending:
+            return
+        # look once, after the removals of this moment are over
+        self._forgetPending = True
+        qt.QTimer.singleShot(0, self._forgetRemovedNodes)
+
+    def _forgetRemovedNodes(self) -> None:
+        self._forgetPending = False
+        existing = {node.GetID() for node in slicer.util.getNodesByClass("vtkMRMLNode")}
+        before = self.cases.to_json()
+        self.cases.forget_missing_nodes(existing)
+        if self.cases.to_json() != before:
+            self.saveCases()
+
+    # -- buttons -----------------------------------------------------------------------------------------
+
+    def _jobs(self):
+        return (self.trainJob, self.segmentJob, self.suggestJob)
+
+    def _busy(self) -> bool:
+        return any(job is not None and job.active for job in self._jobs())
+
+    def updateButtons(self, caller=None, event=None) -> None:
+        training = self.trainJob is not None and self.trainJob.active
+        segmenting = self.segmentJob is not None and self.segmentJob.active
+        ready, reason = self.cases.readiness()
+        modelFile = self.ui.modelFilePathLineEdit.currentPath
+        hasModel = bool(modelFile) and os.path.isfile(modelFile)
+        inputVolume = self._parameterNode.inputVolume if self._parameterNode else None
+        outputSegmentation = self._parameterNode.outputSegmentation if self._parameterNode else None
+
+        self.ui.trainButton.text = _("Cancel") if training else _("Train")
+        self.ui.trainButton.enabled = training or (ready and not segmenting)
+        self.ui.trainReasonLabel.text = reason
+        self.ui.trainReasonLabel.visible = bool(reason) and not training
+        self.ui.retrainButton.enabled = ready and hasModel and not self._busy()
+        self.ui.retrainButton.toolTip = (_("Train again on the cases, starting from the current model file's weights.")
+                                         if hasModel else _("Choose a model file first (Segment section)."))
+
+        self.ui.segmentButton.text = _("Cancel") if segmenting else _("Segment")
+        self.ui.segmentButton.enabled = segmenting or (bool(inputVolume) and hasModel and not training)
+        if not segmenting:
+            self.ui.segmentButton.toolTip = (_("Segment the input volume in the background; click again to cancel.")
+                                             if hasModel else _("Choose a model file: train one, or browse to a model.pt."))
+        suggesting = self.suggestJob is not None and self.suggestJob.active
+        self.ui.suggestButton.text = _("Cancel") if suggesting else _("Suggest next case")
+        self.ui.suggestButton.enabled = suggesting or (hasModel and bool(self.cases.unlabeled_rows) and not training)
+        if not suggesting:
+            self.ui.suggestButton.toolTip = (
+                _("Score the unlabeled cases with the model file and select the one whose label would teach most.")
+                if hasModel else _("Choose a model file first (Segment section)."))
+        self.ui.editSegmentationButton.enabled = bool(outputSegmentation)
+        self.ui.useAsLabelButton.enabled = bool(inputVolume) and bool(outputSegmentation)
+
+    def onModelFileChanged(self, path=None) -> None:
+        modelFile = self.ui.modelFilePathLineEdit.currentPath
+        self.ui.modelInfoLabel.text = self.logic.describeModel(modelFile) if modelFile else ""
+        self.updateButtons()
+
+    def addLog(self, text: str) -> None:
+        self.ui.logTextEdit.appendPlainText(text)
+        logging.info(text)
+
+    def _classArguments(self) -> dict:
+        return dict(structureNames=self._parameterNode.structureNames, modality=self._parameterNode.modality,
+                    manifestClasses=self._parameterNode.manifestClasses)
+
+    # -- training ----------------------------------------------------------------------------------------
+
+    def onTrainButton(self) -> None:
+        if self.trainJob is not None and self.trainJob.active:
+            self.trainJob.cancel()
+            self.ui.trainStatusLabel.text = _("Cancelling: the engine stops after this iteration, with a checkpoint...")
+            return
+        self.startTraining(initModel=None)
+
+    def onRetrainButton(self) -> None:
+        self.startTraining(initModel=self.ui.modelFilePathLineEdit.currentPath)
+
+    def startTraining(self, initModel: Optional[str]) -> None:
+        with slicer.util.tryWithErrorDisplay(_("Failed to start the training."), waitCursor=True):
+            self.lossHistory.clear()
+            self._plotNodes = {}  # a new chart for each training
+            self.ui.modelFolderPathLineEdit.addCurrentPathToHistory()
+            self.cases.set_status(_("exporting"))
+            self.saveCases()
+            slicer.app.processEvents()
+            try:
+                # the job reports to onTrainState from its start on ("starting"), then from the poll timer
+                self.logic.train(
+                    self.cases, self.ui.modelFolderPathLineEdit.currentPath, preset=self._parameterNode.preset,
+                    iterations=self._parameterNode.iterations or None, device=self._parameterNode.device,
+                    initModel=initModel, waitForCompletion=False,
+                    onEvent=self.onTrainEvent, onState=self.onTrainState, onLog=self.addLog, **self._classArguments())
+            except Exception:
+                self.cases.set_status("")
+                self.saveCases()
+                raise
+        self.updateButtons()
+
+    def onTrainEvent(self, event) -> None:
+        self.ui.trainStatusLabel.text = describe(event)
+        if event.event == "progress" and event.total:
+            self.ui.trainProgressBar.setRange(0, event.total)
+            self.ui.trainProgressBar.setValue(event.iteration or 0)
+            if self.lossHistory.add(event) and self._parameterNode.showLossCurve:
+                self.updateLossPlot()
+        elif event.event in ("start", "checkpoint", "error", "cancelled"):
+            self.addLog(describe(event))
+
+    def onTrainState(self, job) -> None:
+        self.trainJob = job
+        state = job.state
+        if state == jobs.STARTING:
+            self.cases.set_status(_("in training"))
+            self.saveCases()
+            self.ui.trainProgressBar.setRange(0, 0)  # busy until the first progress event
+            self.ui.trainProgressBar.show()
+            self.ui.trainStatusLabel.text = _("Starting the engine...")
+            self._pollTimer.start()
+        elif state == jobs.DONE:
+            self.updateLossPlot(force=True)
+            model = self.trainJob.result
+            self.ui.modelFilePathLineEdit.currentPath = model
+            self.ui.modelFilePathLineEdit.addCurrentPathToHistory()
+            self.ui.trainStatusLabel.text = _("Done in {time}: {model}").format(
+                time=self._elapsed(self.trainJob), model=model)
+            self.cases.set_status(_("trained"))
+        elif state == jobs.FAILED:
+            self.ui.trainStatusLabel.text = _("Failed: {message}").format(message=self.trainJob.error_message)
+            self.cases.set_status("")
+            if not slicer.app.testingEnabled():
+                slicer.util.errorDisplay(_("Training failed.") + "\n\n" + self.trainJob.error_message,
+                                         detailedText="\n".join(self.trainJob.log_tail))
+        elif state == jobs.CANCELLED:
+            checkpoint = self.trainJob.checkpoint
+            self.ui.trainStatusLabel.text = (_("Cancelled; checkpoint: {path}").format(path=checkpoint)
+                                             if checkpoint else _("Cancelled."))
+            self.cases.set_status("")
+        if state in jobs.FINISHED_STATES:
+            self.ui.trainProgressBar.hide()
+            self.saveCases()
+        self.updateButtons()
+
+    def updateLossPlot(self, force: bool = False) -> None:
+        if not self._parameterNode or not self._parameterNode.showLossCurve or not len(self.lossHistory):
+            return
+        now = time.monotonic()
+        if not force and now - self._lastPlotTime < 2.0:
+            return
+        self._lastPlotTime = now
+        import numpy as np
+
+        names = loss_names(self.lossHistory.series)[:8]
+        columns = [np.asarray(self.lossHistory.iterations, dtype=float)]
+        columns += [np.asarray(self.lossHistory.series[name], dtype=float) for name in names]
+        firstTime = "chart" not in self._plotNodes
+        slicer.util.plot(np.column_stack(columns), xColumnIndex=0, columnNames=["iteration"] + names,
+                         title=_("SemiSupSeg losses"), show=firstTime, nodes=self._plotNodes)
+
+    # -- segmenting --------------------------------------------------------------------------------------
+
+    def onSegmentButton(self) -> None:
+        if self.segmentJob is not None and self.segmentJob.active:
+            self.segmentJob.cancel()
+            return
+        with slicer.util.tryWithErrorDisplay(_("Failed to start segmenting."), waitCursor=True):
+            p = self._parameterNode
+            self.logic.segment(
+                p.inputVolume, self.ui.modelFilePathLineEdit.currentPath, outputSegmentation=p.outputSegmentation,
+                roiNode=p.roi, device=p.device, uncertainty=p.uncertainty, keepLargest=p.keepLargest,
+                waitForCompletion=False, onEvent=self.onSegmentEvent, onState=self.onSegmentState, onLog=self.addLog)
+        self.updateButtons()
+
+    def onSegmentEvent(self, event) -> None:
+        self.ui.segmentStatusLabel.text = describe(event)
+        if event.event == "progress" and event.total:
+            self.ui.segmentProgressBar.setRange(0, event.total)
+            self.ui.segmentProgressBar.setValue(event.iteration or 0)
+
+    def onSegmentState(self, job) -> None:
+        self.segmentJob = job
+        state = job.state
+        if state == jobs.STARTING:
+            self.ui.segmentProgressBar.setRange(0, 0)
+            self.ui.segmentProgressBar.show()
+            self.ui.segmentStatusLabel.text = _("Starting the engine...")
+            self._pollTimer.start()
+        elif state == jobs.IMPORTING:
+            self.ui.segmentStatusLabel.text = _("Loading the result...")
+        elif state == jobs.DONE:
+            segmentationNode = self.segmentJob.result
+            self._parameterNode.outputSegmentation = segmentationNode
+            slicer.util.setSliceViewerLayers(background=self._parameterNode.inputVolume)
+            self.ui.segmentStatusLabel.text = _("Done in {time}: {name}").format(
+                time=self._elapsed(self.segmentJob), name=segmentationNode.GetName())
+        elif state == jobs.FAILED:
+            self.ui.segmentStatusLabel.text = _("Failed: {message}").format(message=self.segmentJob.error_message)
+            if not slicer.app.testingEnabled():
+                slicer.util.errorDisplay(_("Segmenting failed.") + "\n\n" + self.segmentJob.error_message,
+                                         detailedText="\n".join(self.segmentJob.log_tail))
+        elif state == jobs.CANCELLED:
+            self.ui.segmentStatusLabel.text = _("Cancelled.")
+        if state in jobs.FINISHED_STATES:
+            self.ui.segmentProgressBar.hide()
+        self.updateButtons()
+
+    def onPollTimer(self) -> None:
+        for job in self._jobs():
+            if job is not None and not job.finished:
+                job.poll()
+        if not self._busy():
+            self._pollTimer.stop()
+
+    @staticmethod
+    def _elapsed(job) -> str:
+        return format_duration(job.elapsed_s)
+
+    # -- suggesting the next case -------------------------------------------------------------------------
+
+    def onSuggestButton(self) -> None:
+        if self.suggestJob is not None and self.suggestJob.active:
+            self.suggestJob.cancel()
+            self.ui.suggestStatusLabel.text = _("Cancelling...")
+            return
+        with slicer.util.tryWithErrorDisplay(_("Failed to start scoring the cases."), waitCursor=True):
+            self.logic.suggest(self.cases, self.ui.modelFilePathLineEdit.currentPath, device=self._parameterNode.device,
+                               waitForCompletion=False, onEvent=self.onSuggestEvent, onState=self.onSuggestState,
+                               onLog=self.addLog)
+        self.updateButtons()
+
+    def onSuggestEvent(self, event) -> None:
+        self.ui.suggestStatusLabel.text = describe(event)
+        if event.event == "progress" and event.total:
+            self.ui.suggestProgressBar.setRange(0, event.total)
+            self.ui.suggestProgressBar.setValue(event.iteration or 0)
+
+    def onSuggestState(self, job) -> None:
+        self.suggestJob = job
+        state = job.state
+        if state == jobs.STARTING:
+            self.ui.suggestProgressBar.setRange(0, 0)
+            self.ui.suggestProgressBar.show()
+            self.ui.suggestStatusLabel.text = _("Starting the engine...")
+            self._pollTimer.start()
+        elif state == jobs.DONE:
+            self.showSuggestion(job.result)
+        elif state == jobs.FAILED:
+            self.ui.suggestStatusLabel.text = _("Failed: {message}").format(message=job.error_message)
+        elif state == jobs.CANCELLED:
+            self.ui.suggestStatusLabel.text = _("Cancelled.")
+        if state in jobs.FINISHED_STATES:
+            self.ui.suggestProgressBar.hide()
+        self.updateButtons()
+
+    def showSuggestion(self, ranking) -> None:
+        """Scores into the cases table; the best case selected, and made the input volume for review."""
+        best = self.cases.set_scores(ranking)
+        self.saveCases()
+        if best is None:
+            self.ui.suggestStatusLabel.text = _("No unlabeled case was scored.")
+            return
+        row = self.cases[best]
+        self.ui.casesTable.selectRow(best)
+        if row.volume_node_id and self._parameterNode:
+            volumeNode = slicer.mrmlScene.GetNodeByID(row.volume_node_id)
+            if volumeNode is not None:
+                self._parameterNode.inputVolume = volumeNode
+                slicer.util.setSliceViewerLayers(background=volumeNode, fit=True)
+        self.ui.suggestStatusLabel.text = _("Label {case} next (score {score:.2f}): segment it, correct it, use it "
+                                            "as a label.").format(case=row.volume_text, score=row.score)
+        self.addLog(self.ui.suggestStatusLabel.text)
+
+    # -- review ------------------------------------------------------------------------------------------
+
+    def onEditSegmentation(self) -> None:
+        p = self._parameterNode
+        slicer.util.selectModule("SegmentEditor")
+        editor = slicer.util.getModuleWidget("SegmentEditor").editor
+        editor.setSegmentationNode(p.outputSegmentation)
+        if p.inputVolume:
+            editor.setSourceVolumeNode(p.inputVolume)
+
+    def onUseAsLabel(self) -> None:
+        p = self._parameterNode
+        volumeNode, segmentationNode = p.inputVolume, p.outputSegmentation
+        row = self.cases.add_volume(volumeNode.GetID(), volumeNode.GetName(), segmentationNode.GetID(),
+                                    segmentationNode.GetName())[0]
+        index = self.cases.find_volume(volumeNode.GetID())
+        self.cases.set_segmentation(index, segmentationNode.GetID(), segmentationNode.GetName())
+        self.cases.set_labeled(index, True)
+        row.status = _("corrected")
+        self.saveCases()
+        self.addLog(_("{volume} is a labeled case now, with {segmentation}.").format(
+            volume=volumeNode.GetName(), segmentation=segmentationNode.GetName()))
