@@ -49,8 +49,9 @@ learning". The module follows the shape of SlicerMONAIAuto3DSeg and SlicerNNUnet
 
 
 class SemiSupSegTest(ScriptedLoadableModuleTest):
-    """Runs inside Slicer on synthetic volumes: train (preset "tiny"), segment with a region of interest and
-    an uncertainty volume, use the result as a label and retrain, cancel a long training."""
+    """Runs inside Slicer on synthetic volumes: train (preset "tiny"), suggest the next case, segment with a region
+    of interest and an uncertainty volume, use the result as a label and retrain, cancel a long training (by
+    its stop file)."""
 
     def setUp(self):
         slicer.mrmlScene.Clear()
@@ -93,6 +94,10 @@ class SemiSupSegTest(ScriptedLoadableModuleTest):
         self.assertEqual([c["name"] for c in logic.readModelMetadata(model)["classes"]], ["background", "sphere"])
         self.delayDisplay("Trained")
 
+        ranking = logic.suggest([(volume1, segmentation1), volume2], model, device="cpu")
+        self.assertEqual([item["id"] for item in ranking], ["case2"])  # the one unlabeled case
+        self.delayDisplay("Suggested")
+
         bounds = [0.0] * 6
         volume2.GetRASBounds(bounds)
         roiNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsROINode", "organ")
@@ -126,4 +131,6 @@ class SemiSupSegTest(ScriptedLoadableModuleTest):
         self.assertEqual(job.state, jobs.RUNNING)
         job.cancel()
         self.assertEqual(job.wait(timeout=120, on_tick=slicer.app.processEvents), jobs.CANCELLED)
+        self.assertFalse(job.terminated)  # it stopped by its stop file, with a checkpoint, on every platform
+        self.assertEqual(job.exit_code, jobs.EXIT_CANCELLED)
         self.delayDisplay("Test passed")

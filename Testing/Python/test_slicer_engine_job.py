@@ -114,3 +114,22 @@ def test_cancelled_training_stops_and_its_process_is_gone(manifest, tmp_path):
     assert train._handle.proc.poll() is not None
     assert train.exit_code == 3  # the engine caught SIGTERM, wrote a checkpoint and said so
     assert train.checkpoint is None or os.path.exists(train.checkpoint)
+
+
+def test_suggest_through_the_job_gives_the_ranking_and_honours_the_stop_file(manifest, tiny_model_file, tmp_path):
+    """The module's Suggest: the ranking arrives in the done event; a stop file already there is a clean cancel
+    (exit code 3, never terminated)."""
+    stop_file = commands.stop_file_in(str(tmp_path))
+    command = commands.suggest_command(sys.executable, tiny_model_file, manifest, device="cpu", stop_file=stop_file)
+    suggest = _engine_job(command, "Suggesting")
+    suggest.stop_file = stop_file
+    suggest.importer = lambda job: job.done_event.get("ranking")
+    assert suggest.start().wait(timeout=300) == "done", (suggest.error_message, list(suggest.log_tail))
+    assert [item["id"] for item in suggest.result] == ["two"]  # the manifest's one unlabeled case
+    assert 0.0 <= suggest.result[0]["score"] <= 1.0 and suggest.last_progress.total == 1
+
+    from SemiSupSegLib.job import request_stop
+    request_stop(stop_file)
+    again = _engine_job(command, "Suggesting")  # no stop_file given to the Job: the stale file stays
+    assert again.start().wait(timeout=300) == "cancelled"
+    assert again.exit_code == 3 and not again.terminated and again.cancelled_event is not None
