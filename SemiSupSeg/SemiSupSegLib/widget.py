@@ -40,8 +40,7 @@ class SemiSupSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     COLUMN_VOLUME, COLUMN_SEGMENTATION, COLUMN_LABELED, COLUMN_SCORE, COLUMN_STATUS = range(5)
 
     def __init__(self, parent=None, logic: Optional[SemiSupSegLogicProtocol] = None) -> None:
-        ScriptedLoadableModuleWidget.__init__(self, parent)
-        VTKObservationMixin.__init__(self)
+        # The state first: without a parent, the base class calls setup() from its __init__.
         self.logic: Optional[SemiSupSegLogicProtocol] = logic
         self._parameterNode = None
         self._parameterNodeGuiTag = None
@@ -55,6 +54,8 @@ class SemiSupSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._updatingTable = False
         self._forgetPending = False
         self._pollTimer = None
+        VTKObservationMixin.__init__(self)
+        ScriptedLoadableModuleWidget.__init__(self, parent)
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
