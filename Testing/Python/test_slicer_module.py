@@ -135,3 +135,19 @@ def test_slicer_util_calls_match_slicer_5_8_1():
         assert len(call.args) <= len(named), f"{where}: slicer.util.{name} takes {len(named)} arguments"
         for keyword in call.keywords:
             assert keyword.arg in named or "**" in params, f"{where}: slicer.util.{name} has no {keyword.arg}"
+
+
+def test_logic_gives_every_long_command_a_stop_file_and_the_job_too():
+    tree = _tree(os.path.join(LIB_DIR, "logic.py"))
+    builders = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) \
+                and ast.unparse(node.func.value) == "commands" and node.func.attr.endswith("_command"):
+            builders[node.func.attr] = {k.arg: ast.unparse(k.value) for k in node.keywords}
+        if isinstance(node, ast.Call) and ast.unparse(node.func) == "jobs.Job":
+            job_keywords = {k.arg: ast.unparse(k.value) for k in node.keywords}
+    assert set(builders) == {"train_command", "segment_command", "suggest_command"}
+    assert all(keywords.get("stop_file") == "stopFile" for keywords in builders.values())
+    assert job_keywords["stop_file"] == "stopFile" and job_keywords["stop_grace_s"] == "self.stopGracePeriod"
+    source = ast.unparse(tree)
+    assert source.count("stopFile = commands.stop_file_in(workFolder)") == 3  # in the job's temporary folder
