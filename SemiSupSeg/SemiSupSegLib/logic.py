@@ -28,14 +28,16 @@ from .progress import describe
 
 
 class SemiSupSegLogic(ScriptedLoadableModuleLogic):
-    """Training and segmenting, usable without the GUI (Python console, ``Slicer --python-script``)::
+    """Training, segmenting and suggesting, usable without the GUI (Python console, ``Slicer --python-script``)::
 
         logic = SemiSupSegLogic()
         model = logic.train([(volume1, segmentation1), volume2], "/models", preset="cpu-fast")
+        ranking = logic.suggest([(volume1, segmentation1), volume2], model)  # the unlabeled cases, best first
         segmentation = logic.segment(volume3, model)
 
-    Both run the engine as a separate process (``PythonSlicer -m SemiSupSegTraining``); with
-    ``waitForCompletion=False`` they return the running :class:`SemiSupSegLib.job.Job` instead of waiting.
+    Each runs the engine as a separate process (``PythonSlicer -m SemiSupSegTraining``) whose Cancel is a stop
+    file (see :mod:`SemiSupSegLib.job`); with ``waitForCompletion=False`` they return the running
+    :class:`SemiSupSegLib.job.Job` instead of waiting.
     """
 
     SETTINGS_LAST_MODEL = "SemiSupSeg/LastModelFile"
