@@ -12,11 +12,12 @@ decided here and in :mod:`.train`; the README's method table lists them.
 import contextlib
 import datetime
 import os
+import re
+import warnings
 from typing import Any, Callable, List, Optional
 
 import torch
 import torch.distributed as dist
-import torch.distributed.nn.functional as dist_nn
 
 from .errors import DistributedError
 
@@ -50,9 +51,7 @@ class Context:
         return self.rank == 0
 
     def _sum(self, tensor: torch.Tensor) -> torch.Tensor:
-        # Backward sums the gradients of all processes too: each process's loss is the global loss, so DDP's
-        # average of the gradients comes out as the global loss's gradient.
-        return dist_nn.all_reduce(tensor, op=dist.ReduceOp.SUM, group=self.group)
+        return _GlobalSum.apply(tensor, self.group)
 
     def on_global_batch(self, function: Callable[..., torch.Tensor], *tensors: torch.Tensor) -> torch.Tensor:
         """``function`` applied to the global batch (every process's ``tensors`` concatenated along dim 0, in
@@ -116,8 +115,30 @@ class Context:
         if sync_batchnorm and device.type == "cuda":
             module = torch.nn.SyncBatchNorm.convert_sync_batchnorm(module, process_group=self.group)
         ids = [device.index] if device.type == "cuda" else None
+        # Channels-last 1×1×1 kernels have two equally valid stride layouts; DDP warns about it, harmlessly.
+        warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
         return torch.nn.parallel.DistributedDataParallel(module, device_ids=ids,
                                                          find_unused_parameters=find_unused_parameters)
+
+
+class _GlobalSum(torch.autograd.Function):
+    """Sum over the processes whose backward sums the gradients over the processes too (the role of
+    torch.distributed.nn.functional.all_reduce, which torch 2.13 deprecates without a differentiable
+    replacement). Every process's loss is then the global loss, and DDP's average of the gradients comes
+    out as the global loss's gradient."""
+
+    @staticmethod
+    def forward(ctx, tensor: torch.Tensor, group: Any) -> torch.Tensor:
+        ctx.group = group
+        total = tensor.clone(memory_format=torch.contiguous_format)
+        dist.all_reduce(total, op=dist.ReduceOp.SUM, group=group)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        total = grad.clone(memory_format=torch.contiguous_format)
+        dist.all_reduce(total, op=dist.ReduceOp.SUM, group=ctx.group)
+        return total, None
 
 
 _current = Context()
@@ -188,6 +209,6 @@ def peer_failure(context: Context, error: BaseException) -> DistributedError:
 
 def _reason(error: BaseException) -> str:
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    text = lines[0] if lines else type(error).__name__
+    text = re.sub(r"^\[[^\]]*\]\s*", "", lines[0]) if lines else type(error).__name__  # gloo's "[file.cc:537]"
     return text if len(text) <= 160 else text[:157] + "..."
 

@@ -198,9 +198,10 @@ class Trainer:
         dicts come from the bare modules."""
         sync = self.config.sync_batchnorm
         self.replicas = [self.dist.replicate(net, self.device, sync) for net in (self.net_a, self.net_b)]
-        # A head's output is unused in an iteration without unlabeled crops: DDP must not wait for its gradient.
+        # Without unlabeled crops the heads' outputs are unused: DDP must not wait for their gradients then.
         self.head_replicas = None if self.projectors is None else [
-            self.dist.replicate(head, self.device, sync, find_unused_parameters=True) for head in self.projectors]
+            self.dist.replicate(head, self.device, sync, find_unused_parameters=self.unlabeled is None)
+            for head in self.projectors]
 
     def networks(self):
         return self.net_a, self.net_b
