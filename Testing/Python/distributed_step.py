@@ -25,7 +25,7 @@ def crops():
     g = torch.Generator().manual_seed(7)
     images = torch.rand(GLOBAL_LABELED + GLOBAL_UNLABELED, 1, 16, 32, 32, generator=g)
     smooth = torch.nn.functional.avg_pool3d(images[:GLOBAL_LABELED], 5, stride=1, padding=2)
-    return images, (smooth[:, 0] > 0.5).long()
+    return images, (smooth[:, 0] > 0.5).to(torch.int64)
 
 
 def freeze_batchnorm(module):
