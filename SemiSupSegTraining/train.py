@@ -78,9 +78,11 @@ def pseudo_targets(config: TrainConfig, iteration: int, num_classes: int, probs:
                                                        supervised[1].detach())
     entropy = losses.voxel_entropy(winner_probs)
     # The entropy percentile is a rank statistic of the global batch: every process's voxels count.
-    if config.reliability == "class":
+    if config.reliability == "class":  # the labels travel as bytes where they fit
+        small = pseudo.to(torch.uint8) if num_classes <= 256 else pseudo
         reliable = distributed.current().on_global_batch(
-            lambda e, p: losses.reliable_mask_per_class(e, p, config.reliable_fraction, num_classes), entropy, pseudo)
+            lambda e, p: losses.reliable_mask_per_class(e, p.to(torch.int64), config.reliable_fraction, num_classes),
+            entropy, small)
     else:
         reliable = distributed.current().on_global_batch(
             lambda e: losses.reliable_mask(e, config.reliable_fraction), entropy)
@@ -478,6 +480,8 @@ def _train_from(start: Dict[str, Any], output_dir: str, group: "distributed.Cont
     if group.enabled:
         note += (f" {group.world_size} processes, {config.batch_labeled}+{config.batch_unlabeled} crops each "
                  f"(global batch {group.world_size * config.batch_labeled}+{group.world_size * config.batch_unlabeled}).")
+        if config.sync_batchnorm and device.type != "cuda":
+            note += " Batch norm per process: torch synchronises batch norm on GPUs only."
     if checkpoint is not None:
         trainer.load_state(checkpoint)
         note += _load_rank_random_state(trainer, checkpoint)
