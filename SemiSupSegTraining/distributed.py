@@ -170,6 +170,14 @@ def session():
     if not launched_by_torchrun():
         yield _current
         return
+    if dist.is_initialized():  # a script that started its own group: use it, and leave it to the script
+        _current = Context(dist.get_rank(), int(os.environ.get("LOCAL_RANK", "0")), dist.get_world_size(),
+                           dist.new_group())
+        try:
+            yield _current
+        finally:
+            _current = Context()
+        return
     timeout = datetime.timedelta(seconds=float(os.environ.get("SEMISUPSEG_DIST_TIMEOUT_S", DEFAULT_TIMEOUT_S)))
     backend = "gloo"
     if torch.cuda.is_available() and dist.is_nccl_available():

@@ -17,12 +17,12 @@ import torch
 
 from SemiSupSegTraining import runfolder
 from SemiSupSegTraining.cli import main
-from SemiSupSegTraining.errors import EXIT_OK
+from SemiSupSegTraining.errors import EXIT_BAD_INPUT, EXIT_OK
 from SemiSupSegTraining.modelfile import read_metadata
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 HERE = os.path.dirname(os.path.abspath(__file__))
-ITERATIONS = 6
+ITERATIONS = 8
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
 
 
@@ -109,6 +109,9 @@ def test_sigterm_to_the_launcher_stops_every_process_with_one_checkpoint_then_re
         _until(proc, "progress", seen)
         workers = psutil.Process(proc.pid).children()
         assert len(workers) == 2
+        # The training lock holds with several processes: a second training into the folder is refused.
+        assert main(["train", "--manifest", phantom_dataset["train"], "--output", folder, "--preset", "tiny",
+                     "--device", "cpu", "--progress", "none"]) == EXIT_BAD_INPUT
         started = time.monotonic()
         proc.send_signal(signal.SIGTERM)
         cancelled = _until(proc, "cancelled", seen)
