@@ -185,7 +185,7 @@ def session():
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     try:
         dist.init_process_group(backend, timeout=timeout)
-        group = dist.new_group(backend=backend, timeout=timeout)
+        group = dist.new_group(timeout=timeout)  # the default group's backends
     except Exception as e:  # a rendezvous that never completes, an unreachable master
         raise DistributedError(f"Cannot start the distributed training ({_reason(e)}); check that every "
                                f"process was started with the same torchrun rendezvous settings.") from None

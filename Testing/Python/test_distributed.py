@@ -176,3 +176,15 @@ def test_one_step_of_two_processes_equals_one_step_of_the_global_batch(tmp_path)
         assert moved > 1e-4, run  # the step did something
         assert differ <= tolerance, (run, differ)
         assert a[run]["loss"] == pytest.approx(b[run]["loss"], rel=1e-6 if "@" not in run else 1e-12)
+
+
+def test_each_process_gets_its_device_and_its_own_random_stream(monkeypatch):
+    from SemiSupSegTraining.distributed import training_device
+    from SemiSupSegTraining.train import rank_seed
+
+    assert training_device("cuda:1") == "cuda:1"  # no torchrun: the setting as given
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert training_device("cuda") == "cuda:1" and training_device("cpu") == "cpu"
+    assert rank_seed(5, 0) == 5  # rank 0 draws what a single process draws
+    assert len({rank_seed(5, r) for r in range(4)}) == 4 and rank_seed(5, 1) == rank_seed(5, 1)
