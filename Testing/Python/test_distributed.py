@@ -99,8 +99,9 @@ def test_two_processes_train_to_the_end_and_the_model_segments_on_one_device(ful
 def test_sigterm_to_the_launcher_stops_every_process_with_one_checkpoint_then_resume_is_exact(
         full_run, phantom_dataset, tmp_path):
     """torchrun passes SIGTERM on to both processes; they stop at the same iteration boundary, rank 0 writes
-    the checkpoint, both end. ``--resume`` under torchrun then ends with the weights of the uninterrupted
-    run, bit for bit: every process gets its own random state back from the checkpoint."""
+    the checkpoint, both end. ``--resume`` under torchrun, stopped once more by the stop file (every rank
+    exits with code 3) and resumed again, ends with the weights of the uninterrupted run, bit for bit:
+    every process gets its own random state back from each checkpoint."""
     folder = str(tmp_path / "run")
     proc = _launch(_train(phantom_dataset["train"], folder) + ["--set", "checkpoint_every=1000"])
     seen = []
@@ -127,10 +128,23 @@ def test_sigterm_to_the_launcher_stops_every_process_with_one_checkpoint_then_re
     assert not os.path.exists(os.path.join(folder, runfolder.MODEL_NAME))
     assert not os.path.exists(os.path.join(folder, runfolder.LOCK_NAME))
 
+    # Resumed under torchrun, stopped again with the stop file: torchrun's summary shows each rank's exit code 3.
+    stop_file = tmp_path / "STOP"
+    resume = _launch(TORCHRUN + ["-m", "SemiSupSegTraining", "train", "--resume", folder, "--stop-file",
+                                 str(stop_file), "--progress", "json"])
+    seen = []
+    start = _until(resume, "start", seen)
+    stop_file.touch()
+    stopped = _until(resume, "cancelled", seen)
+    _, err = _finish(resume)
+    assert start["iteration"] == cancelled["iteration"] <= stopped["iteration"] < ITERATIONS
+    assert err.count("exitcode  : 3") == 2, err
+    assert not stop_file.exists()
+
     resume = _launch(TORCHRUN + ["-m", "SemiSupSegTraining", "train", "--resume", folder, "--progress", "json"])
     out, err = _finish(resume)
     assert resume.returncode == 0, err
-    assert _events(out)[0]["iteration"] == cancelled["iteration"]
+    assert _events(out)[0]["iteration"] == stopped["iteration"]
     a = _weights(os.path.join(folder, runfolder.MODEL_NAME))
     b = _weights(os.path.join(full_run["folder"], runfolder.MODEL_NAME))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
