@@ -277,7 +277,7 @@ def write_checkpoint(folder: str, payload: Dict[str, Any]) -> str:
 def remove_partial_files(folder: str) -> None:
     """Temporary files of a training that was killed mid-write (we hold the folder's lock)."""
     for name in os.listdir(folder):
-        if PARTIAL_MARK in name and (name.startswith(("checkpoint", "model", CONFIG_NAME, LOG_NAME))):
+        if PARTIAL_MARK in name and (name.startswith(("checkpoint", "model", CONFIG_NAME, RUN_NAME, LOG_NAME))):
             try:
                 os.remove(os.path.join(folder, name))
             except OSError:
@@ -305,7 +305,6 @@ def trim_log(path: str, iteration: int) -> None:
             if isinstance(event, dict) and int(event.get("iteration") or 0) <= iteration:
                 kept.append(json.dumps(event) + "\n")
     write_text_atomic(path, "".join(kept))
-
 
 
 @contextlib.contextmanager
