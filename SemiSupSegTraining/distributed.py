@@ -202,10 +202,10 @@ def is_peer_failure(error: BaseException) -> bool:
     """Whether ``error`` is a collective that failed because another process died or stopped answering."""
     if isinstance(error, getattr(dist, "DistError", ())):
         return True
-    text = str(error)
+    text = str(error).lower()
     return isinstance(error, RuntimeError) and any(
-        word in text for word in ("Connection closed", "Connection reset", "Timed out", "timed out", "gloo",
-                                  "NCCL", "Broken pipe"))
+        word in text for word in ("connection closed", "connection reset", "timed out", "timeout", "broken pipe",
+                                  "gloo", "nccl"))
 
 
 def peer_failure(context: Context, error: BaseException) -> DistributedError:

@@ -202,3 +202,15 @@ def test_each_process_gets_its_device_and_its_own_random_stream(monkeypatch):
     assert training_device("cuda") == "cuda:1" and training_device("cpu") == "cpu"
     assert rank_seed(5, 0) == 5  # rank 0 draws what a single process draws
     assert len({rank_seed(5, r) for r in range(4)}) == 4 and rank_seed(5, 1) == rank_seed(5, 1)
+
+
+def test_a_lost_peer_is_told_apart_from_a_bug():
+    from SemiSupSegTraining.distributed import Context, is_peer_failure, peer_failure
+
+    # what gloo says when a peer died, and when one hung past the timeout (seen in the runs above)
+    died = RuntimeError("[../gloo/transport/tcp/pair.cc:537] Read error [127.0.0.1]:2981: Connection reset by peer")
+    hung = RuntimeError("Application timeout caused pair closure")
+    assert is_peer_failure(died) and is_peer_failure(hung)
+    assert not is_peer_failure(RuntimeError("shape '[2, 3]' is invalid for input of size 5"))
+    message = str(peer_failure(Context(1, 1, 2), died))
+    assert message.startswith("Process 1 of 2: another process") and "pair.cc" not in message and "\n" not in message
