@@ -487,16 +487,17 @@ def _train_from(start: Dict[str, Any], output_dir: str, group: "distributed.Cont
         note += _load_rank_random_state(trainer, checkpoint)
     elif start["init_model"]:
         _init_from_model(trainer, start["init_model"], manifest)
-    init_model = start["init_model"]
+    init_model, resumed = start["init_model"], checkpoint is not None
     start.clear()  # the checkpoint's tensors now live in the trainer; free the copy
     del checkpoint
     if group.is_main:
         log_path = os.path.join(output_dir, LOG_NAME)
-        if trainer.iteration:
+        if resumed:
             trim_log(log_path, trainer.iteration)
-        elif os.path.exists(log_path):
-            os.remove(log_path)  # a new training (or one restarted from iteration 0) starts a new log
-        write_run_record(output_dir, config, manifest, init_model)
+        else:  # a new training, or one restarted from iteration 0: a new log, and the record of its start
+            if os.path.exists(log_path):
+                os.remove(log_path)
+            write_run_record(output_dir, config, manifest, init_model)
     return _run(trainer, manifest, labeled, unlabeled, output_dir, reporter, stop, log_every, note)
 
 
