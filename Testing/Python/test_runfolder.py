@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 
 import helpers  # noqa: F401  (one torch thread: tiny networks on a busy machine)
 import pytest
@@ -148,3 +149,33 @@ def test_stop_file_ends_a_segmentation_without_output(tiny_model_file, phantom_d
                  "--progress", "none"])
     assert code == EXIT_CANCELLED
     assert os.listdir(out) == [] and not stop_file.exists()
+
+
+def test_restart_from_iteration_0_keeps_the_starting_model(phantom_dataset, tmp_path):
+    """``--init-model`` is part of what the folder records: a training whose checkpoints are all gone starts
+    again from the same model file's weights, and ends as the uninterrupted run does (and not as a run
+    from the seed's random weights)."""
+    from helpers import make_model_file
+
+    start = make_model_file(str(tmp_path / "start.pt"), seed=3)
+    folder = str(tmp_path / "run")
+    stop = threading.Event()
+
+    def on_event(event):
+        if event["event"] == "progress" and event["iteration"] == 2:
+            stop.set()
+
+    with pytest.raises(Cancelled):
+        training.train(phantom_dataset["train"], folder, _config(iterations=4), progress="none", callback=on_event,
+                       init_model=start, cancel_event=stop)
+    for name in (runfolder.CHECKPOINT_NAME, runfolder.PREVIOUS_CHECKPOINT_NAME):
+        if os.path.exists(os.path.join(folder, name)):
+            os.remove(os.path.join(folder, name))
+    model = training.train(None, folder, progress="none", resume=True)
+    straight = training.train(phantom_dataset["train"], str(tmp_path / "straight"), _config(iterations=4),
+                              progress="none", init_model=start)
+    from_seed = training.train(phantom_dataset["train"], str(tmp_path / "seed"), _config(iterations=4),
+                               progress="none")
+    a, b, c = _weights(model), _weights(straight), _weights(from_seed)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a)
