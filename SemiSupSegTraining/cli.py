@@ -16,7 +16,7 @@ from typing import List, Optional
 
 from . import __version__
 from .config import DEFAULT_OVERLAP, DEFAULT_WINDOW_BATCH, list_presets, parse_override, preset_config
-from .errors import EXIT_BAD_INPUT, EXIT_CANCELLED, EXIT_FAILED, EXIT_OK, Cancelled, InputError
+from .errors import EXIT_BAD_INPUT, EXIT_CANCELLED, EXIT_FAILED, EXIT_OK, Cancelled, DistributedError, InputError
 from .prepare import add_prepare_parser, run_prepare
 from .progress import Reporter
 
@@ -30,6 +30,12 @@ def _progress_argument(parser: argparse.ArgumentParser) -> None:
 def _device_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto",
                         help="auto (CUDA, then Apple MPS, then CPU; default), cuda, cuda:N, mps or cpu")
+
+
+def _stop_file_argument(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument("--stop-file", metavar="PATH",
+                        help=f"stop as SIGTERM would when this file appears ({what}; exit code 3); the file is "
+                             f"removed then")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -61,6 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any setting, e.g. --set lr=0.005 --set patch_size=[96,96,64] "
                         "--set use_contrastive=false (all settings: 'semisupseg info --preset NAME')")
+    _stop_file_argument(p, "checked every iteration: a checkpoint is written")
     _progress_argument(p)
 
     p = commands.add_parser("segment", help="segment an image with a model file",
@@ -84,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep-largest", action="store_true",
                    help="keep only the largest connected component of each class")
     _device_argument(p)
+    _stop_file_argument(p, "checked between window batches: nothing is written")
     _progress_argument(p)
 
     p = commands.add_parser("evaluate", help="Dice, Jaccard, HD95, ASD of a segmentation against a reference",
@@ -146,7 +154,7 @@ def _train(args) -> None:
     from .train import train
 
     if args.resume:
-        train(None, args.resume, progress=args.progress, resume=True)
+        train(None, args.resume, progress=args.progress, resume=True, stop_file=args.stop_file)
         return
     if not args.manifest or not args.output:
         raise InputError("Give --manifest and --output (or --resume DIR to continue a stopped training).")
@@ -156,7 +164,8 @@ def _train(args) -> None:
             overrides[key] = getattr(args, key)
     overrides["device"] = args.device
     config = preset_config(args.preset, overrides)
-    train(args.manifest, args.output, config, progress=args.progress, init_model=args.init_model)
+    train(args.manifest, args.output, config, progress=args.progress, init_model=args.init_model,
+          stop_file=args.stop_file)
 
 
 def _segment(args) -> None:
@@ -164,7 +173,7 @@ def _segment(args) -> None:
 
     segment_file(args.model, args.input, args.output, args.probabilities, args.uncertainty, args.disagreement,
                  device=args.device, overlap=args.overlap, window_batch=args.window_batch, roi=args.roi,
-                 keep_largest=args.keep_largest, reporter=Reporter(args.progress))
+                 keep_largest=args.keep_largest, reporter=Reporter(args.progress), stop_file=args.stop_file)
 
 
 def _evaluate(args) -> None:
@@ -221,6 +230,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         except KeyboardInterrupt:
             _report_error("Stopped by the user.", EXIT_CANCELLED, json_mode)
             return EXIT_CANCELLED
+        except DistributedError as e:
+            _report_error(str(e), EXIT_FAILED, json_mode)
+            return EXIT_FAILED
         except MemoryError as e:
             _report_error(str(e) or "Out of memory; use a smaller preset or patch size, or a machine with more "
                                    "memory.", EXIT_FAILED, json_mode)
@@ -262,6 +274,8 @@ def _terminate_as_interrupt():
 
 def _report_error(message: str, code: int, json_mode: bool) -> None:
     message = " ".join(str(message).split())  # always one line, whatever a library put into it
+    if code == EXIT_BAD_INPUT and os.environ.get("RANK", "0") != "0":
+        return  # torchrun: rank 0 says it once, not every process
     if json_mode:
         print(json.dumps({"event": "error", "message": message, "exit_code": code}), flush=True)
     print(f"semisupseg: error: {message}", file=sys.stderr, flush=True)

@@ -70,6 +70,11 @@ class TrainConfig:
     # pass of Subnet A without gradient; the gradients are those of the joint loss (Trainer.step).
     sequential_backward: bool = True
     checkpoint_every: int = 500
+    checkpoint_minutes: float = 10.0     # and at least this often (wall clock; 0: by iterations only)
+    # Several processes (torchrun): batch norm over the global batch (torch has it on GPUs only; per process
+    # on CPUs). The default: a step then equals one step of the global batch, and 2 + 2 crops per GPU give
+    # noisy statistics (README, "Training on several GPUs or machines").
+    sync_batchnorm: bool = True
     num_workers: int = 0
     extra: Dict[str, Any] = field(default_factory=dict)
 
@@ -118,6 +123,8 @@ class TrainConfig:
             raise InputError(f"normalization is {self.normalization!r}; use 'zscore' or 'window'.")
         if not (isinstance(self.projection_channels, int) and self.projection_channels >= 0):
             raise InputError(f"projection_channels is {self.projection_channels!r}; use 0 or a positive whole number.")
+        if self.checkpoint_every < 1 or self.checkpoint_minutes < 0:
+            raise InputError("checkpoint_every must be at least 1 and checkpoint_minutes at least 0.")
         if not 0.0 <= self.reliable_fraction <= 1.0:
             raise InputError("reliable_fraction must lie between 0 and 1.")
 

@@ -15,6 +15,10 @@ class Cancelled(Exception):
     """The user asked to stop (signal or cancel callback)."""
 
 
+class DistributedError(Exception):
+    """Another process of a distributed training died or stopped answering, or the group could not start."""
+
+
 def is_out_of_memory(error: BaseException) -> bool:
     """Whether ``error`` says that a device ran out of memory (CUDA, MPS, or a CPU allocation torch refused).
 

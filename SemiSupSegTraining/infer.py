@@ -18,10 +18,11 @@ from scipy import ndimage
 from .config import DEFAULT_OVERLAP, DEFAULT_WINDOW_BATCH, zyx
 from .data import Volume, normalize, read_image, write_image_atomic, write_label_image
 from .devices import autocast, autocast_dtype, memory_format, select_device
-from .errors import InputError, is_out_of_memory
+from .errors import Cancelled, InputError, is_out_of_memory
 from .modelfile import classes_of, load_model
 from .networks import fold_batchnorm
 from .progress import Reporter
+from .runfolder import StopRequest
 
 
 @dataclass
@@ -243,9 +244,31 @@ def segment_file(model_path: str, input_path: str, output_path: str, probabiliti
                  uncertainty_path: Optional[str] = None, disagreement_path: Optional[str] = None,
                  device: str = "auto", overlap: float = DEFAULT_OVERLAP, window_batch: int = DEFAULT_WINDOW_BATCH,
                  roi: Optional[Sequence[int]] = None, keep_largest: bool = False,
-                 reporter: Optional[Reporter] = None) -> Dict[str, str]:
-    """Segments an image file; every output has the input's size, origin, spacing and direction."""
+                 reporter: Optional[Reporter] = None, stop_file: Optional[str] = None) -> Dict[str, str]:
+    """Segments an image file; every output has the input's size, origin, spacing and direction.
+
+    When the file ``stop_file`` appears (checked between window batches), the segmentation stops with
+    :class:`Cancelled` before anything is written, and the stop file is removed.
+    """
     reporter = reporter or Reporter("none")
+    stop = StopRequest(stop_file=stop_file)
+    try:
+        return _segment_file(model_path, input_path, output_path, probabilities_path, uncertainty_path,
+                             disagreement_path, device, overlap, window_batch, roi, keep_largest, reporter, stop)
+    except Cancelled:
+        stop.consume()
+        reporter.emit("cancelled", "segment", message=f"Stopped before writing {output_path}; nothing was written.")
+        raise
+
+
+def _segment_file(model_path, input_path, output_path, probabilities_path, uncertainty_path, disagreement_path,
+                  device, overlap, window_batch, roi, keep_largest, reporter: Reporter, stop: StopRequest
+                  ) -> Dict[str, str]:
+    def on_window_batch(done: int, total: int) -> None:
+        if stop.requested:
+            raise Cancelled()
+        reporter.progress("segment", done, total)
+
     segmenter = Segmenter(model_path, device, overlap, window_batch,
                           on_message=lambda text: reporter.emit("warning", "segment", message=text),
                           disagreement=disagreement_path is not None)
@@ -253,8 +276,9 @@ def segment_file(model_path: str, input_path: str, output_path: str, probabiliti
     reporter.emit("start", "segment", device=str(segmenter.device),
                   message=f"Segmenting {input_path} on {segmenter.device}.")
     reporter.restart_clock()
-    result = segmenter.segment(volume, roi, keep_largest, lambda i, n: reporter.progress("segment", i, n),
-                               release_input=True)
+    result = segmenter.segment(volume, roi, keep_largest, on_window_batch, release_input=True)
+    if stop.requested:
+        raise Cancelled()
     write_label_image(result.labels, segmenter.classes, volume.geometry, output_path)
     written = {"output": output_path}
     extras = ((probabilities_path, "probabilities", lambda: result.foreground_probability),

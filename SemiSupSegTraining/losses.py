@@ -14,12 +14,16 @@ Deliberate differences from the released reference code (REFERENCE.md section 2)
   calls ``.item()``, converts to numpy or branches on tensor values, so none forces a host sync;
 * every loss is multi-class (Dice over all foreground classes, prototypes for every class).
 
+``reduce`` (optional everywhere): a function applied to every sum and count before they are divided, e.g. a
+differentiable all-reduce over the processes of a distributed training (:mod:`.distributed`), so that a
+loss is that of the global batch. None (default): this batch alone.
+
 The training loop combines the pieces as in Eq. 3:
 ``L = L_s + lambda_u * (L_u + L_reg) + lambda_c * L_c``.
 """
 
 import math
-from typing import Optional, Union
+from typing import Callable, Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -49,6 +53,13 @@ def _check_classes(num_classes: int, channels: int) -> None:
         raise ValueError(f"the tensor has {channels} channels but num_classes is {num_classes}")
 
 
+Reduce = Optional[Callable[[torch.Tensor], torch.Tensor]]
+
+
+def _total(tensor: torch.Tensor, reduce: Reduce) -> torch.Tensor:
+    return tensor if reduce is None else reduce(tensor)
+
+
 def _one_hot(target: torch.Tensor, num_classes: int, like: torch.Tensor) -> torch.Tensor:
     """One-hot encoding of ``target`` (B, *spatial) as ``like``'s dtype, shape (B, K, *spatial)."""
     # scatter into a float tensor avoids F.one_hot's int64 (B, *spatial, K) temporary and a movedim copy.
@@ -62,6 +73,7 @@ def soft_dice_loss(
     num_classes: int,
     mask: Optional[torch.Tensor] = None,
     eps: float = 1e-5,
+    reduce: Reduce = None,
 ) -> torch.Tensor:
     """Soft Dice loss over the foreground classes (the Dice term of Eq. 1 and Eq. 2).
 
@@ -86,14 +98,14 @@ def soft_dice_loss(
         p = probs * m
         onehot = onehot * m
     dims = (0,) + tuple(range(2, probs.dim()))
-    intersection = (p * onehot).sum(dims)
-    denominator = p.sum(dims) + onehot.sum(dims)
+    sums = _total(torch.stack([(p * onehot).sum(dims), p.sum(dims) + onehot.sum(dims)]), reduce)
+    intersection, denominator = sums[0], sums[1]
     dice = (2.0 * intersection + eps) / (denominator + eps)
     return 1.0 - dice[1:].mean()
 
 
 def masked_cross_entropy(
-    logits: torch.Tensor, target: torch.Tensor, mask: Optional[torch.Tensor] = None
+    logits: torch.Tensor, target: torch.Tensor, mask: Optional[torch.Tensor] = None, reduce: Reduce = None
 ) -> torch.Tensor:
     """Voxel-wise cross-entropy on logits, averaged over the masked voxels (the CE term of Eq. 1 and 2).
 
@@ -108,14 +120,17 @@ def masked_cross_entropy(
     """
     ce = F.cross_entropy(logits, target, reduction="none")  # (B, *spatial)
     if mask is None:
-        return ce.mean()
+        if reduce is None:
+            return ce.mean()
+        sums = reduce(torch.stack([ce.sum(), ce.new_tensor(float(ce.numel()))]))
+        return sums[0] / sums[1]
     # torch.where (not ce * mask) keeps a masked-out non-finite value from leaking into the sum.
-    total = torch.where(mask, ce, torch.zeros_like(ce)).sum()
-    count = mask.sum().clamp_min(1).to(ce.dtype)
-    return total / count
+    sums = _total(torch.stack([torch.where(mask, ce, torch.zeros_like(ce)).sum(), mask.sum().to(ce.dtype)]), reduce)
+    return sums[0] / sums[1].clamp_min(1)
 
 
-def supervised_loss(logits: torch.Tensor, target: torch.Tensor, num_classes: int) -> torch.Tensor:
+def supervised_loss(logits: torch.Tensor, target: torch.Tensor, num_classes: int, reduce: Reduce = None
+                    ) -> torch.Tensor:
     """Eq. 1: L_s = CE(logits, y) + Dice(softmax(logits), y) on the labeled batch, for one network.
 
     Args:
@@ -125,7 +140,8 @@ def supervised_loss(logits: torch.Tensor, target: torch.Tensor, num_classes: int
         0-dim tensor. CE is the mean over all voxels; Dice is computed over batch and space jointly.
     """
     probs = torch.softmax(logits, dim=1)
-    return masked_cross_entropy(logits, target) + soft_dice_loss(probs, target, num_classes)
+    return masked_cross_entropy(logits, target, reduce=reduce) + soft_dice_loss(probs, target, num_classes,
+                                                                                 reduce=reduce)
 
 
 def voxel_entropy(probs: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
@@ -228,7 +244,8 @@ def select_pseudo_labels(
 
 
 def unsupervised_loss(
-    logits: torch.Tensor, pseudo_label: torch.Tensor, reliable: torch.Tensor, num_classes: int
+    logits: torch.Tensor, pseudo_label: torch.Tensor, reliable: torch.Tensor, num_classes: int,
+    reduce: Reduce = None,
 ) -> torch.Tensor:
     """Eq. 2 without L_reg: CE + soft Dice against the pseudo label, restricted to reliable voxels.
 
@@ -245,8 +262,8 @@ def unsupervised_loss(
         0-dim tensor; exactly 0 (still connected to ``logits``) when no voxel is reliable.
     """
     probs = torch.softmax(logits, dim=1)
-    return masked_cross_entropy(logits, pseudo_label, reliable) + soft_dice_loss(
-        probs, pseudo_label, num_classes, mask=reliable
+    return masked_cross_entropy(logits, pseudo_label, reliable, reduce) + soft_dice_loss(
+        probs, pseudo_label, num_classes, mask=reliable, reduce=reduce
     )
 
 
@@ -268,7 +285,7 @@ def disagreement_mask(
 
 
 def regularization_loss(probs_a: torch.Tensor, probs_b: torch.Tensor, mdiff: torch.Tensor,
-                        average: str = "voxels") -> torch.Tensor:
+                        average: str = "voxels", reduce: Reduce = None) -> torch.Tensor:
     """Eq. 5: L1 distance between the M_diff-masked softmax outputs of A and B.
 
     ``sum_k |pA_k - pB_k|`` at every M_diff voxel (0 elsewhere, the Hadamard mask of Eq. 5), then
@@ -290,10 +307,13 @@ def regularization_loss(probs_a: torch.Tensor, probs_b: torch.Tensor, mdiff: tor
     diff = (probs_a - probs_b).abs().sum(dim=1)  # (B, *spatial)
     total = torch.where(mdiff, diff, torch.zeros_like(diff)).sum()
     if average == "voxels":
-        return total / mdiff.numel()
-    if average == "mdiff":
-        return total / mdiff.sum().clamp_min(1).to(diff.dtype)
-    raise ValueError(f"average must be 'voxels' or 'mdiff', got {average!r}")
+        count = diff.new_tensor(float(mdiff.numel()))
+    elif average == "mdiff":
+        count = mdiff.sum().to(diff.dtype)
+    else:
+        raise ValueError(f"average must be 'voxels' or 'mdiff', got {average!r}")
+    sums = _total(torch.stack([total, count]), reduce)
+    return sums[0] / sums[1].clamp_min(1)
 
 
 def class_prototypes(
@@ -302,6 +322,7 @@ def class_prototypes(
     mask: torch.Tensor,
     num_classes: int,
     detach: bool = True,
+    reduce: Reduce = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Eq. 6: c_k = mean of the L2-normalised features of the masked voxels labelled k.
 
@@ -329,12 +350,12 @@ def class_prototypes(
     classes = torch.arange(num_classes, device=labels.device).view(1, num_classes, 1)
     weights = (labels.reshape(batch, 1, -1) == classes) & mask.reshape(batch, 1, -1)
     weights = weights.to(f.dtype)  # (B, K, S) masked one-hot
-    counts = weights.sum(dim=(0, 2))  # (K,)
+    counts = _total(weights.sum(dim=(0, 2)), reduce)  # (K,)
     # sum_s w_ks f_s / |f_s|: the 1/|f_s| goes into the (B, K, S) weights, so no normalised copy of the
     # features is made (F.normalize's is (B, C, S), and its backward was a fifth of a paper-scale CPU step).
     inverse_norm = 1.0 / torch.linalg.vector_norm(f, dim=1, keepdim=True).clamp_min(1e-12)  # F.normalize's eps
     # batched (K, S) @ (S, C) product summed over the batch: no (N, C) transposed copy of the features
-    sums = torch.einsum("bks,bcs->kc", weights * inverse_norm, f)
+    sums = _total(torch.einsum("bks,bcs->kc", weights * inverse_norm, f), reduce)
     prototypes = sums / counts.clamp_min(1.0).unsqueeze(1)
     if detach:
         prototypes = prototypes.detach()
@@ -382,6 +403,7 @@ def contrastive_loss(
     max_voxels: int = 4096,
     separation_margin: float = 1.0,
     generator: Optional[torch.Generator] = None,
+    reduce: Reduce = None,
 ) -> torch.Tensor:
     """Eq. 7 contrastive loss L_c: pull unreliable voxels to their class prototype, push prototypes apart.
 
@@ -437,7 +459,9 @@ def contrastive_loss(
     scores = torch.where(valid.unsqueeze(1), scores, torch.zeros_like(scores))
     safe_target = torch.where(valid, target, torch.zeros_like(target))
     ce = F.cross_entropy(scores, safe_target, reduction="none")
-    pull = torch.where(valid, ce, torch.zeros_like(ce)).sum() / valid.sum().clamp_min(1).to(ce.dtype)
+    sums = _total(torch.stack([torch.where(valid, ce, torch.zeros_like(ce)).sum(), valid.sum().to(ce.dtype)]),
+                  reduce)
+    pull = sums[0] / sums[1].clamp_min(1)
 
     num_classes = protos.shape[0]
     gap = ((protos.unsqueeze(1) - protos.unsqueeze(0)) ** 2).sum(dim=2)  # (K, K), no sqrt: no NaN at 0

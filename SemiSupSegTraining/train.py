@@ -1,51 +1,45 @@
-"""The training loop: both networks, the paper's losses, schedules, mixed precision, checkpoints, resume,
-cancel and progress events.
+"""The training loop: both networks, the paper's losses, schedules, mixed precision, progress events, and
+the same loop on several processes (torchrun, :mod:`.distributed`).
 
-An output folder holds ``model.pt`` (the model file, written at the end), ``checkpoint.pt`` (and the one
-before it, ``checkpoint.prev.pt``), ``config.json``, ``log.jsonl`` (every progress event) and, while a
-training runs, ``.lock``.
+The output folder (lock, checkpoints, resume, log) is :mod:`.runfolder`'s.
 """
 
 import contextlib
 import datetime
-import errno
 import json
 import os
-import signal
 import threading
 from typing import Any, Callable, Dict, NamedTuple, Optional, Tuple
 
 import numpy as np
 import torch
 
-from . import losses
+from . import distributed, losses
 from .config import TrainConfig, preset_config, zyx
 from .data import PatchSampler, load_training_cases, normalization_for
 from .devices import autocast, autocast_dtype, memory_format, select_device
-from .errors import Cancelled, InputError, is_out_of_memory
-from .manifest import Manifest, class_color, load_manifest, manifest_to_dict, parse_manifest
-from .modelfile import PARTIAL_MARK, load_trusted_data, save_model, save_temporary
+from .errors import Cancelled, DistributedError, InputError, is_out_of_memory
+from .manifest import Manifest, class_color, load_manifest, manifest_to_dict
+from .modelfile import load_trusted_data, save_model
 from .networks import ProjectionHead, build_networks
 from .progress import Reporter
+from .runfolder import (CHECKPOINT_FORMAT, CHECKPOINT_NAME, CONFIG_NAME, LOCK_NAME, LOG_NAME, MODEL_NAME,  # noqa: F401
+                        PREVIOUS_CHECKPOINT_NAME,
+                        CheckpointClock, StopRequest, TrainingLock, disk_errors, load_checkpoint, remove_if_empty,
+                        remove_partial_files, resume_point, trim_log, write_checkpoint, write_run_record)
 from .views import intensity_view
 
-try:
-    import fcntl
-except ImportError:  # Windows
-    fcntl = None
-
-MODEL_NAME = "model.pt"
-CHECKPOINT_NAME = "checkpoint.pt"
-PREVIOUS_CHECKPOINT_NAME = "checkpoint.prev.pt"
-LOCK_NAME = ".lock"
-LOG_NAME = "log.jsonl"
-CONFIG_NAME = "config.json"
-CHECKPOINT_FORMAT = "semisupseg-checkpoint"
 # Logged beside the losses, but not losses: progress events carry them under "stats".
 STAT_KEYS = ("reliable_fraction", "mdiff_voxels", "lambda_c", "lambda_u")
 
 
 # ------------------------------------------------------------------------------------------- the step
+
+def rank_seed(seed: int, rank: int) -> int:
+    """Process ``rank``'s seed: ``seed`` itself on rank 0 (a single process draws what it always drew), an
+    independent stream from numpy's SeedSequence on the others."""
+    return seed if rank == 0 else int(np.random.SeedSequence([seed, rank]).generate_state(1)[0])
+
 
 def learning_rate(config: TrainConfig, iteration: int) -> float:
     """The paper's step schedule: lr ÷10 every ``lr_step`` iterations."""
@@ -83,10 +77,15 @@ def pseudo_targets(config: TrainConfig, iteration: int, num_classes: int, probs:
     pseudo, winner_probs = losses.select_pseudo_labels(probs[0], probs[1], supervised[0].detach(),
                                                        supervised[1].detach())
     entropy = losses.voxel_entropy(winner_probs)
-    if config.reliability == "class":
-        reliable = losses.reliable_mask_per_class(entropy, pseudo, config.reliable_fraction, num_classes)
+    # The entropy percentile is a rank statistic of the global batch: every process's voxels count.
+    if config.reliability == "class":  # the labels travel as bytes where they fit
+        small = pseudo.to(torch.uint8) if num_classes <= 256 else pseudo
+        reliable = distributed.current().on_global_batch(
+            lambda e, p: losses.reliable_mask_per_class(e, p.to(torch.int64), config.reliable_fraction, num_classes),
+            entropy, small)
     else:
-        reliable = losses.reliable_mask(entropy, config.reliable_fraction)
+        reliable = distributed.current().on_global_batch(
+            lambda e: losses.reliable_mask(e, config.reliable_fraction), entropy)
     stats = {"reliable_fraction": reliable.float().mean()}
     mdiff = None
     if config.use_regularization:
@@ -110,17 +109,19 @@ def network_terms(config: TrainConfig, iteration: int, num_classes: int, labeled
     summing both shares counts L_reg's value twice (:meth:`Trainer.step` reports it once).
     """
     n = labeled_count
+    reduce = distributed.current().reduce  # sums and counts over the global batch (None: one process)
     logits_u = logits[n:].float()
     zero = logits_u.sum() * 0.0
     lam_u, lam_c = loss_weights(config, iteration)
     stats: Dict[str, torch.Tensor] = {}
     total_u = zero
     if config.use_unsupervised:
-        stats[f"unsup_{name}"] = losses.unsupervised_loss(logits_u, targets.pseudo, targets.reliable, num_classes)
+        stats[f"unsup_{name}"] = losses.unsupervised_loss(logits_u, targets.pseudo, targets.reliable, num_classes,
+                                                                   reduce)
         total_u = total_u + stats[f"unsup_{name}"]
     if config.use_regularization:
         stats["reg"] = losses.regularization_loss(torch.softmax(logits_u, dim=1), other_probs.detach(), targets.mdiff,
-                                                  config.regularization_average)
+                                                  config.regularization_average, reduce)
         total_u = total_u + stats["reg"]
     total_c = zero
     if config.use_contrastive:
@@ -131,10 +132,11 @@ def network_terms(config: TrainConfig, iteration: int, num_classes: int, labeled
             proto_mask = torch.cat([torch.ones_like(labels, dtype=torch.bool), targets.reliable])
         else:
             proto_feat, proto_labels, proto_mask = feat[n:], targets.pseudo, targets.reliable
-        prototypes, present = losses.class_prototypes(proto_feat, proto_labels, proto_mask, num_classes, detach=False)
+        prototypes, present = losses.class_prototypes(proto_feat, proto_labels, proto_mask, num_classes, detach=False,
+                                                          reduce=reduce)
         stats[f"contrast_{name}"] = losses.contrastive_loss(
             feat[n:], targets.pseudo, ~targets.reliable, prototypes, present, config.contrastive_temperature,
-            config.contrastive_max_voxels, config.prototype_margin, generator)
+            config.contrastive_max_voxels, config.prototype_margin, generator, reduce)
         total_c = stats[f"contrast_{name}"]
     return lam_u * total_u + lam_c * total_c, stats
 
@@ -161,13 +163,18 @@ class Trainer:
         self.num_classes = num_classes
         self.device = device
         self.amp_dtype = autocast_dtype(device, config.amp, training=True)
+        self.dist = distributed.current()
+        # The same initial weights on every process; its own crops, dropout and voxel samples on each.
         torch.manual_seed(config.seed)
-        self.rng = np.random.default_rng(config.seed)
+        seed = rank_seed(config.seed, self.dist.rank)
+        self.rng = np.random.default_rng(seed)
         self.generator = torch.Generator(device=device)
-        self.generator.manual_seed(config.seed)
+        self.generator.manual_seed(seed)
         self.memory_format = memory_format(device)
         self.net_a, self.net_b = (n.to(device, memory_format=self.memory_format) for n in build_networks(
             num_classes, config.base_filters, config.resnet_blocks, config.dropout))
+        if self.dist.rank:
+            torch.manual_seed(seed)
         # L_c's projection heads train with their network (one optimiser each) but are not in the model file.
         self.projectors: Optional[torch.nn.ModuleList] = None
         if config.method == "ours" and config.use_contrastive and config.projection_channels > 0:
@@ -185,6 +192,18 @@ class Trainer:
         self.unlabeled = (PatchSampler(unlabeled, patch, self.rng, 0.0, config.augment)
                           if unlabeled and config.batch_unlabeled > 0 and config.method == "ours" else None)
         self.iteration = 0
+        self._replicate()
+
+    def _replicate(self) -> None:
+        """The one place that prepares the trained modules for several processes: forward passes go through
+        ``self.replicas`` (DDP-wrapped networks and projection heads; the bare modules in one process), state
+        dicts come from the bare modules."""
+        sync = self.config.sync_batchnorm
+        self.replicas = [self.dist.replicate(net, self.device, sync) for net in (self.net_a, self.net_b)]
+        # Without unlabeled crops the heads' outputs are unused: DDP must not wait for their gradients then.
+        self.head_replicas = None if self.projectors is None else [
+            self.dist.replicate(head, self.device, sync, find_unused_parameters=self.unlabeled is None)
+            for head in self.projectors]
 
     def networks(self):
         return self.net_a, self.net_b
@@ -229,8 +248,8 @@ class Trainer:
         else:
             logits_a, feat_a = self._forward(0, inputs[0])
         logits_b, feat_b = self._forward(1, inputs[1])
-        sup_a = losses.supervised_loss(logits_a[:n].float(), labels, self.num_classes)
-        sup_b = losses.supervised_loss(logits_b[:n].float(), labels, self.num_classes)
+        sup_a = losses.supervised_loss(logits_a[:n].float(), labels, self.num_classes, self.dist.reduce)
+        sup_b = losses.supervised_loss(logits_b[:n].float(), labels, self.num_classes, self.dist.reduce)
         if semi:
             probs = tuple(torch.softmax(lg[n:].float().detach(), dim=1) for lg in (logits_a, logits_b))
             targets, stats = pseudo_targets(config, it, self.num_classes, probs, (sup_a, sup_b))
@@ -244,7 +263,7 @@ class Trainer:
                 for saved, buffer in zip(buffers_a, self.net_a.buffers()):
                     buffer.copy_(saved)
                 logits_a, feat_a = self._forward(0, inputs[0])
-                sup_a = losses.supervised_loss(logits_a[:n].float(), labels, self.num_classes)
+                sup_a = losses.supervised_loss(logits_a[:n].float(), labels, self.num_classes, self.dist.reduce)
             extra_a, stats_a = network_terms(config, it, self.num_classes, n, labels, logits_a, feat_a, probs[1],
                                              targets, self.generator, "a")
             if sequential:
@@ -278,9 +297,9 @@ class Trainer:
     def _forward(self, index: int, images: torch.Tensor, project: bool = True) -> Tuple[torch.Tensor, torch.Tensor]:
         """(logits, features) of network ``index`` (0: A, 1: B); features through its projection head."""
         with autocast(self.device, self.amp_dtype):
-            logits, features = self.networks()[index](images)
-            if project and self.projectors is not None:
-                features = self.projectors[index](features)
+            logits, features = self.replicas[index](images)
+            if project and self.head_replicas is not None:
+                features = self.head_replicas[index](features)
         return logits, features
 
     def _backward(self, loss: torch.Tensor) -> None:
@@ -298,16 +317,28 @@ class Trainer:
 
     # ---------------------------------------------------------------------------------- state
 
+    def random_state(self) -> Dict[str, Any]:
+        """This process's random generators (crops, dropout, voxel samples)."""
+        state = {"rng_numpy": json.dumps(self.rng.bit_generator.state), "rng_torch": torch.get_rng_state(),
+                 "rng_generator": self.generator.get_state()}
+        if self.device.type == "cuda":
+            state["rng_cuda"] = torch.cuda.get_rng_state(self.device)
+        return state
+
+    def load_random_state(self, state: Dict[str, Any]) -> None:
+        self.rng.bit_generator.state = json.loads(state["rng_numpy"])
+        torch.set_rng_state(state["rng_torch"])
+        self.generator.set_state(state["rng_generator"])
+        if "rng_cuda" in state and self.device.type == "cuda":
+            torch.cuda.set_rng_state(state["rng_cuda"], self.device)
+
     def state(self) -> Dict[str, Any]:
         state = {
             "iteration": self.iteration,
             "weights_a": self.net_a.state_dict(), "weights_b": self.net_b.state_dict(),
             "optimizer_a": self.optimizers[0].state_dict(), "optimizer_b": self.optimizers[1].state_dict(),
-            "rng_numpy": json.dumps(self.rng.bit_generator.state),
-            "rng_torch": torch.get_rng_state(), "rng_generator": self.generator.get_state(),
+            **self.random_state(),
         }
-        if self.device.type == "cuda":
-            state["rng_cuda"] = torch.cuda.get_rng_state(self.device)
         if self.scaler is not None:
             state["scaler"] = self.scaler.state_dict()
         if self.projectors is not None:
@@ -319,11 +350,7 @@ class Trainer:
         self.net_b.load_state_dict(state["weights_b"])
         self.optimizers[0].load_state_dict(state["optimizer_a"])
         self.optimizers[1].load_state_dict(state["optimizer_b"])
-        self.rng.bit_generator.state = json.loads(state["rng_numpy"])
-        torch.set_rng_state(state["rng_torch"])
-        self.generator.set_state(state["rng_generator"])
-        if "rng_cuda" in state and self.device.type == "cuda":
-            torch.cuda.set_rng_state(state["rng_cuda"], self.device)
+        self.load_random_state(state)
         if "scaler" in state and self.scaler is not None:
             self.scaler.load_state_dict(state["scaler"])
         if "projectors" in state and self.projectors is not None:
@@ -335,234 +362,10 @@ class Trainer:
         self.net_b.load_state_dict(weights_b)
 
 
-# --------------------------------------------------------------------------------- folder handling
-
-class TrainingLock:
-    """One training per output folder.
-
-    ``.lock`` holds the owner's pid (for the message). Where the operating system offers ``flock`` the
-    lock is the kernel's: it ends with the process however the process ends (SIGKILL, a crash, a power
-    cut), so a lock left by a dead training is taken over, and a reused pid can never keep a folder locked.
-    Elsewhere (Windows, file systems without locks) the pid decides: a lock whose process is gone is stale.
-    """
-
-    def __init__(self, folder: str):
-        self.folder = folder
-        self.path = os.path.join(folder, LOCK_NAME)
-        self._fd: Optional[int] = None
-
-    def __enter__(self):
-        if fcntl is not None and self._acquire_flock():
-            return self
-        self._acquire_pidfile()
-        return self
-
-    def _cannot_write(self, error: OSError):
-        return InputError(f"Cannot write into the output folder {self.folder} ({error.strerror}); choose a "
-                          f"folder you can write to.")
-
-    def _refuse(self, owner: Optional[int]):
-        who = f" (process {owner})" if owner else ""
-        return InputError(f"The folder {self.folder} is in use by a training that is still running{who}; wait "
-                          f"for it, cancel it, or choose another output folder.")
-
-    def _acquire_flock(self) -> bool:
-        """Takes the kernel lock; False when this file system has none (then the pid file decides)."""
-        for _ in range(10):
-            try:
-                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-            except OSError as e:
-                raise self._cannot_write(e) from None
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError as e:
-                os.close(fd)
-                if e.errno in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EACCES):
-                    raise self._refuse(self._owner()) from None
-                return False  # ENOLCK, EOPNOTSUPP...: no locks on this file system
-            try:  # the holder may have removed the file between our open and our lock: lock the new one
-                same = os.path.samestat(os.fstat(fd), os.stat(self.path))
-            except FileNotFoundError:
-                same = False
-            if not same:
-                os.close(fd)
-                continue
-            os.ftruncate(fd, 0)
-            os.write(fd, str(os.getpid()).encode())
-            self._fd = fd
-            return True
-        raise InputError(f"Cannot take the lock {self.path}; remove it if no training runs there.")
-
-    def _acquire_pidfile(self) -> None:
-        for _ in range(2):
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-            except FileExistsError:
-                owner = self._owner()
-                if owner is not None and owner != os.getpid() and _alive(owner):
-                    raise self._refuse(owner) from None
-                try:
-                    os.remove(self.path)  # stale: its process is gone
-                except FileNotFoundError:
-                    pass
-                continue
-            except OSError as e:
-                raise self._cannot_write(e) from None
-            with os.fdopen(fd, "w") as f:
-                f.write(str(os.getpid()))
-            return
-        raise InputError(f"Cannot take the lock {self.path}; remove it if no training runs there.")
-
-    def _owner(self) -> Optional[int]:
-        try:
-            with open(self.path) as f:
-                return int(f.read().strip() or 0) or None
-        except (OSError, ValueError):
-            return None
-
-    def __exit__(self, *exc):
-        if self._fd is not None:
-            try:
-                os.remove(self.path)  # while still holding the lock, so no one else's lock is removed
-            except OSError:
-                pass
-            os.close(self._fd)  # releases the kernel lock
-            self._fd = None
-        elif self._owner() == os.getpid():
-            os.remove(self.path)
-
-
-def _alive(pid: int) -> bool:
-    """Whether process ``pid`` runs (never signals it: on Windows ``os.kill(pid, 0)`` would stop it)."""
-    if os.name == "nt":
-        import ctypes
-
-        kernel32 = ctypes.windll.kernel32
-        handle = kernel32.OpenProcess(0x1000, False, pid)  # PROCESS_QUERY_LIMITED_INFORMATION
-        if not handle:
-            return kernel32.GetLastError() == 5  # access denied: it exists
-        code = ctypes.c_ulong()
-        ok = kernel32.GetExitCodeProcess(handle, ctypes.byref(code))
-        kernel32.CloseHandle(handle)
-        return bool(ok) and code.value == 259  # STILL_ACTIVE
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-class StopRequest:
-    """Set by SIGINT/SIGTERM (in the main thread) or by the caller's cancel event; checked every step."""
-
-    def __init__(self, event: Optional[threading.Event] = None):
-        self.event = event or threading.Event()
-        self._previous = {}
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._previous[sig] = signal.signal(sig, lambda *_: self.event.set())
-        return self
-
-    def __exit__(self, *exc):
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-
-    @property
-    def requested(self) -> bool:
-        return self.event.is_set()
-
-
-CHECKPOINT_KEYS = ("iteration", "weights_a", "weights_b", "optimizer_a", "optimizer_b", "rng_numpy", "rng_torch",
-                   "rng_generator", "config", "manifest")
-
-
-def load_checkpoint(folder: str) -> Dict[str, Any]:
-    """The newest usable checkpoint of ``folder``: ``checkpoint.pt``, or ``checkpoint.prev.pt`` when the newest
-    is missing, truncated or incomplete (a machine that died mid-write, a full disk).
-
-    The returned dict carries ``"_path"`` (the file used) and ``"_skipped"`` (why newer ones were not).
-    """
-    problems = []
-    for name in (CHECKPOINT_NAME, PREVIOUS_CHECKPOINT_NAME):
-        path = os.path.join(folder, name)
-        if not os.path.exists(path):
-            continue
-        try:
-            data = load_trusted_data(path, "checkpoint")
-        except InputError:
-            problems.append(f"{path} is truncated or damaged")
-            continue
-        missing = [k for k in CHECKPOINT_KEYS if k not in data]
-        if data.get("format") != CHECKPOINT_FORMAT or missing:
-            problems.append(f"{path} is not a complete SemiSupSeg checkpoint")
-            continue
-        data["_path"], data["_skipped"] = path, problems
-        return data
-    detail = f" ({'; '.join(problems)})" if problems else ""
-    raise InputError(f"The folder {folder} has no usable checkpoint to resume from{detail}; start a new "
-                     f"training instead.")
-
-
-def write_checkpoint(folder: str, payload: Dict[str, Any]) -> str:
-    """Writes ``checkpoint.pt`` so that one complete checkpoint exists at every moment.
-
-    The new checkpoint goes to a temporary file first (flushed to disk); only then does the current one
-    become ``checkpoint.prev.pt`` and the new one take its name (both renames are atomic). A kill, a
-    power cut or a second Ctrl+C at any point leaves the old checkpoint, the new one, or both.
-    """
-    path = os.path.join(folder, CHECKPOINT_NAME)
-    tmp = save_temporary(payload, path)
-    try:
-        if os.path.exists(path):
-            os.replace(path, os.path.join(folder, PREVIOUS_CHECKPOINT_NAME))
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
-
-
-def _remove_partial_files(folder: str) -> None:
-    """Temporary files of a training that was killed mid-write (we hold the folder's lock)."""
-    for name in os.listdir(folder):
-        if PARTIAL_MARK in name and (name.startswith(("checkpoint", "model", CONFIG_NAME, LOG_NAME))):
-            try:
-                os.remove(os.path.join(folder, name))
-            except OSError:
-                pass
-
-
-def _write_text_atomic(path: str, text: str) -> None:
-    tmp = f"{path}{PARTIAL_MARK}{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
-def _trim_log(path: str, iteration: int) -> None:
-    """On resume: drops the log's events after the checkpoint's iteration (they are run again)."""
-    if not os.path.exists(path):
-        return
-    kept = []
-    with open(path, encoding="utf-8", errors="replace") as f:
-        for line in f:
-            try:
-                event = json.loads(line)
-            except ValueError:
-                continue  # a line cut short by a kill
-            if isinstance(event, dict) and int(event.get("iteration") or 0) <= iteration:
-                kept.append(json.dumps(event) + "\n")
-    _write_text_atomic(path, "".join(kept))
-
-
 # ------------------------------------------------------------------------------------------ public API
 
 def model_metadata(config: TrainConfig, manifest: Manifest, labeled: list, unlabeled: list, iteration: int,
-                   device: torch.device) -> Dict[str, Any]:
+                   device: torch.device, processes: int = 1) -> Dict[str, Any]:
     classes = [dict(c.to_dict(), color=class_color(manifest.classes, i) if i else [0.0, 0.0, 0.0])
                for i, c in enumerate(manifest.classes)]
     preset_defaults = preset_config(config.preset).to_dict() if config.preset else {}
@@ -581,7 +384,7 @@ def model_metadata(config: TrainConfig, manifest: Manifest, labeled: list, unlab
         "networks": {"a": "VNet", "b": "ResVNet", "base_filters": config.base_filters,
                      "resnet_blocks": list(config.resnet_blocks), "in_channels": 1},
         "training": {"iterations": iteration, "labeled_cases": len(labeled), "unlabeled_cases": len(unlabeled),
-                     "device": str(device),
+                     "device": str(device), "processes": processes,
                      "finished_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")},
     }
 
@@ -589,16 +392,52 @@ def model_metadata(config: TrainConfig, manifest: Manifest, labeled: list, unlab
 def train(manifest_path: Optional[str], output_dir: str, config: Optional[TrainConfig] = None,
           progress: str = "bar", callback: Optional[Callable[[dict], None]] = None,
           init_model: Optional[str] = None, resume: bool = False,
-          cancel_event: Optional[threading.Event] = None, log_every: int = 10) -> str:
+          cancel_event: Optional[threading.Event] = None, log_every: int = 10,
+          stop_file: Optional[str] = None) -> str:
     """Trains both networks and writes ``output_dir/model.pt``; returns its path.
 
     ``resume=True`` continues the checkpoint in ``output_dir`` (manifest and settings come from it) with the
-    same iteration count, schedules, optimiser and random states: the result equals an uninterrupted run.
-    ``init_model`` starts from a model file's weights (retraining after corrections). SIGINT/SIGTERM or
-    ``cancel_event`` write a checkpoint and raise :class:`Cancelled`. A folder that this call created is
-    removed again when the training fails before writing anything into it.
+    same iteration count, schedules, optimiser and random states: the result equals an uninterrupted run. A
+    training killed before its first checkpoint starts again from iteration 0 with the settings and cases
+    the folder records. ``init_model`` starts from a model file's weights (retraining after corrections).
+    SIGINT/SIGTERM, ``cancel_event`` or the file ``stop_file`` appearing write a checkpoint and raise
+    :class:`Cancelled`. A folder that this call created is removed again when the training fails before
+    writing anything into it.
+
+    Started by ``torchrun`` (several processes), every process calls this with the same arguments: rank 0
+    takes the folder's lock, reads what to resume from and shares it; each process trains on its own crops;
+    rank 0 alone writes the log, progress events, checkpoints and the model file.
     """
     output_dir = os.path.abspath(output_dir)
+    created = False
+    try:
+        with distributed.session() as group, StopRequest(cancel_event, stop_file) as stop, \
+                contextlib.ExitStack() as folder_hold:
+            reporter = Reporter(progress, callback) if group.is_main else Reporter("none")
+            start = None
+            if group.is_main:
+                try:
+                    start = _open_run_folder(output_dir, folder_hold, manifest_path, config, init_model, resume)
+                except Exception as e:
+                    group.broadcast({"error": str(e), "bad_input": isinstance(e, InputError)})
+                    raise
+            start = group.broadcast(start)
+            if "error" in start:
+                if start["bad_input"]:
+                    raise InputError(start["error"])
+                raise DistributedError(f"Process 0 failed to start the training ({start['error']}).")
+            created = group.is_main and start["created"]
+            return _train_from(start, output_dir, group, reporter, stop, log_every)
+    except BaseException:
+        if created:  # the lock is gone by now
+            remove_if_empty(output_dir)
+        raise
+
+
+def _open_run_folder(output_dir: str, hold: contextlib.ExitStack, manifest_path: Optional[str],
+                     config: Optional[TrainConfig], init_model: Optional[str], resume: bool) -> Dict[str, Any]:
+    """Rank 0's part of the start: the folder checked and locked (``hold`` keeps the lock), and what the
+    training starts from: ``{"config", "manifest", "checkpoint", "init_model", "note", "created"}``."""
     if resume and not os.path.isdir(output_dir):
         raise InputError(f"The folder {output_dir} does not exist; give the output folder of the stopped "
                          f"training to resume.")
@@ -610,61 +449,76 @@ def train(manifest_path: Optional[str], output_dir: str, config: Optional[TrainC
     except OSError as e:
         raise InputError(f"Cannot create the output folder {output_dir} ({e.strerror}); choose another "
                          f"folder.") from None
-    reporter = Reporter(progress, callback)
     try:
-        with TrainingLock(output_dir), StopRequest(cancel_event) as stop:
-            _remove_partial_files(output_dir)
-            checkpoint = load_checkpoint(output_dir) if resume else None
-            if checkpoint is not None:
-                config = TrainConfig.from_dict(checkpoint["config"])
-                manifest = parse_manifest(checkpoint["manifest"], checkpoint["manifest_path"])
-            else:
-                if manifest_path is None:
-                    raise InputError("Give a manifest (--manifest) to train on, or --resume a stopped training.")
-                manifest = load_manifest(manifest_path)
-                config = config or preset_config("paper")
-            config.validate()
-            device = select_device(config.device)
-            labeled, unlabeled = load_training_cases(
-                manifest, normalization_for(manifest.modality, config.normalization), config.ct_window)
-            trainer = Trainer(config, len(manifest.classes), labeled, unlabeled, device)
-            note = ""
-            log_path = os.path.join(output_dir, LOG_NAME)
-            if checkpoint is not None:
-                trainer.load_state(checkpoint)
-                _trim_log(log_path, trainer.iteration)
-                if checkpoint["_skipped"]:
-                    note = (f" The newest checkpoint could not be used ({'; '.join(checkpoint['_skipped'])}), so "
-                            f"training continues from {checkpoint['_path']}.")
-                del checkpoint  # the state now lives in the trainer; free the copy
-            else:
-                if init_model:
-                    _init_from_model(trainer, init_model, manifest)
-                if os.path.exists(log_path):
-                    os.remove(log_path)  # a new training starts a new log
-            _write_text_atomic(os.path.join(output_dir, CONFIG_NAME), json.dumps(config.to_dict(), indent=2))
-            return _run(trainer, manifest, labeled, unlabeled, output_dir, reporter, stop, log_every, note)
+        hold.enter_context(TrainingLock(output_dir))
+        remove_partial_files(output_dir)
+        if resume:
+            start = resume_point(output_dir)
+        else:
+            if manifest_path is None:
+                raise InputError("Give a manifest (--manifest) to train on, or --resume a stopped training.")
+            start = {"config": config or preset_config("paper"), "manifest": load_manifest(manifest_path),
+                     "checkpoint": None, "init_model": init_model, "note": ""}
+        start["config"].validate()
     except BaseException:
+        hold.close()  # the lock goes before the folder it lives in
         if created:
-            _remove_if_empty(output_dir)
+            remove_if_empty(output_dir)
         raise
+    start["created"] = created
+    return start
 
 
-@contextlib.contextmanager
-def _disk_errors(folder: str, what: str):
-    """A full disk or a folder that became read-only, in one sentence (the previous checkpoint is kept)."""
-    try:
-        yield
-    except OSError as e:
-        raise InputError(f"Cannot write {what} into {folder} ({e.strerror or e}); free disk space or check the "
-                         f"folder, then continue with 'semisupseg train --resume {folder}'.") from None
+def _train_from(start: Dict[str, Any], output_dir: str, group: "distributed.Context", reporter: Reporter,
+                stop: StopRequest, log_every: int) -> str:
+    config, manifest, checkpoint = start["config"], start["manifest"], start["checkpoint"]
+    device = select_device(distributed.training_device(config.device))
+    labeled, unlabeled = load_training_cases(
+        manifest, normalization_for(manifest.modality, config.normalization), config.ct_window)
+    trainer = Trainer(config, len(manifest.classes), labeled, unlabeled, device)
+    note = start["note"]
+    if group.enabled:
+        note += (f" {group.world_size} processes, {config.batch_labeled}+{config.batch_unlabeled} crops each "
+                 f"(global batch {group.world_size * config.batch_labeled}+{group.world_size * config.batch_unlabeled}).")
+        if config.sync_batchnorm and device.type != "cuda":
+            note += " Batch norm per process: torch synchronises batch norm on GPUs only."
+    if checkpoint is not None:
+        trainer.load_state(checkpoint)
+        note += _load_rank_random_state(trainer, checkpoint)
+    elif start["init_model"]:
+        _init_from_model(trainer, start["init_model"], manifest)
+    init_model, resumed = start["init_model"], checkpoint is not None
+    start.clear()  # the checkpoint's tensors now live in the trainer; free the copy
+    del checkpoint
+    if group.is_main:
+        log_path = os.path.join(output_dir, LOG_NAME)
+        if resumed:
+            trim_log(log_path, trainer.iteration)
+        else:  # a new training, or one restarted from iteration 0: a new log, and the record of its start
+            if os.path.exists(log_path):
+                os.remove(log_path)
+            write_run_record(output_dir, config, manifest, init_model)
+    return _run(trainer, manifest, labeled, unlabeled, output_dir, reporter, stop, log_every, note)
 
 
-def _remove_if_empty(folder: str) -> None:
-    try:
-        os.rmdir(folder)
-    except OSError:
-        pass
+def _load_rank_random_state(trainer: "Trainer", checkpoint: Dict[str, Any]) -> str:
+    """Each process takes back its own random generators (rank 0's are the checkpoint's own); a checkpoint
+    of another number of processes gives the other ranks fresh streams (the note says so)."""
+    ranks = checkpoint.get("rng_ranks")
+    group = trainer.dist
+    if ranks is not None and len(ranks) == group.world_size:
+        trainer.load_random_state(ranks[group.rank])
+        return ""
+    if not group.enabled and ranks is None:
+        return ""
+    if group.rank:
+        seed = rank_seed(trainer.config.seed + trainer.iteration, group.rank)
+        trainer.rng = np.random.default_rng(seed)
+        trainer.generator.manual_seed(seed)
+        torch.manual_seed(seed)
+    saved = len(ranks) if ranks is not None else 1
+    return (f" The checkpoint was written by {saved} process(es) and {group.world_size} resume it: the crops "
+            f"from here on differ from an uninterrupted run.")
 
 
 def _init_from_model(trainer: Trainer, path: str, manifest: Manifest) -> None:
@@ -682,31 +536,56 @@ def _init_from_model(trainer: Trainer, path: str, manifest: Manifest) -> None:
 
 def _run(trainer: Trainer, manifest: Manifest, labeled: list, unlabeled: list, output_dir: str,
          reporter: Reporter, stop: StopRequest, log_every: int, note: str = "") -> str:
-    config = trainer.config
+    group = trainer.dist
+    try:
+        return _loop(trainer, manifest, labeled, unlabeled, output_dir, reporter, stop, log_every, note)
+    except Exception as e:
+        if group.enabled and distributed.is_peer_failure(e):
+            raise distributed.peer_failure(group, e) from None
+        raise
+
+
+def _loop(trainer: Trainer, manifest: Manifest, labeled: list, unlabeled: list, output_dir: str,
+          reporter: Reporter, stop: StopRequest, log_every: int, note: str) -> str:
+    config, group = trainer.config, trainer.dist
     first = trainer.iteration
     log_path = os.path.join(output_dir, LOG_NAME)
     manifest_data = manifest_to_dict(manifest)
+    clock = CheckpointClock(config.checkpoint_every, config.checkpoint_minutes)
 
-    def checkpoint() -> str:
-        payload = dict(trainer.state(), format=CHECKPOINT_FORMAT, config=config.to_dict(),
-                       manifest=manifest_data, manifest_path=manifest.path or "")
-        with _disk_errors(output_dir, "the checkpoint"):
-            path = write_checkpoint(output_dir, payload)
-        reporter.emit("checkpoint", "train", iteration=trainer.iteration, path=path)
+    def checkpoint() -> Optional[str]:
+        """Every process takes part (each one's random state goes in); rank 0 writes; all wait for it."""
+        ranks = group.gather(trainer.random_state()) if group.enabled else None
+        path = None
+        if group.is_main:
+            payload = dict(trainer.state(), format=CHECKPOINT_FORMAT, config=config.to_dict(),
+                           manifest=manifest_data, manifest_path=manifest.path or "")
+            if ranks is not None:
+                payload["rng_ranks"] = ranks
+            with disk_errors(output_dir, "the checkpoint"):
+                path = write_checkpoint(output_dir, payload)
+            reporter.emit("checkpoint", "train", iteration=trainer.iteration, path=path)
+        group.barrier()
+        clock.written()
         return path
 
     what = f"Resuming at iteration {first} of {config.iterations}" if first else "Training"
     reporter.emit("start", "train", iteration=first, total=config.iterations, device=str(trainer.device),
                   message=f"{what} on {trainer.device} ({len(labeled)} labeled, {len(unlabeled)} unlabeled "
                           f"cases, preset {config.preset}, {config.iterations} iterations).{note}")
-    with open(log_path, "a") as log:
+    with (open(log_path, "a") if group.is_main else contextlib.nullcontext()) as log:
         while trainer.iteration < config.iterations:
-            if stop.requested:
+            # One all-reduce: a stop asked of any process, or any process's clock, acts on all of them here.
+            stop_now, time_is_up = group.any(stop.requested, clock.time_is_up())
+            if stop_now:
                 path = checkpoint()
+                stop.consume()
                 reporter.emit("cancelled", "train", iteration=trainer.iteration, checkpoint=path,
                               message=f"Cancelled at iteration {trainer.iteration}; resume with "
                                       f"'semisupseg train --resume {output_dir}'.")
                 raise Cancelled()
+            if time_is_up and trainer.iteration > first:
+                checkpoint()
             try:
                 terms = trainer.step()
             except Exception as e:
@@ -722,25 +601,26 @@ def _run(trainer: Trainer, manifest: Manifest, labeled: list, unlabeled: list, o
             it = trainer.iteration
             if it % log_every == 0 or it == config.iterations or it == first + 1:
                 values = {k: round(float(v), 5) for k, v in terms.items()}
-                if not np.isfinite(values["loss"]):
+                if not np.isfinite(values["loss"]):  # the loss is the global batch's: all processes agree
                     raise InputError(f"Training diverged at iteration {it} (loss is not finite); lower the "
                                      f"learning rate (--set lr=0.001) or check the images' intensities.")
                 stats = {k: values.pop(k) for k in STAT_KEYS if k in values}
                 event = reporter.progress("train", it, config.iterations, first, losses=values, stats=stats,
                                           lr=learning_rate(config, it - 1))
-                log.write(json.dumps(event) + "\n")
-                log.flush()
+                if log is not None:
+                    log.write(json.dumps(event) + "\n")
+                    log.flush()
             else:
                 reporter.progress("train", it, config.iterations, first)
-            if it % config.checkpoint_every == 0 and it < config.iterations:
+            if clock.counts(it) and it < config.iterations:
                 checkpoint()
-    with _disk_errors(output_dir, "the model file"):
-        model_path = save_model(os.path.join(output_dir, MODEL_NAME), trainer.net_a.state_dict(),
-                                trainer.net_b.state_dict(),
-                                model_metadata(config, manifest, labeled, unlabeled, trainer.iteration,
-                                               trainer.device))
+    model_path = os.path.join(output_dir, MODEL_NAME)
+    if group.is_main:
+        with disk_errors(output_dir, "the model file"):
+            save_model(model_path, trainer.net_a.state_dict(), trainer.net_b.state_dict(),
+                       model_metadata(config, manifest, labeled, unlabeled, trainer.iteration, trainer.device,
+                                      group.world_size))
     checkpoint()
     reporter.emit("done", "train", iteration=trainer.iteration, total=config.iterations, model=model_path,
                   message=f"Model file written: {model_path}")
     return model_path
-

@@ -17,6 +17,7 @@ import torch
 
 import SemiSupSegTraining.infer as infer
 import SemiSupSegTraining.modelfile as modelfile
+from SemiSupSegTraining import runfolder
 from SemiSupSegTraining import train as training
 from SemiSupSegTraining.cli import main
 from SemiSupSegTraining.config import preset_config
@@ -146,11 +147,13 @@ def test_truncated_checkpoint_falls_back_to_previous(straight_run, stopped_run, 
 
 
 def test_no_usable_checkpoint_is_bad_input(stopped_run, tmp_path, capsys):
+    """Both checkpoints damaged and no record of the start (run.json) to begin again from: one sentence."""
     folder = str(tmp_path / "run")
     shutil.copytree(stopped_run, folder)
     for name in (training.CHECKPOINT_NAME, training.PREVIOUS_CHECKPOINT_NAME):
         with open(os.path.join(folder, name), "r+b") as f:
             f.truncate(100)
+    os.remove(os.path.join(folder, "run.json"))
     assert main(["train", "--resume", folder, "--progress", "none"]) == EXIT_BAD_INPUT
     err = capsys.readouterr().err.strip()
     assert err.startswith("semisupseg: error: ") and "\n" not in err and folder in err
@@ -358,7 +361,7 @@ def test_stale_lock_of_a_dead_process_is_taken_over(phantom_dataset, tmp_path):
 def test_pid_lock_without_kernel_locks(tmp_path, monkeypatch):
     """Where the system has no flock (Windows, some network shares) the pid decides: a live owner keeps the
     folder, a dead one's lock is taken over."""
-    monkeypatch.setattr(training, "fcntl", None)
+    monkeypatch.setattr(runfolder, "fcntl", None)
     folder = str(tmp_path)
     lock = os.path.join(folder, training.LOCK_NAME)
     with open(lock, "w") as f:
