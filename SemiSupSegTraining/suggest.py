@@ -32,6 +32,7 @@ from .errors import Cancelled, InputError
 from .infer import Segmenter
 from .manifest import load_manifest
 from .progress import Reporter
+from .runfolder import StopRequest
 
 _EPS = 1e-6  # keeps an empty prediction's ratios finite
 
@@ -70,11 +71,6 @@ def score_probabilities(probabilities: np.ndarray, labels: np.ndarray, disagreem
             "predicted_voxels": int((labels > 0).sum())}
 
 
-def _check_stop(stop_file: Optional[str]) -> None:
-    if stop_file and os.path.exists(stop_file):
-        raise Cancelled(f"Stop requested ({stop_file}).")
-
-
 def suggest_cases(model_path: str, manifest_path: str, device: str = "auto", reporter: Optional[Reporter] = None,
                   stop_file: Optional[str] = None, segmenter_factory: Callable[..., Segmenter] = Segmenter
                   ) -> List[CaseScore]:
@@ -94,12 +90,18 @@ def suggest_cases(model_path: str, manifest_path: str, device: str = "auto", rep
     reporter.emit("start", "suggest", total=len(cases), device=str(segmenter.device),
                   message=f"Scoring {len(cases)} unlabeled cases on {segmenter.device}.")
     reporter.restart_clock()
+    stop = StopRequest(stop_file=stop_file)
+
+    def check_stop(*_) -> None:
+        if stop.requested:
+            stop.consume()
+            raise Cancelled(f"Stop requested ({stop_file}).")
+
     scores = []
     try:
         for index, case in enumerate(cases, 1):
-            _check_stop(stop_file)
-            result = segmenter.segment(read_image(case.image), on_window_batch=lambda i, n: _check_stop(stop_file),
-                                       release_input=True)
+            check_stop()
+            result = segmenter.segment(read_image(case.image), on_window_batch=check_stop, release_input=True)
             terms = score_probabilities(result.probabilities, result.labels, result.disagreement)
             scores.append(CaseScore(case.id, case.image, **terms))
             reporter.progress("suggest", index, len(cases), case=case.id, score=round(terms["score"], 4))
