@@ -34,6 +34,7 @@ NETWORK_KINDS: Dict[str, Tuple[str, str]] = {"mean-teacher": ("VNet", "VNet"), "
 PAPER_NETWORKS = ("VNet", "ResVNet")
 # Which network(s) segment: "a", "b" or "both" (softmax averaged). Model files without it: "both".
 INFERENCE: Dict[str, str] = {"mean-teacher": "b", "ua-mt": "b", "cps": "both"}
+MC_COPIES_PER_PASS = 4  # ua-mt: noisy copies of the unlabeled crops per teacher pass (bounds its memory)
 
 
 def network_kinds(method: str) -> Tuple[str, str]:
@@ -154,9 +155,7 @@ def _mean_teacher_step(trainer, images, labels, uncertainty: bool) -> Dict[str, 
             target = torch.softmax(trainer._forward(1, noisy(unlabeled, sigma, generator), project=False)[0].float(), 1)
             mask = None
             if uncertainty:
-                samples = torch.stack([
-                    torch.softmax(trainer._forward(1, noisy(unlabeled, sigma, generator), project=False)[0].float(), 1)
-                    for _ in range(config.mc_samples)])
+                samples = _mc_samples(trainer, unlabeled, config.mc_samples, sigma)
                 threshold = uncertainty_threshold(trainer.iteration, config.iterations, k)
                 mask = mc_uncertainty(samples) < threshold
                 stats["certain_fraction"] = mask.float().mean()
@@ -166,6 +165,18 @@ def _mean_teacher_step(trainer, images, labels, uncertainty: bool) -> Dict[str, 
     loss = sup + weight * consistency
     trainer._backward(loss)
     return {"loss": loss.detach(), "sup_a": sup.detach(), **{key: v.detach() for key, v in stats.items()}}
+
+
+def _mc_samples(trainer, unlabeled: torch.Tensor, count: int, sigma: float) -> torch.Tensor:
+    """The teacher's softmax on ``count`` noisy copies of the unlabeled crops, (count, B, K, *spatial); up to
+    MC_COPIES_PER_PASS copies go through the network at once (UA-MT's code: two)."""
+    samples = []
+    for start in range(0, count, MC_COPIES_PER_PASS):
+        copies = min(MC_COPIES_PER_PASS, count - start)
+        batch = noisy(unlabeled.repeat((copies,) + (1,) * (unlabeled.dim() - 1)), sigma, trainer.generator)
+        probs = torch.softmax(trainer._forward(1, batch, project=False)[0].float(), 1)
+        samples.append(probs.reshape((copies, unlabeled.shape[0]) + probs.shape[1:]))
+    return torch.cat(samples)
 
 
 def _cps_step(trainer, images, labels) -> Dict[str, torch.Tensor]:
