@@ -579,7 +579,8 @@ def bar_chart(table: Dict[str, dict], path: str) -> Optional[str]:
     ax.set_ylim(max(0.0, min(lows) - 15.0) if lows else 0.0, 105.0)
     ax.legend(fontsize=7, ncol=min(5, len(methods)), loc="upper center", bbox_to_anchor=(0.5, -0.14),
               frameon=False)
-    ax.set_title("SemiSupSeg accuracy (colin27 = one real subject, augmented)", fontsize=9)
+    ax.set_title("SemiSupSeg accuracy" + (" (colin27 = one real subject, augmented)" if "colin27" in table else ""),
+                 fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
