@@ -11,7 +11,7 @@ from typing import Any, Dict, List, Optional, Tuple
 from .errors import InputError
 
 
-METHODS = ("ours", "supervised", "reference")
+METHODS = ("ours", "supervised", "reference", "mean-teacher", "ua-mt", "cps")
 
 
 @dataclass
@@ -37,7 +37,8 @@ class TrainConfig:
     lr_step: int = 2500
     lr_gamma: float = 0.1
     # "ours": the paper's method with gradient through every term; "supervised": labeled crops only;
-    # "reference": what the released reference code trains (supervised + its labeled-data correction).
+    # "reference": what the released reference code trains (supervised + its labeled-data correction);
+    # the baselines "mean-teacher", "ua-mt", "cps" (objectives.py).
     method: str = "ours"
     # Semi-supervised terms (paper Eq. 2-7; defaults where the paper is silent: ../shared/REFERENCE.md)
     use_unsupervised: bool = True        # L_u
@@ -62,6 +63,13 @@ class TrainConfig:
     prototypes_from_labeled: bool = True
     unlabeled_views: bool = True         # each network sees its own intensity view of the unlabeled crops
     projection_channels: int = 16        # L_c on a projection head of this width; 0: on the decoder features
+    # The baselines (objectives.py); their weights ramp up over the share lambda_u_rampup of training.
+    consistency_weight: float = 0.1      # mean-teacher, ua-mt: weight of the softmax MSE (UA-MT's code)
+    ema_decay: float = 0.99              # the teacher's EMA decay while the weight ramps up...
+    ema_decay_after: float = 0.999       # ... and after
+    input_noise: float = 0.1             # std of the Gaussian noise on the unlabeled crops (clipped at ±2 std)
+    mc_samples: int = 8                  # ua-mt: Monte-Carlo dropout passes of the teacher
+    cps_weight: float = 1.5              # cps: weight λ of the cross pseudo supervision (CPS paper)
     # Running
     seed: int = 0
     device: str = "auto"
@@ -127,6 +135,12 @@ class TrainConfig:
             raise InputError("checkpoint_every must be at least 1 and checkpoint_minutes at least 0.")
         if not 0.0 <= self.reliable_fraction <= 1.0:
             raise InputError("reliable_fraction must lie between 0 and 1.")
+        if not (0.0 <= self.ema_decay < 1.0 and 0.0 <= self.ema_decay_after < 1.0):
+            raise InputError("ema_decay and ema_decay_after must lie in [0, 1), e.g. 0.99 and 0.999.")
+        if not (isinstance(self.mc_samples, int) and self.mc_samples >= 2):
+            raise InputError(f"mc_samples is {self.mc_samples!r}; use a whole number of at least 2, e.g. 8.")
+        if self.input_noise < 0 or self.consistency_weight < 0 or self.cps_weight < 0:
+            raise InputError("input_noise, consistency_weight and cps_weight must not be negative.")
 
 
 # Inference (sliding windows). Chosen by Testing/Benchmarks/bench_inference.py with a trained model: the

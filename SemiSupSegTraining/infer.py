@@ -1,5 +1,6 @@
 """Whole-volume segmentation with both networks: sliding windows (MONAI), Gaussian blending, softmax of the
-two networks averaged (as the paper tests), output on the input's exact grid.
+two networks averaged (as the paper tests; a model file's ``inference`` metadata can name one network
+instead, e.g. a Mean Teacher's teacher), output on the input's exact grid.
 
 Optional outputs: the probability that a voxel is not background, the uncertainty (entropy of the
 averaged softmax divided by log K, 0..1) and the disagreement of the two networks (total-variation
@@ -19,7 +20,7 @@ from .config import DEFAULT_OVERLAP, DEFAULT_WINDOW_BATCH, zyx
 from .data import Volume, normalize, read_image, write_image_atomic, write_label_image
 from .devices import autocast, autocast_dtype, memory_format, select_device
 from .errors import Cancelled, InputError, is_out_of_memory
-from .modelfile import classes_of, load_model
+from .modelfile import classes_of, inference_of, load_model
 from .networks import fold_batchnorm
 from .progress import Reporter
 from .runfolder import StopRequest
@@ -90,6 +91,7 @@ class Segmenter:
         self.net_a, self.net_b = (fold_batchnorm(n).to(memory_format=self.memory_format)
                                   for n in (self.net_a, self.net_b))
         self.classes = classes_of(self.meta)
+        self.inference = inference_of(self.meta)
         self.window = zyx(self.meta["patch_size"])
         self.overlap = overlap
         self.window_batch = window_batch
@@ -106,13 +108,16 @@ class Segmenter:
 
     def _predictor(self, windows: torch.Tensor) -> torch.Tensor:
         windows = windows.contiguous(memory_format=self.memory_format)
+        # The method decides which network(s) segment (a Mean Teacher's teacher is b); disagreement is a vs b.
+        needed = ("a", "b") if self.disagreement or self.inference == "both" else (self.inference,)
         with autocast(self.device, self.amp_dtype):
-            pa = torch.softmax(self.net_a(windows)[0].float(), 1)
-            pb = torch.softmax(self.net_b(windows)[0].float(), 1)
+            p = {name: torch.softmax(net(windows)[0].float(), 1)
+                 for name, net in (("a", self.net_a), ("b", self.net_b)) if name in needed}
+        probs = 0.5 * (p["a"] + p["b"]) if self.inference == "both" else p[self.inference]
         if not self.disagreement:
-            return 0.5 * (pa + pb)
-        disagreement = 0.5 * (pa - pb).abs().sum(1, keepdim=True)
-        return torch.cat([0.5 * (pa + pb), disagreement], 1)
+            return probs
+        disagreement = 0.5 * (p["a"] - p["b"]).abs().sum(1, keepdim=True)
+        return torch.cat([probs, disagreement], 1)
 
     def predict(self, image: np.ndarray, on_window_batch: Optional[Callable[[int, int], None]] = None
                 ) -> Tuple[np.ndarray, Optional[np.ndarray]]:

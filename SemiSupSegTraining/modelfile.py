@@ -15,10 +15,12 @@ import torch
 from . import __version__
 from .errors import InputError
 from .manifest import ClassInfo
+from .networks import NETWORK_KINDS
 
 MODEL_FORMAT = "semisupseg-model"
 MODEL_FORMAT_VERSION = 1
 PARTIAL_MARK = ".partial"  # temporary files are NAME.partialPID until renamed into place
+INFERENCE_CHOICES = ("a", "b", "both")  # which network(s) segment (metadata "inference")
 
 
 def save_atomic(payload: Dict[str, Any], path: str) -> str:
@@ -128,8 +130,11 @@ def _metadata_problem(meta: Dict[str, Any]) -> str:
     blocks = net.get("resnet_blocks") if isinstance(net, dict) else None
     if not isinstance(net, dict) or not _is_int(net.get("base_filters"), 1, 256) or not (
             isinstance(blocks, (list, tuple)) and len(blocks) == 4 and all(_is_int(b, 1, 64) for b in blocks)) \
-            or not _is_int(net.get("in_channels", 1), 1, 16):
+            or not _is_int(net.get("in_channels", 1), 1, 16) \
+            or any(net.get(slot, default) not in NETWORK_KINDS for slot, default in zip("ab", NETWORK_KINDS)):
         return "'networks' does not describe the two networks"
+    if meta.get("inference", "both") not in INFERENCE_CHOICES:
+        return "'inference' is not 'a', 'b' or 'both'"
     patch = meta["patch_size"]
     if not isinstance(patch, (list, tuple)) or len(patch) != 3 or not all(
             _is_int(p, 16, 4096) and p % 16 == 0 for p in patch):
@@ -152,8 +157,9 @@ def load_model(path: str, device: str = "cpu") -> Tuple[torch.nn.Module, torch.n
     data = load_trusted_data(path)
     meta = _check_metadata(data.get("metadata"), path)
     net = meta["networks"]
+    kinds = (net.get("a", NETWORK_KINDS[0]), net.get("b", NETWORK_KINDS[1]))
     net_a, net_b = build_networks(len(meta["classes"]), net["base_filters"], tuple(net["resnet_blocks"]),
-                                  dropout=0.0, in_channels=net.get("in_channels", 1))
+                                  dropout=0.0, in_channels=net.get("in_channels", 1), kinds=kinds)
     try:
         net_a.load_state_dict(data["weights_a"])
         net_b.load_state_dict(data["weights_b"])
@@ -161,6 +167,11 @@ def load_model(path: str, device: str = "cpu") -> Tuple[torch.nn.Module, torch.n
         raise InputError(f"The model file {path} has weights that do not fit its own network description; "
                          f"it is damaged, retrain it.") from None
     return net_a.to(device).eval(), net_b.to(device).eval(), meta
+
+
+def inference_of(meta: Dict[str, Any]) -> str:
+    """Which network(s) segment: "a", "b" or "both" (softmax averaged; model files without the key)."""
+    return meta.get("inference", "both")
 
 
 def classes_of(meta: Dict[str, Any]):

@@ -149,13 +149,20 @@ class ProjectionHead(nn.Sequential):
                          nn.Conv3d(in_channels, out_channels, 1))
 
 
+NETWORK_KINDS = ("VNet", "ResVNet")
+
+
 def build_networks(num_classes: int, base_filters: int = 16, resnet_blocks: Sequence[int] = (3, 4, 6, 3),
-                   dropout: float = 0.5, in_channels: int = 1) -> Tuple[nn.Module, nn.Module]:
-    """(Subnet A, Subnet B) as the paper pairs them."""
+                   dropout: float = 0.5, in_channels: int = 1,
+                   kinds: Sequence[str] = NETWORK_KINDS) -> Tuple[nn.Module, nn.Module]:
+    """(Subnet A, Subnet B): a V-Net and a ResNet-encoder V-Net as the paper pairs them, or the two networks
+    named by ``kinds`` ("VNet" or "ResVNet" each; the baselines train two V-Nets), built in that order."""
     if len(resnet_blocks) != 4:
         raise ValueError("resnet_blocks needs four stage lengths, e.g. (3, 4, 6, 3)")
-    return (VNet(in_channels, num_classes, base_filters, dropout=dropout),
-            ResVNet(in_channels, num_classes, base_filters, resnet_blocks, dropout=dropout))
+    if len(kinds) != 2 or any(kind not in NETWORK_KINDS for kind in kinds):
+        raise ValueError(f"kinds names two of {NETWORK_KINDS}, got {tuple(kinds)}")
+    return tuple(VNet(in_channels, num_classes, base_filters, dropout=dropout) if kind == "VNet" else
+                 ResVNet(in_channels, num_classes, base_filters, resnet_blocks, dropout=dropout) for kind in kinds)
 
 
 def _fold_pair(conv: nn.Module, norm: nn.Module) -> nn.Module:

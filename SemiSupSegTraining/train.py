@@ -14,7 +14,7 @@ from typing import Any, Callable, Dict, NamedTuple, Optional, Tuple
 import numpy as np
 import torch
 
-from . import distributed, losses
+from . import distributed, losses, objectives
 from .config import TrainConfig, preset_config, zyx
 from .data import PatchSampler, load_training_cases, normalization_for
 from .devices import autocast, autocast_dtype, memory_format, select_device
@@ -30,7 +30,8 @@ from .runfolder import (CHECKPOINT_FORMAT, CHECKPOINT_NAME, CONFIG_NAME, LOCK_NA
 from .views import intensity_view
 
 # Logged beside the losses, but not losses: progress events carry them under "stats".
-STAT_KEYS = ("reliable_fraction", "mdiff_voxels", "lambda_c", "lambda_u")
+STAT_KEYS = ("reliable_fraction", "mdiff_voxels", "lambda_c", "lambda_u", "certain_fraction", "consistency_weight",
+             "cps_weight")
 
 
 # ------------------------------------------------------------------------------------------- the step
@@ -172,9 +173,11 @@ class Trainer:
         self.generator.manual_seed(seed)
         self.memory_format = memory_format(device)
         self.net_a, self.net_b = (n.to(device, memory_format=self.memory_format) for n in build_networks(
-            num_classes, config.base_filters, config.resnet_blocks, config.dropout))
+            num_classes, config.base_filters, config.resnet_blocks, config.dropout,
+            kinds=objectives.network_kinds(config.method)))
         if self.dist.rank:
             torch.manual_seed(seed)
+        self.baseline = config.method in objectives.BASELINES  # its terms live in objectives.py
         # L_c's projection heads train with their network (one optimiser each) but are not in the model file.
         self.projectors: Optional[torch.nn.ModuleList] = None
         if config.method == "ours" and config.use_contrastive and config.projection_channels > 0:
@@ -182,15 +185,18 @@ class Trainer:
                 ProjectionHead(config.base_filters, config.projection_channels) for _ in range(2)
             ).to(device, memory_format=self.memory_format)
         heads = list(self.projectors) if self.projectors is not None else [torch.nn.Identity()] * 2
+        # One optimiser per trained network (a Mean Teacher's teacher has none: it follows by EMA).
         self.optimizers = [torch.optim.SGD(list(net.parameters()) + list(head.parameters()), lr=config.lr,
                                            momentum=config.momentum, weight_decay=config.weight_decay)
-                           for net, head in zip((self.net_a, self.net_b), heads)]
+                           for i, (net, head) in enumerate(zip((self.net_a, self.net_b), heads))
+                           if i in objectives.trained_networks(config.method)]
         # fp16 needs loss scaling; bf16 and fp32 do not.
         self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
         patch = zyx(config.patch_size)
         self.labeled = PatchSampler(labeled, patch, self.rng, config.foreground_fraction, config.augment)
         self.unlabeled = (PatchSampler(unlabeled, patch, self.rng, 0.0, config.augment)
-                          if unlabeled and config.batch_unlabeled > 0 and config.method == "ours" else None)
+                          if unlabeled and config.batch_unlabeled > 0
+                          and (config.method == "ours" or self.baseline) else None)
         self.iteration = 0
         self._replicate()
 
@@ -199,7 +205,9 @@ class Trainer:
         ``self.replicas`` (DDP-wrapped networks and projection heads; the bare modules in one process), state
         dicts come from the bare modules."""
         sync = self.config.sync_batchnorm
-        self.replicas = [self.dist.replicate(net, self.device, sync) for net in (self.net_a, self.net_b)]
+        trained = objectives.trained_networks(self.config.method)  # a teacher follows by EMA: not wrapped
+        self.replicas = [self.dist.replicate(net, self.device, sync) if i in trained else net
+                         for i, net in enumerate((self.net_a, self.net_b))]
         # Without unlabeled crops the heads' outputs are unused: DDP must not wait for their gradients then.
         self.head_replicas = None if self.projectors is None else [
             self.dist.replicate(head, self.device, sync, find_unused_parameters=self.unlabeled is None)
@@ -236,6 +244,11 @@ class Trainer:
         n = labels.shape[0]
         self.net_a.train()
         self.net_b.train()
+        if self.baseline:
+            terms = objectives.baseline_step(self, images, labels)
+            self._optimizer_step()
+            objectives.after_step(self)
+            return terms
         inputs = [images, images]
         if config.unlabeled_views and images.shape[0] > n:  # same labeled crops, own view of the unlabeled
             inputs = [torch.cat([images[:n], intensity_view(images[n:], self.generator)]) for _ in range(2)]
@@ -283,6 +296,11 @@ class Trainer:
                 stats = {}
             loss = sup_a + sup_b + sum(stats.values(), torch.zeros((), device=sup_a.device))
             self._backward(loss)
+        self._optimizer_step()
+        return {"loss": loss.detach(), "sup_a": sup_a.detach(), "sup_b": sup_b.detach(),
+                **{k: v.detach() for k, v in stats.items()}}
+
+    def _optimizer_step(self) -> None:
         if self.scaler is not None:
             for opt in self.optimizers:
                 self.scaler.step(opt)
@@ -291,8 +309,6 @@ class Trainer:
             for opt in self.optimizers:
                 opt.step()
         self.iteration += 1
-        return {"loss": loss.detach(), "sup_a": sup_a.detach(), "sup_b": sup_b.detach(),
-                **{k: v.detach() for k, v in stats.items()}}
 
     def _forward(self, index: int, images: torch.Tensor, project: bool = True) -> Tuple[torch.Tensor, torch.Tensor]:
         """(logits, features) of network ``index`` (0: A, 1: B); features through its projection head."""
@@ -336,7 +352,8 @@ class Trainer:
         state = {
             "iteration": self.iteration,
             "weights_a": self.net_a.state_dict(), "weights_b": self.net_b.state_dict(),
-            "optimizer_a": self.optimizers[0].state_dict(), "optimizer_b": self.optimizers[1].state_dict(),
+            "optimizer_a": self.optimizers[0].state_dict(),
+            "optimizer_b": self.optimizers[1].state_dict() if len(self.optimizers) > 1 else None,
             **self.random_state(),
         }
         if self.scaler is not None:
@@ -348,8 +365,8 @@ class Trainer:
     def load_state(self, state: Dict[str, Any]) -> None:
         self.net_a.load_state_dict(state["weights_a"])
         self.net_b.load_state_dict(state["weights_b"])
-        self.optimizers[0].load_state_dict(state["optimizer_a"])
-        self.optimizers[1].load_state_dict(state["optimizer_b"])
+        for opt, key in zip(self.optimizers, ("optimizer_a", "optimizer_b")):
+            opt.load_state_dict(state[key])
         self.load_random_state(state)
         if "scaler" in state and self.scaler is not None:
             self.scaler.load_state_dict(state["scaler"])
@@ -381,8 +398,9 @@ def model_metadata(config: TrainConfig, manifest: Manifest, labeled: list, unlab
         "preset": config.preset,
         "overrides": overrides,
         "config": config.to_dict(),
-        "networks": {"a": "VNet", "b": "ResVNet", "base_filters": config.base_filters,
-                     "resnet_blocks": list(config.resnet_blocks), "in_channels": 1},
+        "networks": dict(zip("ab", objectives.network_kinds(config.method)), base_filters=config.base_filters,
+                         resnet_blocks=list(config.resnet_blocks), in_channels=1),
+        "inference": objectives.inference_networks(config.method),
         "training": {"iterations": iteration, "labeled_cases": len(labeled), "unlabeled_cases": len(unlabeled),
                      "device": str(device), "processes": processes,
                      "finished_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")},

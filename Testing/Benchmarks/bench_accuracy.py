@@ -18,6 +18,9 @@ checkpoint; run the same command again to continue)::
     python Testing/Benchmarks/bench_accuracy.py --out benchmark-accuracy --jobs 2 --fractions 0.1
     python Testing/Benchmarks/bench_accuracy.py --out benchmark-accuracy --jobs 2 --datasets phantoms \
         --fractions 0.1 --seeds 0 --methods ours-v0.1,ours-same-input,ours-decoder-features
+    python Testing/Benchmarks/bench_accuracy.py --out benchmark-accuracy --jobs 2 --datasets headroom \
+        --fractions 0.1 --methods supervised,reference,mean-teacher,ua-mt,cps,ours,ours-no-u,ours-no-reg,ours-no-c \
+        --results Testing/Benchmarks/results
     python Testing/Benchmarks/bench_accuracy.py --quick          # a few minutes: is everything wired up?
     python Testing/Benchmarks/bench_accuracy.py --out benchmark-accuracy --report-only   # tables from results
 
@@ -29,6 +32,13 @@ Data (the split is fixed: data seed 0; the seeds change network initialisation a
   (``apt-get install -y mricron-data``), by random smooth deformation, bias field, gamma, anisotropic
   resampling to 1.5×1.5×2 mm and noise (``colin27_pseudo.py``); classes caudate, putamen, thalamus.
   Variety comes from augmentation only: this is not a multi-subject evaluation.
+* ``headroom``: the benchmark with headroom (``headroom_phantoms.py``): synthetic patients whose anatomy
+  (size ×2.1, 0-5 veins, a neighbouring blob of 55-70 % of the chamber's intensity pressed against it) and
+  acquisition (contrast, gamma, bias, a thick-slice axis, blur, log-uniform noise from 3 % to 45 %, ghost,
+  stripes, drop-out) vary widely; binary, 48³ voxels of 1 mm, 32³ crops, 300 iterations, 16 test cases.
+  Fixed before any semi-supervised run: supervised with all 20 cases labeled − supervised with 2 labeled
+  (seed 0) = 72.7 − 65.0 = +7.7 Dice points (the fourth data design tried; the first three left 0 ± 4).
+  ``headroom3``: the same patients with the neighbour as class 2 (multi-class).
 
 Each dataset has 20 training cases, of which the first 2 (10 %) or 4 (20 %) are labeled and the rest
 unlabeled, and 8 separate test cases. Methods:
@@ -38,7 +48,8 @@ unlabeled, and 8 separate test cases. Methods:
   its labeled-data correction; its unlabeled terms carry no gradient, so it uses no unlabeled data;
 * ``ours``: the paper's method with gradient through every term (``method="ours"``);
 * ``ours-no-reg``: ours without L_reg (``use_regularization=False``);
-* ``ours-no-c``: ours without L_c (``use_contrastive=False``);
+* ``ours-no-c``: ours without L_c (``use_contrastive=False``); ``ours-no-u``: without L_u;
+* the baselines ``mean-teacher``, ``ua-mt`` and ``cps`` (``SemiSupSegTraining/objectives.py``);
 * with every supervised run, supervised-only with all 20 training cases labeled (``--no-ceiling`` skips
   it): the ceiling that labels alone reach, so the table shows how much there is for unlabeled data to add;
 * not in the default list, each choice the paper leaves open switched back to version 0.1's: ``ours-same-input``
@@ -93,7 +104,7 @@ from SemiSupSegTraining.train import CHECKPOINT_NAME, MODEL_NAME, PREVIOUS_CHECK
 
 PRESET = "demo"
 # Iterations per training, per dataset: the full table in about 90 minutes on two idle cores.
-DEFAULT_ITERATIONS = "phantoms=600,colin27=600"
+DEFAULT_ITERATIONS = "phantoms=600,colin27=600,headroom=300,headroom3=300"
 LR_STEP_SHARE = 0.8               # lr ÷10 after this share of the iterations
 QUICK = {"datasets": "phantoms", "fractions": "0.1", "seeds": "0", "methods": "supervised,ours",
          "iterations": "20", "out": "benchmark-accuracy-quick"}
@@ -101,13 +112,24 @@ FULL = {"datasets": "phantoms,colin27", "fractions": "0.1,0.2", "seeds": "0,1,2"
         "methods": "supervised,reference,ours,ours-no-reg,ours-no-c", "iterations": DEFAULT_ITERATIONS,
         "out": "benchmark-accuracy"}
 TRAIN_CASES, TEST_CASES, DATA_SEED = 20, 8, 0
+# Test cases per dataset (the headroom benchmark's cases vary more, so it takes more of its cheap cases).
+DATASET_TEST_CASES = {"headroom": 16, "headroom3": 16}
+# Settings per dataset on top of the preset: the headroom benchmark's 48³ volumes take 32³ crops.
+DATASET_SETTINGS: Dict[str, Dict[str, object]] = {
+    "headroom": {"patch_size": (32, 32, 32)},
+    "headroom3": {"patch_size": (32, 32, 32)},
+}
 
 METHODS: Dict[str, Dict[str, object]] = {
     "supervised": {"method": "supervised"},
     "reference": {"method": "reference"},
+    "mean-teacher": {"method": "mean-teacher"},
+    "ua-mt": {"method": "ua-mt"},
+    "cps": {"method": "cps"},
     "ours": {"method": "ours"},
     "ours-no-reg": {"method": "ours", "use_regularization": False},
     "ours-no-c": {"method": "ours", "use_contrastive": False},
+    "ours-no-u": {"method": "ours", "use_unsupervised": False},
     # Where the paper is silent: each default choice switched back, one at a time (--methods picks them).
     "ours-same-input": {"method": "ours", "unlabeled_views": False},
     "ours-batch-filter": {"method": "ours", "reliability": "batch"},
@@ -119,9 +141,13 @@ METHODS: Dict[str, Dict[str, object]] = {
 METHOD_LABELS = {
     "supervised": "supervised only",
     "reference": "reference code's training",
+    "mean-teacher": "Mean Teacher",
+    "ua-mt": "UA-MT",
+    "cps": "cross pseudo supervision (CPS)",
     "ours": "ours (full)",
     "ours-no-reg": "ours without L_reg",
     "ours-no-c": "ours without L_c",
+    "ours-no-u": "ours without L_u",
     "ours-same-input": "ours, both networks on the same unlabeled input",
     "ours-batch-filter": "ours, one entropy percentile over the batch",
     "ours-constant-lambda-u": "ours, λu = 1 from the first iteration",
@@ -132,6 +158,9 @@ DATASET_LABELS = {
     "phantoms": "synthetic phantoms (left-atrium-like, binary, 1 mm)",
     "colin27": "Colin27 pseudo-subjects: ONE real subject (Colin27 T1 + AAL labels) augmented "
                "(deformation, bias, gamma, 1.5×1.5×2 mm, noise); caudate, putamen, thalamus",
+    "headroom": "synthetic patients whose anatomy and acquisition vary widely (headroom_phantoms.py): binary "
+                "chamber, a neighbour of its intensity as background, 48³ voxels of 1 mm",
+    "headroom3": "the headroom patients, multi-class: chamber and its neighbour as classes 1 and 2",
 }
 METRICS = (("dice", "Dice %", 100.0), ("jaccard", "Jaccard %", 100.0), ("hd95_mm", "HD95 mm", 1.0),
            ("asd_mm", "ASD mm", 1.0), ("hd95_vox", "HD95 vox", 1.0), ("asd_vox", "ASD vox", 1.0))
@@ -148,27 +177,37 @@ def labeled_count(fraction: float, train_cases: int = TRAIN_CASES) -> int:
     return max(1, int(round(fraction * train_cases)))
 
 
+def test_cases(name: str) -> int:
+    return DATASET_TEST_CASES.get(name, TEST_CASES)
+
+
 def prepare_dataset(name: str, out: str, fractions: List[float]) -> Dict[str, str]:
     """Writes the dataset once (reused when its description matches) and one training manifest per
     fraction (the first k training cases labeled); returns {fraction name or "test": manifest path}."""
     folder = os.path.join(out, "data", name)
     marker = os.path.join(folder, "dataset.json")
-    description = {"dataset": name, "train_cases": TRAIN_CASES, "test_cases": TEST_CASES, "data_seed": DATA_SEED}
+    description = {"dataset": name, "train_cases": TRAIN_CASES, "test_cases": test_cases(name),
+                   "data_seed": DATA_SEED}
     if os.path.exists(marker):
         with open(marker) as f:
             found = json.load(f)
         if found != description:
             raise InputError(f"{folder} holds another dataset ({found}); use another --out folder.")
     else:
-        say(f"Writing the {name} dataset ({TRAIN_CASES} training + {TEST_CASES} test cases) to {folder}.")
+        say(f"Writing the {name} dataset ({TRAIN_CASES} training + {test_cases(name)} test cases) to {folder}.")
         if name == "phantoms":
             write_phantom_dataset(folder, labeled=TRAIN_CASES, unlabeled=0, test=TEST_CASES, seed=DATA_SEED)
         elif name == "colin27":
             from colin27_pseudo import write_colin27_dataset
 
             write_colin27_dataset(folder, labeled=TRAIN_CASES, unlabeled=0, test=TEST_CASES, seed=DATA_SEED)
+        elif name in ("headroom", "headroom3"):
+            from headroom_phantoms import write_headroom_dataset
+
+            write_headroom_dataset(folder, labeled=TRAIN_CASES, unlabeled=0, test=test_cases(name), seed=DATA_SEED,
+                                   num_classes=3 if name == "headroom3" else 2)
         else:
-            raise InputError(f"Unknown dataset {name!r}; use phantoms or colin27.")
+            raise InputError(f"Unknown dataset {name!r}; use {', '.join(DATASET_LABELS)}.")
         with open(marker, "w") as f:
             json.dump(description, f, indent=2)
     manifests = {"test": os.path.join(folder, "test.json")}
@@ -190,8 +229,9 @@ def run_folder(out: str, dataset: str, fraction: float, method: str, seed: int) 
     return os.path.join(out, "runs", dataset, fraction_name(fraction), method, f"seed{seed}")
 
 
-def run_config(method: str, seed: int, iterations: int, device: str):
-    overrides = dict(METHODS[method])
+def run_config(method: str, seed: int, iterations: int, device: str, dataset: str = ""):
+    overrides = dict(DATASET_SETTINGS.get(dataset, {}))
+    overrides.update(METHODS[method])
     overrides.update({"iterations": iterations, "lr_step": max(1, round(iterations * LR_STEP_SHARE)),
                       "seed": seed, "device": device, "checkpoint_every": max(10, iterations // 3)})
     return preset_config(PRESET, overrides)
@@ -207,7 +247,7 @@ def run_one(out: str, dataset: str, fraction: float, method: str, seed: int, ite
     """Trains (or continues) one run, evaluates it on the test cases and writes its result.json."""
     folder = run_folder(out, dataset, fraction, method, seed)
     result_path = os.path.join(folder, "result.json")
-    config = run_config(method, seed, iterations, device)
+    config = run_config(method, seed, iterations, device, dataset)
     model_path = os.path.join(folder, MODEL_NAME)
     started = time.monotonic()
     resumed = False
@@ -370,6 +410,56 @@ def goal_check(table: Dict[str, dict]) -> List[dict]:
     return checks
 
 
+SUMMARY_METRICS = ("dice", "jaccard", "hd95_mm", "asd_mm")
+
+
+def benchmark_summary(dataset: str, results: List[dict], settings: dict, command: str) -> Dict[str, object]:
+    """One benchmark's summary for ``Testing/Benchmarks/results/``: per labeled fraction, the methods as keys
+    (supervised-only with every case labeled as "all-labeled"), each with Dice, Jaccard (%), HD95 and ASD (mm)
+    per seed and mean ± std over the seeds, and each method's Dice gain over supervised-only paired by seed."""
+    runs = [r for r in results if r["dataset"] == dataset]
+    fractions: Dict[str, Dict[str, dict]] = {}
+    for r in runs:
+        if r["fraction"] == 1.0:
+            continue
+        fractions.setdefault(fraction_name(r["fraction"]), {})
+    everything = [r for r in runs if r["fraction"] == 1.0 and r["method"] == "supervised"]
+    out: Dict[str, object] = {"benchmark": dataset, "description": DATASET_LABELS[dataset], "command": command,
+                              "settings": settings, "units": {"dice": "%", "jaccard": "%", "hd95_mm": "mm",
+                                                              "asd_mm": "mm"}, "fractions": {}}
+    for fraction in sorted(fractions, key=lambda x: int(x[:-3])):
+        groups: Dict[str, List[dict]] = {}
+        for r in runs:
+            if fraction_name(r["fraction"]) == fraction:
+                groups.setdefault(r["method"], []).append(r)
+        if everything:
+            groups["all-labeled"] = everything
+        methods = {}
+        for method in [m for m in METHODS if m in groups] + (["all-labeled"] if everything else []):
+            entry: Dict[str, object] = {"label": METHOD_LABELS.get(method, "supervised only, every training case "
+                                                                           "labeled"), "seeds": {}}
+            for r in sorted(groups[method], key=lambda r: r["seed"]):
+                entry["seeds"][str(r["seed"])] = {
+                    m: None if r["run"][m]["mean"] is None else
+                    round(r["run"][m]["mean"] * dict((k, sc) for k, _, sc in METRICS)[m], 3) for m in SUMMARY_METRICS}
+            for m in SUMMARY_METRICS:
+                mean, std = mean_std([v[m] for v in entry["seeds"].values()])
+                entry[m] = {"mean": None if mean is None else round(mean, 3),
+                            "std": None if std is None else round(std, 3)}
+            methods[method] = entry
+        if "supervised" in methods:
+            base = methods["supervised"]["seeds"]
+            for entry in methods.values():
+                paired = {s: entry["seeds"][s]["dice"] - base[s]["dice"] for s in entry["seeds"] if s in base}
+                mean, std = mean_std(list(paired.values()))
+                entry["dice_gain_over_supervised"] = {
+                    "by_seed": {s: round(v, 3) for s, v in paired.items()},
+                    "mean": None if mean is None else round(mean, 3), "std": None if std is None else round(std, 3)}
+        out["fractions"][fraction] = {"labeled": labeled_count(int(fraction[:-3]) / 100), "training_cases": TRAIN_CASES,
+                                      "test_cases": test_cases(dataset), "methods": methods}
+    return out
+
+
 def fmt(value, std=None, digits=1) -> str:
     if value is None:
         return "–"
@@ -390,7 +480,7 @@ def markdown(table: Dict[str, dict], checks: List[dict], settings: dict, command
              f"from the paper's 6000 iterations at 112×112×80: compare the methods with each other, not with "
              f"the paper's numbers.", "",
              f"Splits: {TRAIN_CASES} training cases, the first {labeled_count(0.1)} (10 %) or "
-             f"{labeled_count(0.2)} (20 %) labeled and the rest unlabeled; {TEST_CASES} separate test cases. "
+             f"{labeled_count(0.2)} (20 %) labeled and the rest unlabeled; separate test cases (8, 16 on headroom). "
              f"The split is fixed (data seed {DATA_SEED}); the seeds change network initialisation and crop "
              f"sampling only.", "",
              "Values: per test case the metric averaged over the foreground classes, per run averaged over the "
@@ -403,7 +493,7 @@ def markdown(table: Dict[str, dict], checks: List[dict], settings: dict, command
                       "only. This is not a multi-subject evaluation.**", ""]
         for fraction, methods in sorted(fractions.items(), key=lambda kv: int(kv[0][:-3])):
             lines += [f"### {fraction[:-3]} % labeled ({labeled_count(int(fraction[:-3]) / 100)} labeled, "
-                      f"{TRAIN_CASES - labeled_count(int(fraction[:-3]) / 100)} unlabeled, {TEST_CASES} test)", ""]
+                      f"{TRAIN_CASES - labeled_count(int(fraction[:-3]) / 100)} unlabeled, {test_cases(dataset)} test)", ""]
             header = "| method | " + " | ".join(label for _, label, _ in METRICS) + " | n/a | seeds | train s |"
             lines += [header, "|" + "---|" * (len(METRICS) + 4)]
             for method in METHODS:
@@ -489,7 +579,8 @@ def bar_chart(table: Dict[str, dict], path: str) -> Optional[str]:
     ax.set_ylim(max(0.0, min(lows) - 15.0) if lows else 0.0, 105.0)
     ax.legend(fontsize=7, ncol=min(5, len(methods)), loc="upper center", bbox_to_anchor=(0.5, -0.14),
               frameon=False)
-    ax.set_title("SemiSupSeg accuracy (colin27 = one real subject, augmented)", fontsize=9)
+    ax.set_title("SemiSupSeg accuracy" + (" (colin27 = one real subject, augmented)" if "colin27" in table else ""),
+                 fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -573,6 +664,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--quick", action="store_true",
                         help="phantoms, 10 %% labels, seed 0, supervised and ours, 20 iterations (minutes)")
     parser.add_argument("--report-only", action="store_true", help="write the tables from existing results")
+    parser.add_argument("--results", help="also write each dataset's summary as FOLDER/accuracy-DATASET.json "
+                                          "(the repository keeps them in Testing/Benchmarks/results)")
     parser.add_argument("--no-ceiling", dest="ceiling", action="store_false",
                         help="skip supervised-only with every training case labeled (the ceiling that labels "
                              "alone reach; trained by default alongside supervised)")
@@ -584,7 +677,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     command = "python Testing/Benchmarks/bench_accuracy.py " + " ".join(
         shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
     try:
-        datasets = parse_list(args.datasets, str, "datasets", ("phantoms", "colin27"))
+        datasets = parse_list(args.datasets, str, "datasets", tuple(DATASET_LABELS))
         fractions = parse_list(args.fractions, float, "fractions")
         seeds = parse_list(args.seeds, int, "seeds")
         methods = parse_list(args.methods, str, "methods", tuple(METHODS))
@@ -600,6 +693,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             runs += [(d, 1.0, "supervised", s) for d in datasets for s in seeds if 1.0 not in fractions]
         missing: List[str] = []
         todo = [r for r in runs if load_result(out, *r, iterations[r[0]]) is None]
+        todo.sort(key=lambda r: r[3])  # seed by seed: a stopped table holds whole seeds
         say(f"{len(runs)} runs selected, {len(runs) - len(todo)} already done, {len(todo)} to "
             f"{'report as missing' if args.report_only else 'train'} (iterations: "
             f"{', '.join(f'{d} {iterations[d]}' for d in datasets)}).")
@@ -623,7 +717,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     table = aggregate(results)
     checks = goal_check(table)
-    first = run_config(methods[0], seeds[0], iterations[datasets[0]], args.device)
+    first = run_config(methods[0], seeds[0], iterations[datasets[0]], args.device, datasets[0])
     settings = {
         "date": datetime.datetime.now().isoformat(timespec="minutes"),
         "machine": f"{cpu_name()}, {os.cpu_count()} cores", "torch": torch.__version__,
@@ -642,6 +736,14 @@ def main(argv: Optional[List[str]] = None) -> int:
         json.dump({"command": command, "settings": settings, "datasets": DATASET_LABELS,
                    "summary": table, "goal": checks, "missing": missing, "runs": results}, f, indent=1)
     chart = bar_chart(table, os.path.join(out, "accuracy_dice.png"))
+    if args.results:
+        os.makedirs(args.results, exist_ok=True)
+        for dataset in table:
+            path = os.path.join(args.results, f"accuracy-{dataset}.json")
+            with open(path + ".tmp", "w") as f:
+                json.dump(benchmark_summary(dataset, results, settings, command), f, indent=1)
+            os.replace(path + ".tmp", path)
+            say(f"Written: {path}")
     say("\n" + text)
     say(f"Written: {os.path.join(out, 'accuracy.md')}, {os.path.join(out, 'accuracy.json')}"
         + (f", {chart}" if chart else ""))
