@@ -214,3 +214,15 @@ def test_a_lost_peer_is_told_apart_from_a_bug():
     assert not is_peer_failure(RuntimeError("shape '[2, 3]' is invalid for input of size 5"))
     message = str(peer_failure(Context(1, 1, 2), died))
     assert message.startswith("Process 1 of 2: another process") and "pair.cc" not in message and "\n" not in message
+
+
+def test_a_mean_teacher_trains_on_two_processes(phantom_dataset, tmp_path):
+    """The baselines run under torchrun too: the student is DDP-wrapped, the EMA teacher (no optimiser, no
+    gradient) is not, and the model file says the teacher segments."""
+    folder = str(tmp_path / "mt")
+    proc = _launch(_train(phantom_dataset["train"], folder, iterations=4) + ["--set", "method=mean-teacher"])
+    out, err = _finish(proc)
+    assert proc.returncode == 0, err
+    meta = read_metadata(os.path.join(folder, runfolder.MODEL_NAME))
+    assert meta["inference"] == "b" and meta["training"]["processes"] == 2
+    assert [e["event"] for e in _events(out)].count("done") == 1
