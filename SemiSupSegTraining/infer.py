@@ -19,6 +19,7 @@ from .config import DEFAULT_OVERLAP, DEFAULT_WINDOW_BATCH, zyx
 from .data import Volume, normalize, read_image, write_image_atomic, write_label_image
 from .devices import autocast, autocast_dtype, memory_format, select_device
 from .errors import InputError, is_out_of_memory
+from .geometry import geometry_of_model, to_canonical, to_grid
 from .modelfile import classes_of, load_model
 from .networks import fold_batchnorm
 from .progress import Reporter
@@ -90,6 +91,9 @@ class Segmenter:
                                   for n in (self.net_a, self.net_b))
         self.classes = classes_of(self.meta)
         self.window = zyx(self.meta["patch_size"])
+        #: (orientation, target spacing or None) the networks were trained in; None for older model files,
+        #: which segment each scan on its own voxel grid.
+        self.geometry = geometry_of_model(self.meta)
         self.overlap = overlap
         self.window_batch = window_batch
         self.amp = amp
@@ -185,7 +189,9 @@ class Segmenter:
     def segment(self, volume: Volume, roi: Optional[Sequence[int]] = None, keep_largest: bool = False,
                 on_window_batch: Optional[Callable[[int, int], None]] = None,
                 release_input: bool = False) -> Segmentation:
-        """Segments a volume (raw intensities); ``roi`` = (i0, j0, k0, i1, j1, k1) voxel box, end exclusive.
+        """Segments a volume (raw intensities); ``roi`` = (i0, j0, k0, i1, j1, k1) voxel box of the input,
+        end exclusive. The result lies on the volume's own grid, whatever orientation and spacing the
+        networks work in.
 
         ``release_input=True`` drops ``volume.array`` (sets it to None) once it is normalised, so that the raw
         intensities do not stay in memory beside the whole-volume outputs; for callers that own the volume.
@@ -195,8 +201,15 @@ class Segmenter:
         image = self.normalize(volume.array[box])
         if release_input:
             volume.array = None
+        if self.geometry is not None:  # to the networks' orientation and spacing; there and back
+            grid = volume.geometry.crop(box)
+            image, canonical = to_canonical(image, grid, self.geometry[1])
         probs, disagreement = self.predict(image, on_window_batch)
         del image  # the normalised copy is not needed any more: free it before the label map
+        if self.geometry is not None:  # class probabilities onto the input's grid, then the argmax
+            probs = to_grid(probs, canonical, grid)
+            if disagreement is not None:
+                disagreement = to_grid(disagreement, canonical, grid)
         labels = argmax_labels(probs)
         if keep_largest:
             labels = keep_largest_components(labels)
