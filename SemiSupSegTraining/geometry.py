@@ -9,7 +9,7 @@ way back onto the input's exact grid.
   slices) with SimpleITK's ``DICOMOrient``: a permutation and flips of the index axes, exact, no
   interpolation. An oblique scan is reoriented to its *nearest* axis order the same way, and its residual
   rotation is kept, not resampled away: the networks see the scan as acquired (tilted by less than 45°)
-  and every voxel value stays untouched. MONAI's ``Orientationd`` and nnU-Net do the same.
+  and every voxel value stays untouched, as with MONAI's ``Orientationd``.
 * **Spacing.** A model trained with a target spacing sees every scan resampled to it: images with linear
   interpolation in float32 (MONAI's ``Spacingd`` default; the cubic B-spline nnU-Net uses would need a
   float64 coefficient volume, 8 bytes per voxel), labels with ITK's label-linear interpolator (one-hot

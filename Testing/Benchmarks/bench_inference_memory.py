@@ -21,11 +21,17 @@ Figures on a 2-core AMD EPYC (torch 2.13 CPU, window 64³, window batch 4, overl
 resting: 64³ 19 MiB, 128³ 178 MiB, 192³ 290 MiB, 256³ 404 MiB; fit 88 MiB + 21.5 B/voxel (before the
 issue-6 changes: 21, 193, 330, 583 MiB; fit 77 MiB + 32.8 B/voxel).
 
+With ``--target-spacing`` the model carries the geometry stage's metadata, so each volume (at
+``--spacing``) is resampled to the model's spacing, segmented there, and its class probabilities come back
+onto the input grid before the argmax: the bytes per input voxel then hold the resampled image and the
+class channels on both grids while they are mapped back (``geometry.to_grid``, one channel at a time).
+
 Run by hand (not in CI), e.g. on two CPU cores about 3 minutes::
 
     python Testing/Benchmarks/bench_inference_memory.py
     python Testing/Benchmarks/bench_inference_memory.py --sizes 64 128 --json memory.json
     python Testing/Benchmarks/bench_inference_memory.py --extras     # also probability and uncertainty maps
+    python Testing/Benchmarks/bench_inference_memory.py --spacing 0.7 0.7 1.0 --target-spacing 1 1 1
 """
 
 import argparse
