@@ -66,7 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="start from this model file's weights (retrain after correcting segmentations)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any setting, e.g. --set lr=0.005 --set patch_size=[96,96,64] "
-                        "--set use_contrastive=false (all settings: 'semisupseg info --preset NAME')")
+                        "--set use_contrastive=false --set target_spacing=native|auto|0.7,0.7,2.5 (all settings: "
+                        "'semisupseg info --preset NAME')")
     _stop_file_argument(p, "checked every iteration: a checkpoint is written")
     _progress_argument(p)
 

@@ -25,6 +25,9 @@ class TrainConfig:
     augment: bool = True                 # random flips and 90° rotations in the axial plane
     normalization: Optional[str] = None  # None: from the manifest's modality ("zscore" MRI, "window" CT)
     ct_window: Tuple[float, float] = (-120.0, 240.0)
+    # The spacing the networks see (every scan is also brought to one orientation, geometry.py): "auto" (the
+    # training set's, by nnU-Net's rule), "native" (each scan's own grid) or [x, y, z] in mm.
+    target_spacing: Any = "auto"
     # Networks
     base_filters: int = 16
     resnet_blocks: Tuple[int, int, int, int] = (3, 4, 6, 3)
@@ -141,6 +144,10 @@ class TrainConfig:
             raise InputError(f"mc_samples is {self.mc_samples!r}; use a whole number of at least 2, e.g. 8.")
         if self.input_noise < 0 or self.consistency_weight < 0 or self.cps_weight < 0:
             raise InputError("input_noise, consistency_weight and cps_weight must not be negative.")
+        from .geometry import parse_target_spacing
+
+        parsed = parse_target_spacing(self.target_spacing)  # "0.7,0.7,2" from --set becomes [0.7, 0.7, 2.0]
+        self.target_spacing = parsed if isinstance(parsed, str) else list(parsed)
 
 
 # Inference (sliding windows). Chosen by Testing/Benchmarks/bench_inference.py with a trained model: the

@@ -16,58 +16,10 @@ import numpy as np
 import SimpleITK as sitk
 
 from .errors import InputError
+from .geometry import Geometry, to_canonical
 from .manifest import CaseEntry, ClassInfo, Manifest
 
-GEOMETRY_TOLERANCE = 1e-3  # relative to the voxel spacing; ITK's own default coordinate tolerance is 1e-6
 MAX_FOREGROUND_SAMPLES = 200_000
-
-
-@dataclass(frozen=True)
-class Geometry:
-    """The voxel grid of an image: size and spacing in x, y, z; origin; direction (row-major 3×3)."""
-
-    size: Tuple[int, int, int]
-    spacing: Tuple[float, float, float]
-    origin: Tuple[float, float, float]
-    direction: Tuple[float, ...]
-
-    @classmethod
-    def of(cls, image: sitk.Image) -> "Geometry":
-        return cls(tuple(image.GetSize()), tuple(image.GetSpacing()), tuple(image.GetOrigin()),
-                   tuple(image.GetDirection()))
-
-    def apply(self, image: sitk.Image) -> sitk.Image:
-        """Gives ``image`` (already of this size) this grid."""
-        image.SetSpacing(self.spacing)
-        image.SetOrigin(self.origin)
-        image.SetDirection(self.direction)
-        return image
-
-    def to_image(self, array_zyx: np.ndarray) -> sitk.Image:
-        if tuple(array_zyx.shape[::-1][:3]) != tuple(self.size):
-            raise ValueError(f"array of shape {array_zyx.shape} does not fit a grid of size {self.size}")
-        return self.apply(sitk.GetImageFromArray(array_zyx))
-
-    def mismatch(self, other: "Geometry") -> Optional[str]:
-        """What differs from ``other`` beyond the tolerance, as words, or None."""
-        if tuple(self.size) != tuple(other.size):
-            return f"size {other.size} instead of {self.size}"
-        spacing = np.asarray(self.spacing)
-        if np.any(np.abs(spacing - np.asarray(other.spacing)) > GEOMETRY_TOLERANCE * spacing):
-            return f"spacing {_fmt(other.spacing)} instead of {_fmt(self.spacing)}"
-        if np.any(np.abs(np.asarray(self.origin) - np.asarray(other.origin)) > GEOMETRY_TOLERANCE * spacing.min() * 10):
-            return f"origin {_fmt(other.origin)} instead of {_fmt(self.origin)}"
-        if np.any(np.abs(np.asarray(self.direction) - np.asarray(other.direction)) > GEOMETRY_TOLERANCE):
-            return "another direction (orientation) matrix"
-        return None
-
-    def to_dict(self) -> dict:
-        return {"size": list(self.size), "spacing": list(self.spacing), "origin": list(self.origin),
-                "direction": list(self.direction)}
-
-
-def _fmt(values: Sequence[float]) -> str:
-    return "(" + ", ".join(f"{v:.4g}" for v in values) + ")"
 
 
 @dataclass
@@ -368,20 +320,33 @@ def normalize(array: np.ndarray, method: str, ct_window: Tuple[float, float] = (
 
 
 def load_case(entry: CaseEntry, classes: List[ClassInfo], normalization: str,
-              ct_window: Tuple[float, float] = (-120.0, 240.0), with_label: bool = True) -> Case:
+              ct_window: Tuple[float, float] = (-120.0, 240.0), with_label: bool = True,
+              canonical: bool = False, target_spacing: Optional[Sequence[float]] = None) -> Case:
+    """Reads, validates and normalises a case. ``canonical=True`` brings image and label through the
+    geometry stage (canonical orientation, and ``target_spacing`` when given); ``Case.geometry`` is then
+    the grid the arrays lie on, not the file's."""
     volume = read_image(entry.image)
     label = None
     if with_label and entry.label is not None:
         label = read_label(entry.label, classes, volume.geometry)
-    return Case(entry.id, normalize(volume.array, normalization, ct_window), label, volume.geometry,
-                entry.image, entry.label)
+    image, grid = normalize(volume.array, normalization, ct_window), volume.geometry
+    volume.array = None  # the raw intensities are not needed any more
+    if canonical:
+        image, new_grid = to_canonical(image, grid, target_spacing)
+        if label is not None:
+            label = to_canonical(label, grid, target_spacing, label=True)[0]
+        grid = new_grid
+    return Case(entry.id, image, label, grid, entry.image, entry.label)
 
 
-def load_training_cases(manifest: Manifest, normalization: str, ct_window: Tuple[float, float]
+def load_training_cases(manifest: Manifest, normalization: str, ct_window: Tuple[float, float],
+                        canonical: bool = False, target_spacing: Optional[Sequence[float]] = None
                         ) -> Tuple[List[Case], List[Case]]:
-    """Reads every case of the manifest (they stay in memory): (labeled, unlabeled)."""
-    labeled = [load_case(e, manifest.classes, normalization, ct_window) for e in manifest.labeled_cases]
-    unlabeled = [load_case(e, manifest.classes, normalization, ct_window, with_label=False)
+    """Reads every case of the manifest (they stay in memory, already resampled: a training step samples
+    crops and never resamples): (labeled, unlabeled). ``canonical``/``target_spacing``: see :func:`load_case`."""
+    stage = {"canonical": canonical, "target_spacing": target_spacing}
+    labeled = [load_case(e, manifest.classes, normalization, ct_window, **stage) for e in manifest.labeled_cases]
+    unlabeled = [load_case(e, manifest.classes, normalization, ct_window, with_label=False, **stage)
                  for e in manifest.unlabeled_cases]
     if not labeled:
         raise InputError(f"Manifest {manifest.path} has no labeled case; give at least one case a 'label'.")

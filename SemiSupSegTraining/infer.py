@@ -20,6 +20,7 @@ from .config import DEFAULT_OVERLAP, DEFAULT_WINDOW_BATCH, zyx
 from .data import Volume, normalize, read_image, write_image_atomic, write_label_image
 from .devices import autocast, autocast_dtype, memory_format, select_device
 from .errors import Cancelled, InputError, is_out_of_memory
+from .geometry import geometry_of_model, to_canonical, to_grid
 from .modelfile import classes_of, inference_of, load_model
 from .networks import fold_batchnorm
 from .progress import Reporter
@@ -93,6 +94,9 @@ class Segmenter:
         self.classes = classes_of(self.meta)
         self.inference = inference_of(self.meta)
         self.window = zyx(self.meta["patch_size"])
+        #: (orientation, target spacing or None) the networks were trained in; None for older model files,
+        #: which segment each scan on its own voxel grid.
+        self.geometry = geometry_of_model(self.meta)
         self.overlap = overlap
         self.window_batch = window_batch
         self.amp = amp
@@ -191,7 +195,9 @@ class Segmenter:
     def segment(self, volume: Volume, roi: Optional[Sequence[int]] = None, keep_largest: bool = False,
                 on_window_batch: Optional[Callable[[int, int], None]] = None,
                 release_input: bool = False) -> Segmentation:
-        """Segments a volume (raw intensities); ``roi`` = (i0, j0, k0, i1, j1, k1) voxel box, end exclusive.
+        """Segments a volume (raw intensities); ``roi`` = (i0, j0, k0, i1, j1, k1) voxel box of the input,
+        end exclusive. The result lies on the volume's own grid, whatever orientation and spacing the
+        networks work in.
 
         ``release_input=True`` drops ``volume.array`` (sets it to None) once it is normalised, so that the raw
         intensities do not stay in memory beside the whole-volume outputs; for callers that own the volume.
@@ -201,8 +207,15 @@ class Segmenter:
         image = self.normalize(volume.array[box])
         if release_input:
             volume.array = None
+        if self.geometry is not None:  # to the networks' orientation and spacing; there and back
+            grid = volume.geometry.crop(box)
+            image, canonical = to_canonical(image, grid, self.geometry[1])
         probs, disagreement = self.predict(image, on_window_batch)
         del image  # the normalised copy is not needed any more: free it before the label map
+        if self.geometry is not None:  # class probabilities onto the input's grid, then the argmax
+            probs = to_grid(probs, canonical, grid)
+            if disagreement is not None:
+                disagreement = to_grid(disagreement, canonical, grid)
         labels = argmax_labels(probs)
         if keep_largest:
             labels = keep_largest_components(labels)

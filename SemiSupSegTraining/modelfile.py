@@ -142,6 +142,18 @@ def _metadata_problem(meta: Dict[str, Any]) -> str:
     norm = meta["normalization"]
     if not isinstance(norm, dict) or norm.get("method") not in ("zscore", "window"):
         return "'normalization' is not 'zscore' or 'window'"
+    if "geometry" in meta:  # absent in older model files: they segment on each scan's native grid
+        from .geometry import CANONICAL_ORIENTATION, parse_target_spacing
+
+        geometry = meta["geometry"]
+        spacing = geometry.get("target_spacing") if isinstance(geometry, dict) else "missing"
+        try:
+            valid = spacing is None or not isinstance(parse_target_spacing(spacing), str)
+        except InputError:
+            valid = False
+        if not valid or geometry.get("orientation") != CANONICAL_ORIENTATION:
+            return (f"'geometry' is not the orientation {CANONICAL_ORIENTATION} with a target spacing of three "
+                    f"sizes in mm or none")
     return ""
 
 

@@ -8,12 +8,14 @@ aorta becomes class 2. All randomness comes from the seed.
 """
 
 import os
-from typing import List, Optional, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
+import SimpleITK as sitk
 from scipy import ndimage
 
 from .data import Geometry, write_image_atomic, write_label_image
+from .geometry import canonical_axes
 from .manifest import CaseEntry, ClassInfo, Manifest, write_manifest
 
 CLASS_NAMES = ["left atrium", "aorta"]
@@ -83,6 +85,80 @@ def make_phantom(seed: int, shape_zyx: Tuple[int, int, int] = (48, 64, 64), num_
     if num_classes >= 3:
         label[aorta] = 2
     return image, label
+
+
+def phantom_grid(spacing: Sequence[float] = (1.0, 1.0, 1.0), orientation: str = "LPS",
+                 extent_mm: Sequence[float] = (64.0, 64.0, 48.0), centre: Sequence[float] = (0.0, 0.0, 0.0),
+                 direction: Optional[Sequence[float]] = None) -> Geometry:
+    """A voxel grid covering the box ``extent_mm`` (x, y, z in LPS) around ``centre``: ``spacing`` is given
+    per physical axis (x, y, z), ``orientation`` is an ITK code ("LPS", "RAS", "PIR"...) or ``direction``
+    any direction matrix (an oblique one is sized by its nearest axes)."""
+    if direction is None:
+        direction = sitk.DICOMOrientImageFilter.GetDirectionCosinesFromOrientation(orientation)
+    axes = canonical_axes(direction)  # physical axis c lies along index axis axes[c][0]
+    size, index_spacing = [0] * 3, [0.0] * 3
+    for c, (i, _) in enumerate(axes):
+        index_spacing[i] = float(spacing[c])
+        size[i] = max(2, int(round(extent_mm[c] / spacing[c])))
+    matrix = np.asarray(direction, float).reshape(3, 3)
+    origin = np.asarray(centre, float) - matrix @ ((np.asarray(size) - 1) / 2.0 * np.asarray(index_spacing))
+    return Geometry(tuple(size), tuple(index_spacing), tuple(float(o) for o in origin),
+                    tuple(float(d) for d in direction))
+
+
+def _soft(signed_distance: np.ndarray, width: float = 0.6) -> np.ndarray:
+    """0..1 partial-volume weight of an edge (inside where the signed distance in mm is negative)."""
+    return 1.0 / (1.0 + np.exp(np.clip(signed_distance / width, -50, 50)))
+
+
+def physical_phantom(grid: Geometry, seed: int, extent_mm: Sequence[float] = (64.0, 64.0, 48.0),
+                     centre: Sequence[float] = (0.0, 0.0, 0.0), noise: float = 0.1
+                     ) -> Tuple[np.ndarray, np.ndarray]:
+    """One left-atrium-like phantom defined in physical space (mm), sampled on any ``grid``: (image float32,
+    label uint8 (z, y, x)). The same seed gives the same anatomy on every grid — other orientations,
+    spacings, oblique directions — so a segmentation on each grid can be scored against its own label.
+    The chamber, veins and distractors of :func:`make_phantom`, with soft (partial-volume) edges, a smooth
+    texture and bias field, and noise per voxel."""
+    rng = np.random.default_rng(seed)
+    half = np.asarray(extent_mm, float) / 2.0
+    p = grid.points().reshape(-1, 3) - np.asarray(centre, float)
+
+    body = ((p / (half * np.array([0.95, 0.95, 1.3]))) ** 2).sum(-1) < 1.0
+    waves = rng.normal(size=(6, 3)) * (2 * np.pi / 14.0)
+    phases = rng.uniform(0, 2 * np.pi, 6)
+    texture = np.cos(p @ waves.T + phases).sum(-1) / np.sqrt(3.0)
+    image = np.where(body, 0.35 + 0.06 * texture, 0.05)
+
+    chamber_centre = rng.uniform(-0.12, 0.12, 3) * 2 * half
+    radii = rng.uniform([9.0, 9.0, 7.0], [14.0, 14.0, 10.0])
+    rotation, _ = np.linalg.qr(rng.normal(size=(3, 3)))
+    local = (p - chamber_centre) @ rotation
+    atrium = (np.sqrt(((local / radii) ** 2).sum(-1)) - 1.0) * radii.min()  # signed distance, roughly
+    for _ in range(rng.integers(2, 5)):
+        direction = rng.normal(size=3)
+        direction[2] *= 0.5
+        direction /= np.linalg.norm(direction)
+        start = chamber_centre + direction * radii.min() * 0.6
+        end = chamber_centre + direction * (radii.max() + rng.uniform(6, 11))
+        atrium = np.minimum(atrium, _segment_distance(p, start, end) - rng.uniform(2.0, 3.0))
+    aorta_xy = chamber_centre[:2] + rng.choice([-1, 1], 2) * rng.uniform(15, 19, 2)
+    aorta = np.linalg.norm(p[:, :2] - aorta_xy, axis=-1) - rng.uniform(3.0, 4.0)
+    aorta = np.where(body & (atrium > 2.0), aorta, 10.0)
+    ventricle_centre = chamber_centre + np.array([rng.uniform(-6, 6), rng.uniform(-6, 6), -radii[2] - 6])
+    ventricle = (np.sqrt((((p - ventricle_centre) / np.array([9.0, 9.0, 5.0])) ** 2).sum(-1)) - 1.0) * 5.0
+    ventricle = np.where(body & (atrium > 2.0) & (aorta > 2.0), ventricle, 10.0)
+
+    for distance, level in ((ventricle, rng.uniform(0.7, 0.85)), (aorta, rng.uniform(0.85, 1.0)), (atrium, 1.0)):
+        weight = _soft(distance)
+        image = image * (1 - weight) + level * weight
+    a = rng.uniform(-0.25, 0.25, 6)
+    q = p / half
+    bias = np.exp(a[0] * q[:, 2] + a[1] * q[:, 1] + a[2] * q[:, 0] + a[3] * q[:, 0] * q[:, 1]
+                  + a[4] * q[:, 2] ** 2 + a[5] * q[:, 1] ** 2)
+    shape = tuple(grid.size[::-1])
+    image = (image * bias).reshape(shape)
+    image = image + np.random.default_rng(seed + 7919).normal(0, noise, shape)
+    return (image * 400.0 + 100.0).astype(np.float32), (atrium < 0).reshape(shape).astype(np.uint8)
 
 
 def phantom_classes(num_classes: int = 2) -> List[ClassInfo]:

@@ -14,7 +14,7 @@ from typing import Any, Callable, Dict, NamedTuple, Optional, Tuple
 import numpy as np
 import torch
 
-from . import distributed, losses, objectives
+from . import distributed, geometry, losses, objectives
 from .config import TrainConfig, preset_config, zyx
 from .data import PatchSampler, load_training_cases, normalization_for
 from .devices import autocast, autocast_dtype, memory_format, select_device
@@ -387,7 +387,7 @@ def model_metadata(config: TrainConfig, manifest: Manifest, labeled: list, unlab
                for i, c in enumerate(manifest.classes)]
     preset_defaults = preset_config(config.preset).to_dict() if config.preset else {}
     overrides = {k: v for k, v in config.to_dict().items() if preset_defaults.get(k) != v}
-    spacings = np.array([c.geometry.spacing for c in labeled + unlabeled])
+    spacings = np.array([c.geometry.spacing for c in labeled + unlabeled])  # the grids the networks saw
     return {
         "classes": classes,
         "modality": manifest.modality,
@@ -395,6 +395,7 @@ def model_metadata(config: TrainConfig, manifest: Manifest, labeled: list, unlab
                           "ct_window": list(config.ct_window)},
         "patch_size": list(config.patch_size),
         "spacing": [float(s) for s in np.median(spacings, axis=0)],
+        "geometry": geometry.training_spacing(config.target_spacing, _image_paths(manifest))[1],
         "preset": config.preset,
         "overrides": overrides,
         "config": config.to_dict(),
@@ -405,6 +406,11 @@ def model_metadata(config: TrainConfig, manifest: Manifest, labeled: list, unlab
                      "device": str(device), "processes": processes,
                      "finished_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")},
     }
+
+
+def _image_paths(manifest: Manifest) -> list:
+    """The images training reads (their headers decide the target spacing)."""
+    return [e.image for e in manifest.labeled_cases + manifest.unlabeled_cases]
 
 
 def train(manifest_path: Optional[str], output_dir: str, config: Optional[TrainConfig] = None,
@@ -491,8 +497,10 @@ def _train_from(start: Dict[str, Any], output_dir: str, group: "distributed.Cont
                 stop: StopRequest, log_every: int) -> str:
     config, manifest, checkpoint = start["config"], start["manifest"], start["checkpoint"]
     device = select_device(distributed.training_device(config.device))
+    spacing = geometry.training_spacing(config.target_spacing, _image_paths(manifest))[0]
     labeled, unlabeled = load_training_cases(
-        manifest, normalization_for(manifest.modality, config.normalization), config.ct_window)
+        manifest, normalization_for(manifest.modality, config.normalization), config.ct_window,
+        canonical=True, target_spacing=spacing)
     trainer = Trainer(config, len(manifest.classes), labeled, unlabeled, device)
     note = start["note"]
     if group.enabled:

@@ -21,11 +21,17 @@ Figures on a 2-core AMD EPYC (torch 2.13 CPU, window 64³, window batch 4, overl
 resting: 64³ 19 MiB, 128³ 178 MiB, 192³ 290 MiB, 256³ 404 MiB; fit 88 MiB + 21.5 B/voxel (before the
 issue-6 changes: 21, 193, 330, 583 MiB; fit 77 MiB + 32.8 B/voxel).
 
+With ``--target-spacing`` the model carries the geometry stage's metadata, so each volume (at
+``--spacing``) is resampled to the model's spacing, segmented there, and its class probabilities come back
+onto the input grid before the argmax: the bytes per input voxel then hold the resampled image and the
+class channels on both grids while they are mapped back (``geometry.to_grid``, one channel at a time).
+
 Run by hand (not in CI), e.g. on two CPU cores about 3 minutes::
 
     python Testing/Benchmarks/bench_inference_memory.py
     python Testing/Benchmarks/bench_inference_memory.py --sizes 64 128 --json memory.json
     python Testing/Benchmarks/bench_inference_memory.py --extras     # also probability and uncertainty maps
+    python Testing/Benchmarks/bench_inference_memory.py --spacing 0.7 0.7 1.0 --target-spacing 1 1 1
 """
 
 import argparse
@@ -70,6 +76,8 @@ def child_model(task: Dict[str, Any]) -> Dict[str, Any]:
             "networks": {"a": "VNet", "b": "ResVNet", "base_filters": task["base_filters"],
                          "resnet_blocks": [1, 1, 1, 1], "in_channels": 1},
             "training": {"iterations": 0}}
+    if task.get("target_spacing"):  # a model of the geometry stage: every scan is resampled to this spacing
+        meta["geometry"] = {"orientation": "LPS", "target_spacing": list(task["target_spacing"])}
     save_model(task["model"], net_a.state_dict(), net_b.state_dict(), meta)
     return {}
 
@@ -79,12 +87,15 @@ def child_image(task: Dict[str, Any]) -> Dict[str, Any]:
     import numpy as np
     import SimpleITK as sitk
 
-    n = int(task["size"])
+    nx, ny, nz = task["size"]
     rng = np.random.default_rng(0)
-    image = rng.normal(100.0, 20.0, (n, n, n)).astype(np.float32)
-    z, y, x = np.ogrid[:n, :n, :n]
-    image[(z - n / 2) ** 2 + (y - n / 2) ** 2 + (x - n / 2) ** 2 < (n / 4) ** 2] += 300.0
-    sitk.WriteImage(sitk.GetImageFromArray(image), task["image"])
+    image = rng.normal(100.0, 20.0, (nz, ny, nx)).astype(np.float32)
+    z, y, x = np.ogrid[:nz, :ny, :nx]
+    n = min(nx, ny, nz)
+    image[(z - nz / 2) ** 2 + (y - ny / 2) ** 2 + (x - nx / 2) ** 2 < (n / 4) ** 2] += 300.0
+    image = sitk.GetImageFromArray(image)
+    image.SetSpacing(task["spacing"])
+    sitk.WriteImage(image, task["image"])
     return {}
 
 
@@ -127,8 +138,14 @@ def _fit(xs: List[float], ys: List[float]):
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[64, 128, 192, 256],
-                        help="edge lengths of the cubic volumes (voxels)")
+    parser.add_argument("--sizes", nargs="+", default=["64", "128", "192", "256"],
+                        help="volumes: an edge length (a cube) or X,Y,Z voxels, e.g. 512,512,400")
+    parser.add_argument("--spacing", type=float, nargs=3, default=[1.0, 1.0, 1.0], metavar=("X", "Y", "Z"),
+                        help="the volumes' spacing in mm (default 1 1 1)")
+    parser.add_argument("--target-spacing", type=float, nargs=3, metavar=("X", "Y", "Z"),
+                        help="give the model this target spacing: each volume is resampled there and its "
+                             "class probabilities back (the geometry stage); default: an older model file "
+                             "that segments on the native grid")
     parser.add_argument("--window", type=int, nargs=3, default=[64, 64, 64], help="the model's window (x y z)")
     parser.add_argument("--base-filters", type=int, default=4, help="the networks' base filters (small model)")
     parser.add_argument("--window-batch", type=int, default=4)
@@ -146,24 +163,28 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-memory-") as work:
         model = os.path.join(work, "model.pt")
         benchlib.run_child(SCRIPT, {"kind": "model", "model": model, "window": args.window,
-                                    "base_filters": args.base_filters}, work)
-        for size in args.sizes:
-            image = os.path.join(work, f"image{size}.nii")
-            benchlib.run_child(SCRIPT, {"kind": "image", "size": size, "image": image}, work)
+                                    "base_filters": args.base_filters, "target_spacing": args.target_spacing}, work)
+        for text in args.sizes:
+            shape = [int(v) for v in text.split(",")] if "," in text else [int(text)] * 3
+            size = "×".join(map(str, shape)) if len(set(shape)) > 1 else f"{shape[0]}³"
+            image = os.path.join(work, f"image{text.replace(',', 'x')}.nii")
+            benchlib.run_child(SCRIPT, {"kind": "image", "size": shape, "spacing": args.spacing, "image": image},
+                               work)
             result = benchlib.run_child(SCRIPT, {
-                "kind": "segment", "model": model, "image": image, "output": os.path.join(work, f"seg{size}"),
+                "kind": "segment", "model": model, "image": image,
+                "output": os.path.join(work, f"seg{text.replace(',', 'x')}"),
                 "window": args.window, "window_batch": args.window_batch, "overlap": args.overlap,
                 "extras": args.extras}, work)
             os.remove(image)
-            voxels = size ** 3
+            voxels = shape[0] * shape[1] * shape[2]
             grown = result["peak_mib"] - result["rest_mib"]
             result.update(size=size, voxels=voxels, grown_mib=round(grown, 1),
                           bytes_per_voxel=round(grown * MIB / voxels, 1))
             results.append(result)
-            rows.append([f"{size}³", f"{voxels / 1e6:.2f}", benchlib.fmt(result["rest_mib"], 0),
+            rows.append([size, f"{voxels / 1e6:.2f}", benchlib.fmt(result["rest_mib"], 0),
                          benchlib.fmt(result["peak_mib"], 0), benchlib.fmt(grown, 0),
                          benchlib.fmt(result["bytes_per_voxel"], 1), benchlib.fmt(result["seconds"], 1)])
-            print(f"{size}³: peak {result['peak_mib']:.0f} MiB (resting {result['rest_mib']:.0f} MiB), "
+            print(f"{size}: peak {result['peak_mib']:.0f} MiB (resting {result['rest_mib']:.0f} MiB), "
                   f"{result['seconds']:.1f} s", flush=True)
     intercept, slope = _fit([r["voxels"] for r in results], [r["grown_mib"] * MIB for r in results])
     classes = 2
@@ -174,14 +195,17 @@ def main(argv=None) -> int:
     report = {
         "command": benchlib.command_line(), "machine": machine,
         "settings": {"window": args.window, "base_filters": args.base_filters, "window_batch": args.window_batch,
-                     "overlap": args.overlap, "extras": args.extras},
+                     "overlap": args.overlap, "extras": args.extras, "spacing": args.spacing,
+                     "target_spacing": args.target_spacing},
         "results": results,
         "fit": {"slope_bytes_per_voxel": round(slope, 1), "intercept_mib": round(intercept / MIB, 1)},
         "floor_bytes_per_voxel": floor,
     }
     print()
     print(f"{machine['cpu']} ({machine['cpu_count']} logical CPUs), window {tuple(args.window)}, window batch "
-          f"{args.window_batch}, overlap {args.overlap}{', with probability and uncertainty maps' if args.extras else ''}")
+          f"{args.window_batch}, overlap {args.overlap}{', with probability and uncertainty maps' if args.extras else ''}, "
+          f"spacing {tuple(args.spacing)}, "
+          + (f"resampled to {tuple(args.target_spacing)} and back" if args.target_spacing else "native grid"))
     print(benchlib.markdown_table(["volume", "Mvoxels", "resting MiB", "peak MiB", "grown MiB", "B/voxel", "s"],
                                   rows))
     print(f"\nfit: peak - resting = {intercept / MIB:.0f} MiB + {slope:.1f} B/voxel × voxels; the whole-volume "
