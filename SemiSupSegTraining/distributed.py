@@ -13,13 +13,15 @@ import contextlib
 import datetime
 import os
 import re
+import socket
+import time
 import warnings
-from typing import Any, Callable, List, Optional
+from typing import Any, Callable, List, Optional, Tuple
 
 import torch
 import torch.distributed as dist
 
-from .errors import DistributedError
+from .errors import Cancelled, DistributedError
 
 #: Seconds a process waits for the others in one collective before it gives up with one sentence (a dead
 #: or stuck process must not hang the job); ``SEMISUPSEG_DIST_TIMEOUT_S`` changes it.
@@ -190,12 +192,38 @@ def session():
         raise DistributedError(f"Cannot start the distributed training ({_reason(e)}); check that every "
                                f"process was started with the same torchrun rendezvous settings.") from None
     _current = Context(dist.get_rank(), int(os.environ.get("LOCAL_RANK", "0")), dist.get_world_size(), group)
+    main_process = _current.broadcast((socket.gethostname(), os.getpid()))
+    cancelled = False
     try:
         yield _current
+    except Cancelled:
+        cancelled = True
+        raise
     finally:
+        rank = _current.rank
         _current = Context()
         with contextlib.suppress(Exception):
             dist.destroy_process_group()
+        if cancelled and rank:
+            _outlive(main_process)
+
+
+def _outlive(main_process: Tuple[str, int], timeout_s: float = 60.0) -> None:
+    """After a cancel, the other processes of rank 0's machine end after rank 0: torchrun terminates the
+    workers that are still running once one has ended with a non-zero code (3), and rank 0, the last to
+    finish (it writes the checkpoint and the events), would then end by SIGTERM instead of with code 3."""
+    host, pid = main_process
+    if host != socket.gethostname():
+        return
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        except OSError:
+            return
+        time.sleep(0.05)
 
 
 def is_peer_failure(error: BaseException) -> bool:
