@@ -135,15 +135,16 @@ def _add_suggest_parser(commands) -> None:
     p.add_argument("--manifest", required=True, help="the manifest whose unlabeled cases are ranked")
     p.add_argument("--json", action="store_true", help="print the ranking as JSON instead of a table")
     p.add_argument("--output", metavar="FILE", help="also write the ranking as JSON to FILE")
-    p.add_argument("--stop-file", metavar="PATH",
-                   help="stop (exit code 3) as soon as this file exists: how the Slicer module cancels")
+    _stop_file_argument(p, "checked between window batches: nothing is written")
     _device_argument(p)
     _progress_argument(p)
 
 
 def _suggest(args) -> None:
-    from .suggest import format_ranking, ranking_json, suggest_cases
+    from .suggest import check_output_path, format_ranking, ranking_json, suggest_cases
 
+    if args.output:
+        check_output_path(args.output)  # before minutes of scoring, not after
     scores = suggest_cases(args.model, args.manifest, device=args.device, reporter=Reporter(args.progress),
                            stop_file=args.stop_file)
     text = ranking_json(scores, args.model, args.manifest, args.output)

@@ -32,7 +32,7 @@ from .errors import Cancelled, InputError
 from .infer import Segmenter
 from .manifest import load_manifest
 from .progress import Reporter
-from .runfolder import StopRequest
+from .runfolder import StopRequest, write_text_atomic
 
 _EPS = 1e-6  # keeps an empty prediction's ratios finite
 
@@ -131,8 +131,21 @@ def ranking_json(scores: List[CaseScore], model_path: str, manifest_path: str, p
     text = json.dumps({"model": model_path, "manifest": manifest_path, "ranking": [s.to_dict() for s in scores]},
                       indent=2)
     if path:
-        tmp = path + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text + "\n")
-        os.replace(tmp, path)
+        try:
+            write_text_atomic(path, text + "\n")
+        except OSError as e:
+            raise InputError(f"Cannot write the ranking to {path} ({e.strerror or e}); choose a file in a folder "
+                             f"you can write to.") from None
     return text
+
+
+def check_output_path(path: str) -> None:
+    """Before any case is scored: the folder of ``path`` exists (it is created) and takes files."""
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as e:
+        raise InputError(f"Cannot create the folder {folder} for the ranking {path} ({e.strerror or e}); choose "
+                         f"another --output.") from None
+    if not os.access(folder, os.W_OK):
+        raise InputError(f"Cannot write into the folder {folder} for the ranking {path}; choose another --output.")

@@ -105,3 +105,14 @@ def test_suggest_stops_at_the_stop_file_and_refuses_a_manifest_without_unlabeled
                                   str(tmp_path / "labeled.json"))
     assert main(["suggest", "--model", spheres["model"], "--manifest", labeled_only, "--progress", "none"]) == 2
     assert "has no unlabeled cases" in capsys.readouterr().err
+
+
+def test_suggest_refuses_an_output_it_cannot_write_before_scoring(spheres, capsys, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    output = str(blocker / "ranking.json")  # its folder would have to be a file
+    assert main(["suggest", "--model", spheres["model"], "--manifest", spheres["manifest"], "--device", "cpu",
+                 "--output", output, "--progress", "json"]) == 2
+    captured = capsys.readouterr()
+    assert not any(json.loads(line)["event"] == "progress" for line in captured.out.splitlines())
+    assert "choose another --output" in captured.err and "Traceback" not in captured.err
