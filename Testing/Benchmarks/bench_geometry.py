@@ -143,7 +143,7 @@ def child_cost(task: Dict[str, Any]) -> Dict[str, Any]:
     rng = np.random.default_rng(0)
     image = rng.normal(0.0, 1.0, size[::-1]).astype(np.float32)
     rest = benchlib.rss_now_mib()
-    _reset_peak()
+    benchlib.reset_peak_memory()
     start = time.perf_counter()
     canonical, canonical_grid = geometry.to_canonical(image, grid, task["target"])
     there = time.perf_counter() - start
@@ -160,15 +160,6 @@ def child_cost(task: Dict[str, Any]) -> Dict[str, Any]:
             "to_canonical_s": round(there, 2), "back_s": round(back_s, 2), "back_shape": list(back.shape),
             "rest_mib": round(rest, 1), "before_back_mib": round(before_back, 1), "peak_mib": peak,
             "peak_bytes_per_input_voxel": round((peak - rest) * MIB / voxels, 1)}
-
-
-def _reset_peak() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
 
 
 # ----------------------------------------------------------------------------------------------- parent

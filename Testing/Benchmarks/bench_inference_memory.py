@@ -50,16 +50,6 @@ MIB = benchlib.MIB
 
 # ---------------------------------------------------------------------------------------------- child
 
-def _reset_peak() -> bool:
-    """Resets the kernel's high-water mark of this process's RSS to its current RSS (Linux >= 4.0)."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
 def child_model(task: Dict[str, Any]) -> Dict[str, Any]:
     """Writes a small model file with random weights (2 classes)."""
     import torch
@@ -111,7 +101,7 @@ def child_segment(task: Dict[str, Any]) -> Dict[str, Any]:
     warm.predict(np.zeros(tuple(task["window"])[::-1], np.float32))
     del warm
     rest = benchlib.rss_now_mib()
-    reset = _reset_peak()
+    reset = benchlib.reset_peak_memory()
     extras = task.get("extras")
     out = task["output"]
     start = time.perf_counter()

@@ -181,7 +181,7 @@ def test_one_step_of_two_processes_equals_one_step_of_the_global_batch(tmp_path)
     assert alone.returncode == 0, alone.stderr
     pair = subprocess.run(TORCHRUN + [script, two] + runs, env=_env(), capture_output=True, text=True)
     assert pair.returncode == 0, pair.stderr
-    a, b = torch.load(one), torch.load(two)
+    a, b = torch.load(one, weights_only=True), torch.load(two, weights_only=True)
     for run, tolerance in (("supervised", 1e-6), ("supervised@64", 1e-10), ("ours", 1e-4), ("ours@64", 1e-10)):
         before, after_one, after_two = a[run]["before"], a[run]["after"], b[run]["after"]
         assert all(torch.equal(before[k], b[run]["before"][k]) for k in before)  # the same start
