@@ -382,7 +382,9 @@ class Trainer:
 # ------------------------------------------------------------------------------------------ public API
 
 def model_metadata(config: TrainConfig, manifest: Manifest, labeled: list, unlabeled: list, iteration: int,
-                   device: torch.device, processes: int = 1) -> Dict[str, Any]:
+                   device: torch.device, geometry_meta: Dict[str, Any], processes: int = 1) -> Dict[str, Any]:
+    """``geometry_meta``: the geometry stage's record of the grid the cases were loaded on (from
+    :func:`geometry.training_spacing` at the start, not read again from headers that may have changed)."""
     classes = [dict(c.to_dict(), color=class_color(manifest.classes, i) if i else [0.0, 0.0, 0.0])
                for i, c in enumerate(manifest.classes)]
     preset_defaults = preset_config(config.preset).to_dict() if config.preset else {}
@@ -395,7 +397,7 @@ def model_metadata(config: TrainConfig, manifest: Manifest, labeled: list, unlab
                           "ct_window": list(config.ct_window)},
         "patch_size": list(config.patch_size),
         "spacing": [float(s) for s in np.median(spacings, axis=0)],
-        "geometry": geometry.training_spacing(config.target_spacing, _image_paths(manifest))[1],
+        "geometry": geometry_meta,
         "preset": config.preset,
         "overrides": overrides,
         "config": config.to_dict(),
@@ -497,7 +499,7 @@ def _train_from(start: Dict[str, Any], output_dir: str, group: "distributed.Cont
                 stop: StopRequest, log_every: int) -> str:
     config, manifest, checkpoint = start["config"], start["manifest"], start["checkpoint"]
     device = select_device(distributed.training_device(config.device))
-    spacing = geometry.training_spacing(config.target_spacing, _image_paths(manifest))[0]
+    spacing, geometry_meta = geometry.training_spacing(config.target_spacing, _image_paths(manifest))
     labeled, unlabeled = load_training_cases(
         manifest, normalization_for(manifest.modality, config.normalization), config.ct_window,
         canonical=True, target_spacing=spacing)
@@ -524,7 +526,7 @@ def _train_from(start: Dict[str, Any], output_dir: str, group: "distributed.Cont
             if os.path.exists(log_path):
                 os.remove(log_path)
             write_run_record(output_dir, config, manifest, init_model)
-    return _run(trainer, manifest, labeled, unlabeled, output_dir, reporter, stop, log_every, note)
+    return _run(trainer, manifest, labeled, unlabeled, geometry_meta, output_dir, reporter, stop, log_every, note)
 
 
 def _load_rank_random_state(trainer: "Trainer", checkpoint: Dict[str, Any]) -> str:
@@ -560,19 +562,20 @@ def _init_from_model(trainer: Trainer, path: str, manifest: Manifest) -> None:
                          f"preset it was trained with ({meta.get('preset')}).") from None
 
 
-def _run(trainer: Trainer, manifest: Manifest, labeled: list, unlabeled: list, output_dir: str,
-         reporter: Reporter, stop: StopRequest, log_every: int, note: str = "") -> str:
+def _run(trainer: Trainer, manifest: Manifest, labeled: list, unlabeled: list, geometry_meta: Dict[str, Any],
+         output_dir: str, reporter: Reporter, stop: StopRequest, log_every: int, note: str = "") -> str:
     group = trainer.dist
     try:
-        return _loop(trainer, manifest, labeled, unlabeled, output_dir, reporter, stop, log_every, note)
+        return _loop(trainer, manifest, labeled, unlabeled, geometry_meta, output_dir, reporter, stop, log_every,
+                     note)
     except Exception as e:
         if group.enabled and distributed.is_peer_failure(e):
             raise distributed.peer_failure(group, e) from None
         raise
 
 
-def _loop(trainer: Trainer, manifest: Manifest, labeled: list, unlabeled: list, output_dir: str,
-          reporter: Reporter, stop: StopRequest, log_every: int, note: str) -> str:
+def _loop(trainer: Trainer, manifest: Manifest, labeled: list, unlabeled: list, geometry_meta: Dict[str, Any],
+          output_dir: str, reporter: Reporter, stop: StopRequest, log_every: int, note: str) -> str:
     config, group = trainer.config, trainer.dist
     first = trainer.iteration
     log_path = os.path.join(output_dir, LOG_NAME)
@@ -645,7 +648,7 @@ def _loop(trainer: Trainer, manifest: Manifest, labeled: list, unlabeled: list, 
         with disk_errors(output_dir, "the model file"):
             save_model(model_path, trainer.net_a.state_dict(), trainer.net_b.state_dict(),
                        model_metadata(config, manifest, labeled, unlabeled, trainer.iteration, trainer.device,
-                                      group.world_size))
+                                      geometry_meta, group.world_size))
     checkpoint()
     reporter.emit("done", "train", iteration=trainer.iteration, total=config.iterations, model=model_path,
                   message=f"Model file written: {model_path}")
