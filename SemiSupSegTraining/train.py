@@ -555,6 +555,14 @@ def _init_from_model(trainer: Trainer, path: str, manifest: Manifest) -> None:
     if [c["value"] for c in meta.get("classes", [])] != manifest.class_values:
         raise InputError(f"The model file {path} was trained for other classes than the manifest's; retrain "
                          f"from scratch or use a manifest with the model's classes.")
+    networks = meta.get("networks") or {}
+    kinds = (networks.get("a", objectives.PAPER_NETWORKS[0]), networks.get("b", objectives.PAPER_NETWORKS[1]))
+    wanted = objectives.network_kinds(trainer.config.method)
+    if kinds != wanted:
+        method = (meta.get("config") or {}).get("method", "?")
+        raise InputError(f"The model file {path} holds the networks {'+'.join(kinds)} of the method {method}, but "
+                         f"method {trainer.config.method} trains {'+'.join(wanted)}; train with --set "
+                         f"method={method} to start from it, or start without --init-model.")
     try:
         trainer.load_weights(data["weights_a"], data["weights_b"])
     except (KeyError, RuntimeError):

@@ -218,9 +218,17 @@ def test_model_file_with_unknown_networks_or_inference_is_refused(tiny_model_fil
         read_metadata(path)
 
 
-def test_cli_trains_a_baseline(phantom_dataset, tmp_path):
+def test_cli_trains_a_baseline(phantom_dataset, tmp_path, capsys):
     output = str(tmp_path / "run")
     assert main(["train", "--manifest", phantom_dataset["train"], "--output", output, "--preset", "tiny",
                  "--iterations", "2", "--device", "cpu", "--progress", "none", "--set", "method=cps"]) == 0
     assert read_metadata(os.path.join(output, "model.pt"))["config"]["method"] == "cps"
+    # Retraining from it (as the Slicer module does after corrections) needs its method: one sentence says so.
+    capsys.readouterr()
+    assert main(["train", "--manifest", phantom_dataset["train"], "--output", str(tmp_path / "again"), "--preset",
+                 "tiny", "--iterations", "2", "--device", "cpu", "--progress", "none", "--init-model",
+                 os.path.join(output, "model.pt")]) == 2
+    error = capsys.readouterr().err
+    assert "--set method=cps" in error and "VNet+VNet" in error and error.count("\n") == 1
+    assert not os.path.exists(tmp_path / "again")
     shutil.rmtree(output)
