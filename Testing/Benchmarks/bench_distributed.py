@@ -100,10 +100,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
                      "warmup": args.warmup, "timed_iterations": args.iterations - args.warmup},
         "runs": runs}
     print(format_report(report))
-    if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=2)
+    benchlib.write_json(args.json, report)
     return report
 
 
