@@ -135,7 +135,7 @@ def _add_suggest_parser(commands) -> None:
     p.add_argument("--manifest", required=True, help="the manifest whose unlabeled cases are ranked")
     p.add_argument("--json", action="store_true", help="print the ranking as JSON instead of a table")
     p.add_argument("--output", metavar="FILE", help="also write the ranking as JSON to FILE")
-    _stop_file_argument(p, "checked between window batches: nothing is written")
+    _stop_file_argument(p, "checked between cases and window batches: nothing is written")
     _device_argument(p)
     _progress_argument(p)
 
