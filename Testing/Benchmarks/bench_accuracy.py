@@ -416,7 +416,8 @@ SUMMARY_METRICS = ("dice", "jaccard", "hd95_mm", "asd_mm")
 def benchmark_summary(dataset: str, results: List[dict], settings: dict, command: str) -> Dict[str, object]:
     """One benchmark's summary for ``Testing/Benchmarks/results/``: per labeled fraction, the methods as keys
     (supervised-only with every case labeled as "all-labeled"), each with Dice, Jaccard (%), HD95 and ASD (mm)
-    per seed and mean ± std over the seeds, and each method's Dice gain over supervised-only paired by seed."""
+    per seed and mean ± std over the seeds, the count of empty predictions per seed ("empty": left out of HD95
+    and ASD), and each method's Dice gain over supervised-only paired by seed."""
     runs = [r for r in results if r["dataset"] == dataset]
     fractions: Dict[str, Dict[str, dict]] = {}
     for r in runs:
@@ -442,6 +443,8 @@ def benchmark_summary(dataset: str, results: List[dict], settings: dict, command
                 entry["seeds"][str(r["seed"])] = {
                     m: None if r["run"][m]["mean"] is None else
                     round(r["run"][m]["mean"] * dict((k, sc) for k, _, sc in METRICS)[m], 3) for m in SUMMARY_METRICS}
+                # test case-classes with an empty prediction (Dice 0, no distance: left out of HD95 and ASD)
+                entry["seeds"][str(r["seed"])]["empty"] = r["run"]["hd95_mm"]["undefined"]
             for m in SUMMARY_METRICS:
                 mean, std = mean_std([v[m] for v in entry["seeds"].values()])
                 entry[m] = {"mean": None if mean is None else round(mean, 3),
@@ -555,12 +558,17 @@ def bar_chart(table: Dict[str, dict], path: str) -> Optional[str]:
         import matplotlib.pyplot as plt
     except ImportError:
         return None
-    groups = [(d, f) for d, fractions in table.items() for f in sorted(fractions, key=lambda x: int(x[:-3]))]
+    # Every labeled fraction is a group of bars; supervised-only with every case labeled (the ceiling) is a
+    # dashed line over its dataset's groups.
+    ceiling = {d: fractions[fraction_name(1.0)]["supervised"]["dice"]["mean"] for d, fractions in table.items()
+               if set(fractions.get(fraction_name(1.0), {})) == {"supervised"}}
+    groups = [(d, f) for d, fractions in table.items() for f in sorted(fractions, key=lambda x: int(x[:-3]))
+              if not (d in ceiling and f == fraction_name(1.0))]
     methods = [m for m in METHODS if any(m in table[d][f] for d, f in groups)]
     if not groups or not methods:
         return None
     width = 0.8 / len(methods)
-    fig, ax = plt.subplots(figsize=(max(6.5, 1.8 * len(groups) + 2), 4.8))
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.0 + 0.45 * len(methods) * len(groups)) + 2.8, 4.2))
     for i, method in enumerate(methods):
         xs, means, stds = [], [], []
         for g, (d, f) in enumerate(groups):
@@ -571,14 +579,19 @@ def bar_chart(table: Dict[str, dict], path: str) -> Optional[str]:
                 stds.append(e["dice"]["std"] or 0.0)
         bars = ax.bar(xs, means, width, yerr=stds, capsize=3, label=METHOD_LABELS[method])
         ax.bar_label(bars, [f"{m:.0f}" for m in means], fontsize=6, padding=2)
+    labelled = False
+    for g, (d, _) in enumerate(groups):
+        if ceiling.get(d) is not None:
+            ax.hlines(ceiling[d], g - 0.45, g + 0.45, colors="black", linestyles="dashed",
+                      label=None if labelled else "all cases labeled, supervised")
+            labelled = True
     ax.set_xticks(range(len(groups)))
     ax.set_xticklabels([f"{d}\n{f[:-3]} % labeled" for d, f in groups], fontsize=8)
     ax.set_ylabel("Dice % (mean ± std over seeds)")
     lows = [table[d][f][m]["dice"]["mean"] for d, f in groups for m in table[d][f]
             if table[d][f][m]["dice"]["mean"] is not None]
     ax.set_ylim(max(0.0, min(lows) - 15.0) if lows else 0.0, 105.0)
-    ax.legend(fontsize=7, ncol=min(5, len(methods)), loc="upper center", bbox_to_anchor=(0.5, -0.14),
-              frameon=False)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
     ax.set_title("SemiSupSeg accuracy" + (" (colin27 = one real subject, augmented)" if "colin27" in table else ""),
                  fontsize=9)
     fig.tight_layout()
