@@ -8,7 +8,7 @@ aorta becomes class 2. All randomness comes from the seed.
 """
 
 import os
-from typing import List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import SimpleITK as sitk
@@ -171,22 +171,34 @@ def write_phantom_dataset(folder: str, labeled: int = 2, unlabeled: int = 6, tes
                           extension: str = ".nii.gz") -> Tuple[str, Optional[str]]:
     """Writes phantom cases and two manifests: ``train.json`` (labeled + unlabeled) and ``test.json``
     (held-out cases with labels, for evaluation). Returns their paths (test is None when ``test`` is 0)."""
-    classes = phantom_classes(num_classes)
     geometry = Geometry(tuple(int(s) for s in shape_zyx[::-1]), tuple(float(s) for s in spacing),
                         (0.0, 0.0, 0.0), (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0))
-    entries = {"train": [], "test": []}
+    return write_case_dataset(folder, lambda i: (*make_phantom(seed * 1000 + i, shape_zyx, num_classes), geometry),
+                              phantom_classes(num_classes), "phantom", labeled, unlabeled, test, extension)
+
+
+def write_case_dataset(folder: str, make_case: Callable[[int], Tuple[np.ndarray, np.ndarray, Geometry]],
+                       classes: List[ClassInfo], prefix: str, labeled: int, unlabeled: int, test: int,
+                       extension: str = ".nii.gz", extra: Optional[dict] = None) -> Tuple[str, Optional[str]]:
+    """Writes case ``i`` = ``make_case(i)`` (image, label, grid) for ``i`` in 0 … labeled + unlabeled + test
+    as ``images/<prefix>NNN`` and ``labels/<prefix>NNN`` and two manifests: ``train.json`` (the first
+    ``labeled`` cases labeled; the unlabeled ones keep their label files on disk, hidden from training, for
+    later evaluation) and ``test.json`` (held-out cases with labels). Returns their paths (test is None when
+    ``test`` is 0)."""
+    entries: Dict[str, List[CaseEntry]] = {"train": [], "test": []}
     for i in range(labeled + unlabeled + test):
-        image, label = make_phantom(seed * 1000 + i, shape_zyx, num_classes)
+        image, label, grid = make_case(i)
         split = "train" if i < labeled + unlabeled else "test"
-        case_id = f"phantom{i:03d}"
+        case_id = f"{prefix}{i:03d}"
         image_path = os.path.join(folder, "images", case_id + extension)
         label_path = os.path.join(folder, "labels", case_id + extension)
-        write_image_atomic(geometry.to_image(image), image_path)
-        write_label_image(label, classes, geometry, label_path)
-        # Unlabeled training cases keep their labels on disk (hidden from training) for later evaluation.
+        write_image_atomic(grid.to_image(image), image_path)
+        write_label_image(label, classes, grid, label_path)
         entries[split].append(CaseEntry(case_id, image_path, label_path, labeled=split == "test" or i < labeled))
-    train = write_manifest(Manifest(classes, entries["train"], "MRI"), os.path.join(folder, "train.json"))
+    train = write_manifest(Manifest(classes, entries["train"], "MRI", extra=dict(extra or {})),
+                           os.path.join(folder, "train.json"))
     test_path = None
     if entries["test"]:
-        test_path = write_manifest(Manifest(classes, entries["test"], "MRI"), os.path.join(folder, "test.json"))
+        test_path = write_manifest(Manifest(classes, entries["test"], "MRI", extra=dict(extra or {})),
+                                   os.path.join(folder, "test.json"))
     return train, test_path

@@ -45,9 +45,10 @@ _REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__
 if _REPO not in sys.path:  # run from a checkout without installing the engine
     sys.path.insert(0, _REPO)
 
-from SemiSupSegTraining.data import Geometry, write_image_atomic, write_label_image  # noqa: E402
+from SemiSupSegTraining.data import Geometry  # noqa: E402
 from SemiSupSegTraining.errors import InputError  # noqa: E402
-from SemiSupSegTraining.manifest import CaseEntry, ClassInfo, Manifest, write_manifest  # noqa: E402
+from SemiSupSegTraining.manifest import ClassInfo  # noqa: E402
+from SemiSupSegTraining.phantoms import write_case_dataset  # noqa: E402
 
 TEMPLATE_DIRS = ("/usr/share/mricron/templates", "/usr/share/mricron")
 T1_NAMES = ("ch2.nii.gz", "ch2bet.nii.gz")
@@ -200,25 +201,9 @@ def write_colin27_dataset(folder: str, labeled: int = 2, unlabeled: int = 18, te
     Raises :class:`InputError` with the apt-get command when mricron-data is not installed.
     """
     find_colin27(template_dir)  # fail before writing anything
-    classes = colin27_classes()
-    entries: Dict[str, List[CaseEntry]] = {"train": [], "test": []}
-    for i in range(labeled + unlabeled + test):
-        image, label, grid = make_pseudo_subject(seed * 1000 + i, size_xyz, spacing_xyz, template_dir)
-        split = "train" if i < labeled + unlabeled else "test"
-        case_id = f"colin27pseudo{i:03d}"
-        image_path = os.path.join(folder, "images", case_id + extension)
-        label_path = os.path.join(folder, "labels", case_id + extension)
-        write_image_atomic(grid.to_image(image), image_path)
-        write_label_image(label, classes, grid, label_path)
-        entries[split].append(CaseEntry(case_id, image_path, label_path, labeled=split == "test" or i < labeled))
     extra = {"description": "pseudo-subjects of ONE real subject (Colin27 T1 + AAL), augmented"}
-    train = write_manifest(Manifest(classes, entries["train"], "MRI", extra=extra),
-                           os.path.join(folder, "train.json"))
-    test_path = None
-    if entries["test"]:
-        test_path = write_manifest(Manifest(classes, entries["test"], "MRI", extra=dict(extra)),
-                                   os.path.join(folder, "test.json"))
-    return train, test_path
+    return write_case_dataset(folder, lambda i: make_pseudo_subject(seed * 1000 + i, size_xyz, spacing_xyz, template_dir),
+                              colin27_classes(), "colin27pseudo", labeled, unlabeled, test, extension, extra)
 
 
 def write_preview(image: np.ndarray, label: np.ndarray, grid: Geometry, path: str, title: str = "") -> str:

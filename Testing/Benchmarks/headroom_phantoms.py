@@ -45,8 +45,9 @@ _REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__
 if _REPO not in sys.path:  # run from a checkout without installing the engine
     sys.path.insert(0, _REPO)
 
-from SemiSupSegTraining.data import Geometry, write_image_atomic, write_label_image  # noqa: E402
-from SemiSupSegTraining.manifest import CaseEntry, ClassInfo, Manifest, write_manifest  # noqa: E402
+from SemiSupSegTraining.data import Geometry  # noqa: E402
+from SemiSupSegTraining.manifest import ClassInfo  # noqa: E402
+from SemiSupSegTraining.phantoms import write_case_dataset  # noqa: E402
 
 SHAPE_ZYX = (48, 48, 48)
 CLASS_NAMES = ["chamber", "neighbour"]
@@ -187,23 +188,8 @@ def write_headroom_dataset(folder: str, labeled: int = 2, unlabeled: int = 18, t
                            num_classes: int = 2, extension: str = ".nii.gz") -> Tuple[str, Optional[str]]:
     """Writes the cases and two manifests, ``train.json`` (the first ``labeled`` cases labeled; the others
     keep their label files, hidden from training) and ``test.json``; returns their paths."""
-    classes = headroom_classes(num_classes)
     geometry = Geometry(tuple(int(s) for s in SHAPE_ZYX[::-1]), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0),
                         (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0))
-    entries = {"train": [], "test": []}
-    for i in range(labeled + unlabeled + test):
-        image, label = make_headroom_case(seed * 1000 + i, num_classes)
-        split = "train" if i < labeled + unlabeled else "test"
-        case_id = f"patient{i:03d}"
-        image_path = os.path.join(folder, "images", case_id + extension)
-        label_path = os.path.join(folder, "labels", case_id + extension)
-        write_image_atomic(geometry.to_image(image), image_path)
-        write_label_image(label, classes, geometry, label_path)
-        entries[split].append(CaseEntry(case_id, image_path, label_path, labeled=split == "test" or i < labeled))
     extra = {"description": "synthetic patients with varying anatomy and acquisition (headroom benchmark)"}
-    train = write_manifest(Manifest(classes, entries["train"], "MRI", extra=extra), os.path.join(folder, "train.json"))
-    test_path = None
-    if entries["test"]:
-        test_path = write_manifest(Manifest(classes, entries["test"], "MRI", extra=dict(extra)),
-                                   os.path.join(folder, "test.json"))
-    return train, test_path
+    return write_case_dataset(folder, lambda i: (*make_headroom_case(seed * 1000 + i, num_classes), geometry),
+                              headroom_classes(num_classes), "patient", labeled, unlabeled, test, extension, extra)
