@@ -377,10 +377,7 @@ class SemiSupSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.updateButtons()
 
     def onTrainEvent(self, event) -> None:
-        self.ui.trainStatusLabel.text = describe(event)
-        if event.event == "progress" and event.total:
-            self.ui.trainProgressBar.setRange(0, event.total)
-            self.ui.trainProgressBar.setValue(event.iteration or 0)
+        if self._showEvent(event, self.ui.trainStatusLabel, self.ui.trainProgressBar):
             if self.lossHistory.add(event) and self._parameterNode.showLossCurve:
                 self.updateLossPlot()
         elif event.event in ("start", "checkpoint", "error", "cancelled"):
@@ -450,11 +447,18 @@ class SemiSupSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 waitForCompletion=False, onEvent=self.onSegmentEvent, onState=self.onSegmentState, onLog=self.addLog)
         self.updateButtons()
 
-    def onSegmentEvent(self, event) -> None:
-        self.ui.segmentStatusLabel.text = describe(event)
+    @staticmethod
+    def _showEvent(event, statusLabel, progressBar) -> bool:
+        """A job's event in its status label and progress bar; True for a progress event with a total."""
+        statusLabel.text = describe(event)
         if event.event == "progress" and event.total:
-            self.ui.segmentProgressBar.setRange(0, event.total)
-            self.ui.segmentProgressBar.setValue(event.iteration or 0)
+            progressBar.setRange(0, event.total)
+            progressBar.setValue(event.iteration or 0)
+            return True
+        return False
+
+    def onSegmentEvent(self, event) -> None:
+        self._showEvent(event, self.ui.segmentStatusLabel, self.ui.segmentProgressBar)
 
     def onSegmentState(self, job) -> None:
         self.segmentJob = job
@@ -508,10 +512,7 @@ class SemiSupSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.updateButtons()
 
     def onSuggestEvent(self, event) -> None:
-        self.ui.suggestStatusLabel.text = describe(event)
-        if event.event == "progress" and event.total:
-            self.ui.suggestProgressBar.setRange(0, event.total)
-            self.ui.suggestProgressBar.setValue(event.iteration or 0)
+        self._showEvent(event, self.ui.suggestStatusLabel, self.ui.suggestProgressBar)
 
     def onSuggestState(self, job) -> None:
         self.suggestJob = job

@@ -54,6 +54,12 @@ def _job(**kwargs):
     return j, runner, seen
 
 
+def _until_first_progress(job):
+    while job.last_progress is None:
+        job.poll()
+        time.sleep(0.02)
+
+
 def test_successful_job_goes_through_every_state_and_imports():
     imported = []
     j, runner, seen = _job(importer=lambda job: imported.append(job.done_event.get("model")) or "the result")
@@ -191,9 +197,7 @@ def test_real_process_cancel_with_sigterm_ends_cancelled(fake_engine):
         pytest.skip("SIGTERM handlers are a POSIX feature")
     j = Job([sys.executable, fake_engine, "100000", "-"], name="Fake")
     j.start()
-    while j.last_progress is None:
-        j.poll()
-        time.sleep(0.02)
+    _until_first_progress(j)
     j.cancel()
     assert j.wait(timeout=30) == "cancelled"
     assert j.exit_code == 3 and j.checkpoint == "ckpt.pt"
@@ -206,9 +210,7 @@ def test_real_process_tree_is_killed_after_the_grace_period(fake_engine):
     child = []
     j.on_log = lambda line: child.append(int(line.split()[1])) if line.startswith("child") else None
     j.start()
-    while j.last_progress is None:
-        j.poll()
-        time.sleep(0.02)
+    _until_first_progress(j)
     assert child and psutil.pid_exists(child[0])
     started = time.monotonic()
     j.cancel()
@@ -309,9 +311,7 @@ def test_real_process_that_honours_the_stop_file_is_a_clean_cancel(tmp_path):
     j = Job([sys.executable, str(engine), stop_file], stop_file=stop_file, stop_grace_s=60.0, name="Fake",
             on_event=lambda e: iterations.append(e.iteration) if e.event == "progress" else None)
     j.start()
-    while j.last_progress is None:
-        j.poll()
-        time.sleep(0.02)
+    _until_first_progress(j)
     started = time.monotonic()
     j.cancel()
     assert j.wait(timeout=30) == "cancelled"
@@ -325,9 +325,7 @@ def test_real_process_that_ignores_the_stop_file_is_terminated_after_the_grace_p
     j = Job([sys.executable, fake_engine, "100000", "-"], stop_file=stop_file, stop_grace_s=0.6, grace_s=5.0,
             name="Fake")
     j.start()
-    while j.last_progress is None:
-        j.poll()
-        time.sleep(0.02)
+    _until_first_progress(j)
     started = time.monotonic()
     j.cancel()
     assert os.path.isfile(stop_file)
