@@ -57,6 +57,13 @@ class TrainConfig:
     # "class": the entropy percentile per pseudo class; "batch": one percentile over the batch, which drops
     # every voxel of an organ smaller than the unreliable share (L_u then never sees foreground).
     reliability: str = "class"
+    # Where the paper is silent (issue 14; defaults = the paper's reading). "lower-loss": the pseudo label is
+    # the argmax of the network with the lower L_s; "ensemble": of both networks' averaged softmax.
+    pseudo_label: str = "lower-loss"
+    reliable_confidence: float = 0.0     # > 0: a reliable voxel also needs a top probability at least this high
+    # The unreliable voxels L_c pulls to their pseudo class: "unreliable" (all of them, Eq. 7) or "agreed"
+    # (only those where both networks' argmax agree: elsewhere the pseudo class is a coin toss).
+    contrastive_pull: str = "unreliable"
     regularization_average: str = "voxels"  # L_reg averaged over all voxels, or "mdiff": over M_diff only
     threshold_start: float = 0.7         # T of Eq. 4, linear from start to end over training
     threshold_end: float = 0.95
@@ -128,6 +135,12 @@ class TrainConfig:
                              f"'mdiff'.")
         if self.reliability not in ("batch", "class"):
             raise InputError(f"reliability is {self.reliability!r}; use 'batch' or 'class'.")
+        if self.pseudo_label not in ("lower-loss", "ensemble"):
+            raise InputError(f"pseudo_label is {self.pseudo_label!r}; use 'lower-loss' or 'ensemble'.")
+        if self.contrastive_pull not in ("unreliable", "agreed"):
+            raise InputError(f"contrastive_pull is {self.contrastive_pull!r}; use 'unreliable' or 'agreed'.")
+        if not 0.0 <= self.reliable_confidence <= 1.0:
+            raise InputError("reliable_confidence must lie between 0 and 1 (0 switches it off).")
         if self.lambda_c_schedule not in ("rampup", "printed"):
             raise InputError(f"lambda_c_schedule is {self.lambda_c_schedule!r}; use 'rampup' or 'printed'.")
         if self.normalization not in (None, "zscore", "window"):

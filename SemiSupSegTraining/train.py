@@ -30,7 +30,7 @@ from .runfolder import (CHECKPOINT_FORMAT, CHECKPOINT_NAME, CONFIG_NAME, LOCK_NA
 from .views import intensity_view
 
 # Logged beside the losses, but not losses: progress events carry them under "stats".
-STAT_KEYS = ("reliable_fraction", "mdiff_voxels", "lambda_c", "lambda_u", "certain_fraction", "consistency_weight",
+STAT_KEYS = ("reliable_fraction", "pulled_fraction", "mdiff_voxels", "lambda_c", "lambda_u", "certain_fraction", "consistency_weight",
              "cps_weight")
 
 
@@ -49,9 +49,10 @@ def learning_rate(config: TrainConfig, iteration: int) -> float:
 
 class PseudoTargets(NamedTuple):
     """What both networks learn from on the unlabeled crops (all detached): the pseudo label, the reliable
-    voxels of the entropy filter, and M_diff (None without L_reg)."""
+    voxels of the entropy filter, the unreliable voxels L_c pulls, and M_diff (None without L_reg)."""
     pseudo: torch.Tensor
     reliable: torch.Tensor
+    pulled: torch.Tensor
     mdiff: Optional[torch.Tensor]
 
 
@@ -75,8 +76,12 @@ def pseudo_targets(config: TrainConfig, iteration: int, num_classes: int, probs:
     unlabeled voxels into reliable (L_u, prototypes) and unreliable (L_c); M_diff holds the voxels where both
     networks are confident and disagree (Eq. 4). ``probs`` are both networks' softmax on the unlabeled crops."""
     probs = tuple(p.detach() for p in probs)
-    pseudo, winner_probs = losses.select_pseudo_labels(probs[0], probs[1], supervised[0].detach(),
-                                                       supervised[1].detach())
+    if config.pseudo_label == "ensemble":
+        winner_probs = (probs[0] + probs[1]) / 2
+        pseudo = winner_probs.argmax(dim=1)
+    else:
+        pseudo, winner_probs = losses.select_pseudo_labels(probs[0], probs[1], supervised[0].detach(),
+                                                           supervised[1].detach())
     entropy = losses.voxel_entropy(winner_probs)
     # The entropy percentile is a rank statistic of the global batch: every process's voxels count.
     if config.reliability == "class":  # the labels travel as bytes where they fit
@@ -87,7 +92,12 @@ def pseudo_targets(config: TrainConfig, iteration: int, num_classes: int, probs:
     else:
         reliable = distributed.current().on_global_batch(
             lambda e: losses.reliable_mask(e, config.reliable_fraction), entropy)
-    stats = {"reliable_fraction": reliable.float().mean()}
+    if config.reliable_confidence > 0:
+        reliable = reliable & (winner_probs.amax(dim=1) >= config.reliable_confidence)
+    pulled = ~reliable
+    if config.contrastive_pull == "agreed":
+        pulled = pulled & (probs[0].argmax(dim=1) == probs[1].argmax(dim=1))
+    stats = {"reliable_fraction": reliable.float().mean(), "pulled_fraction": pulled.float().mean()}
     mdiff = None
     if config.use_regularization:
         threshold = losses.confidence_threshold(iteration, config.iterations, config.threshold_start,
@@ -96,7 +106,7 @@ def pseudo_targets(config: TrainConfig, iteration: int, num_classes: int, probs:
         stats["mdiff_voxels"] = mdiff.sum().float()
     lam_u, lam_c = loss_weights(config, iteration)
     stats["lambda_u"], stats["lambda_c"] = torch.tensor(lam_u), torch.tensor(lam_c)
-    return PseudoTargets(pseudo, reliable, mdiff), stats
+    return PseudoTargets(pseudo, reliable, pulled, mdiff), stats
 
 
 def network_terms(config: TrainConfig, iteration: int, num_classes: int, labeled_count: int, labels: torch.Tensor,
@@ -136,7 +146,7 @@ def network_terms(config: TrainConfig, iteration: int, num_classes: int, labeled
         prototypes, present = losses.class_prototypes(proto_feat, proto_labels, proto_mask, num_classes, detach=False,
                                                           reduce=reduce)
         stats[f"contrast_{name}"] = losses.contrastive_loss(
-            feat[n:], targets.pseudo, ~targets.reliable, prototypes, present, config.contrastive_temperature,
+            feat[n:], targets.pseudo, targets.pulled, prototypes, present, config.contrastive_temperature,
             config.contrastive_max_voxels, config.prototype_margin, generator, reduce)
         total_c = stats[f"contrast_{name}"]
     return lam_u * total_u + lam_c * total_c, stats

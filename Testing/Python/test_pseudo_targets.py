@@ -1,0 +1,88 @@
+"""Tests of what the unlabeled crops teach (train.pseudo_targets), with the switches issue 14 added where the
+paper is silent: the pseudo label's source, a confidence floor on reliable voxels, and which unreliable voxels
+L_c pulls. Four voxels, two classes, values worked out by hand in the comments."""
+
+import pytest
+import torch
+
+from SemiSupSegTraining.config import TrainConfig
+from SemiSupSegTraining.errors import InputError
+from SemiSupSegTraining.train import pseudo_targets
+
+# Foreground probability per voxel. Network b has the lower supervised loss, so it is the paper's winner.
+FOREGROUND_A = [0.95, 0.9, 0.3, 0.8]
+FOREGROUND_B = [0.85, 0.4, 0.45, 0.9]
+SUPERVISED = (torch.tensor(0.5), torch.tensor(0.2))
+
+
+def _probs(foreground):
+    fg = torch.tensor(foreground).view(1, 1, 4, 1, 1)
+    return torch.cat([1 - fg, fg], dim=1)  # (B=1, K=2, 4, 1, 1)
+
+
+def _targets(**settings):
+    config = TrainConfig(use_regularization=False, reliable_fraction=1.0, **settings)
+    config.validate()
+    targets, stats = pseudo_targets(config, 0, 2, (_probs(FOREGROUND_A), _probs(FOREGROUND_B)), SUPERVISED)
+    return targets, stats
+
+
+def _flat(mask):
+    return mask.reshape(-1).tolist()
+
+
+def test_the_pseudo_label_is_the_lower_loss_networks_argmax_by_default():
+    targets, _ = _targets()
+    assert _flat(targets.pseudo) == [1, 0, 0, 1]  # b's argmax: 0.85, 0.4, 0.45, 0.9
+
+
+def test_ensemble_pseudo_label_is_the_argmax_of_the_averaged_softmax():
+    targets, _ = _targets(pseudo_label="ensemble")
+    # means 0.9, 0.65, 0.375, 0.85: voxel 1 becomes foreground although the winner b says background
+    assert _flat(targets.pseudo) == [1, 1, 0, 1]
+
+
+def test_confidence_floor_makes_uncertain_voxels_unreliable():
+    everything, stats = _targets()
+    assert _flat(everything.reliable) == [True] * 4 and stats["reliable_fraction"].item() == 1.0
+    floored, stats = _targets(reliable_confidence=0.8)
+    # b's top probabilities 0.85, 0.6, 0.55, 0.9
+    assert _flat(floored.reliable) == [True, False, False, True]
+    assert stats["reliable_fraction"].item() == pytest.approx(0.5)
+
+
+def test_contrastive_pull_takes_every_unreliable_voxel_or_only_the_agreed_ones():
+    every, stats = _targets(reliable_confidence=0.8)
+    assert _flat(every.pulled) == [False, True, True, False]  # the unreliable voxels 1 and 2
+    assert stats["pulled_fraction"].item() == pytest.approx(0.5)
+    agreed, stats = _targets(reliable_confidence=0.8, contrastive_pull="agreed")
+    # argmax a: 1 1 0 1, argmax b: 1 0 0 1 -> they agree on voxel 2 only among the unreliable ones
+    assert _flat(agreed.pulled) == [False, False, True, False]
+    assert stats["pulled_fraction"].item() == pytest.approx(0.25)
+
+
+@pytest.mark.parametrize("setting", [{"pseudo_label": "best"}, {"contrastive_pull": "all"},
+                                     {"reliable_confidence": 1.5}])
+def test_bad_pseudo_label_settings_are_one_sentence(setting):
+    with pytest.raises(InputError) as error:
+        TrainConfig(**setting).validate()
+    assert str(error.value).count(".") >= 1 and "\n" not in str(error.value)
+
+
+def test_a_training_step_with_every_switch_pulls_fewer_voxels_than_it_leaves_unreliable(phantom_dataset):
+    from SemiSupSegTraining.config import preset_config
+    from SemiSupSegTraining.data import load_training_cases
+    from SemiSupSegTraining.manifest import load_manifest
+    from SemiSupSegTraining.train import Trainer
+
+    manifest = load_manifest(phantom_dataset["train"])
+    labeled, unlabeled = load_training_cases(manifest, "zscore", (-120.0, 240.0))
+    settings = {"device": "cpu", "pseudo_label": "ensemble", "reliable_confidence": 0.9,
+                "contrastive_pull": "agreed", "lambda_u_rampup": 0.0}
+    trainer = Trainer(preset_config("tiny", settings), len(manifest.classes), labeled, unlabeled,
+                      torch.device("cpu"))
+    terms = [trainer.step() for _ in range(2)]
+    last = {k: float(v) for k, v in terms[-1].items()}
+    assert all(torch.isfinite(torch.tensor(v)) for v in last.values())
+    assert 0.0 <= last["pulled_fraction"] <= 1.0 - last["reliable_fraction"] + 1e-6
+    assert last["contrast_a"] > 0  # L_c trains (an untrained network may have no voxel above the floor yet)
