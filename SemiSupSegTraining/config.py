@@ -58,7 +58,8 @@ class TrainConfig:
     # every voxel of an organ smaller than the unreliable share (L_u then never sees foreground).
     reliability: str = "class"
     # Where the paper is silent (issue 14; defaults = the paper's reading). "lower-loss": the pseudo label is
-    # the argmax of the network with the lower L_s; "ensemble": of both networks' averaged softmax.
+    # the argmax of the network with the lower L_s; "ensemble": of both networks' averaged softmax; "cross":
+    # each network learns the other's argmax, filtered by the other's entropy (no network learns its own).
     pseudo_label: str = "lower-loss"
     reliable_confidence: float = 0.0     # > 0: a reliable voxel also needs a top probability at least this high
     # The unreliable voxels L_c pulls to their pseudo class: "unreliable" (all of them, Eq. 7) or "agreed"
@@ -135,8 +136,8 @@ class TrainConfig:
                              f"'mdiff'.")
         if self.reliability not in ("batch", "class"):
             raise InputError(f"reliability is {self.reliability!r}; use 'batch' or 'class'.")
-        if self.pseudo_label not in ("lower-loss", "ensemble"):
-            raise InputError(f"pseudo_label is {self.pseudo_label!r}; use 'lower-loss' or 'ensemble'.")
+        if self.pseudo_label not in ("lower-loss", "ensemble", "cross"):
+            raise InputError(f"pseudo_label is {self.pseudo_label!r}; use 'lower-loss', 'ensemble' or 'cross'.")
         if self.contrastive_pull not in ("unreliable", "agreed"):
             raise InputError(f"contrastive_pull is {self.contrastive_pull!r}; use 'unreliable' or 'agreed'.")
         if not 0.0 <= self.reliable_confidence <= 1.0:

@@ -70,19 +70,12 @@ def loss_weights(config: TrainConfig, iteration: int) -> Tuple[float, float]:
     return lam_u, lam_c
 
 
-def pseudo_targets(config: TrainConfig, iteration: int, num_classes: int, probs: Tuple[torch.Tensor, torch.Tensor],
-                   supervised: Tuple[torch.Tensor, torch.Tensor]) -> Tuple[PseudoTargets, Dict[str, torch.Tensor]]:
-    """The pseudo label comes from the network with the lower supervised loss; the entropy filter splits the
-    unlabeled voxels into reliable (L_u, prototypes) and unreliable (L_c); M_diff holds the voxels where both
-    networks are confident and disagree (Eq. 4). ``probs`` are both networks' softmax on the unlabeled crops."""
-    probs = tuple(p.detach() for p in probs)
-    if config.pseudo_label == "ensemble":
-        winner_probs = (probs[0] + probs[1]) / 2
-        pseudo = winner_probs.argmax(dim=1)
-    else:
-        pseudo, winner_probs = losses.select_pseudo_labels(probs[0], probs[1], supervised[0].detach(),
-                                                           supervised[1].detach())
-    entropy = losses.voxel_entropy(winner_probs)
+def _filtered_targets(config: TrainConfig, num_classes: int, source_probs: torch.Tensor,
+                      probs: Tuple[torch.Tensor, torch.Tensor], mdiff: Optional[torch.Tensor]) -> PseudoTargets:
+    """The argmax of ``source_probs`` as the pseudo label, split by the entropy filter into reliable voxels
+    (L_u, prototypes) and unreliable ones (the voxels L_c pulls)."""
+    pseudo = source_probs.argmax(dim=1)
+    entropy = losses.voxel_entropy(source_probs)
     # The entropy percentile is a rank statistic of the global batch: every process's voxels count.
     if config.reliability == "class":  # the labels travel as bytes where they fit
         small = pseudo.to(torch.uint8) if num_classes <= 256 else pseudo
@@ -93,20 +86,47 @@ def pseudo_targets(config: TrainConfig, iteration: int, num_classes: int, probs:
         reliable = distributed.current().on_global_batch(
             lambda e: losses.reliable_mask(e, config.reliable_fraction), entropy)
     if config.reliable_confidence > 0:
-        reliable = reliable & (winner_probs.amax(dim=1) >= config.reliable_confidence)
+        reliable = reliable & (source_probs.amax(dim=1) >= config.reliable_confidence)
     pulled = ~reliable
     if config.contrastive_pull == "agreed":
         pulled = pulled & (probs[0].argmax(dim=1) == probs[1].argmax(dim=1))
-    stats = {"reliable_fraction": reliable.float().mean(), "pulled_fraction": pulled.float().mean()}
+    return PseudoTargets(pseudo, reliable, pulled, mdiff)
+
+
+def pseudo_targets(config: TrainConfig, iteration: int, num_classes: int, probs: Tuple[torch.Tensor, torch.Tensor],
+                   supervised: Tuple[torch.Tensor, torch.Tensor]
+                   ) -> Tuple[Tuple[PseudoTargets, PseudoTargets], Dict[str, torch.Tensor]]:
+    """What networks A and B learn from on the unlabeled crops, ``((targets_a, targets_b), stats)``.
+
+    The paper's pseudo label (``pseudo_label="lower-loss"``) comes from the network with the lower supervised
+    loss and teaches both; ``"ensemble"`` takes both networks' averaged softmax; ``"cross"`` teaches each
+    network the other's (as CPS does), so no network trains on its own argmax. M_diff holds the voxels where
+    both networks are confident and disagree (Eq. 4). ``probs`` are both networks' softmax on the unlabeled
+    crops."""
+    probs = tuple(p.detach() for p in probs)
     mdiff = None
+    stats: Dict[str, torch.Tensor] = {}
     if config.use_regularization:
         threshold = losses.confidence_threshold(iteration, config.iterations, config.threshold_start,
                                                 config.threshold_end)
         mdiff = losses.disagreement_mask(probs[0], probs[1], threshold)
         stats["mdiff_voxels"] = mdiff.sum().float()
+    if config.pseudo_label == "cross":
+        targets = (_filtered_targets(config, num_classes, probs[1], probs, mdiff),
+                   _filtered_targets(config, num_classes, probs[0], probs, mdiff))
+    else:
+        if config.pseudo_label == "ensemble":
+            source = (probs[0] + probs[1]) / 2
+        else:
+            source = losses.select_pseudo_labels(probs[0], probs[1], supervised[0].detach(),
+                                                 supervised[1].detach())[1]
+        shared = _filtered_targets(config, num_classes, source, probs, mdiff)
+        targets = (shared, shared)
+    stats["reliable_fraction"] = sum(t.reliable.float().mean() for t in targets) / 2
+    stats["pulled_fraction"] = sum(t.pulled.float().mean() for t in targets) / 2
     lam_u, lam_c = loss_weights(config, iteration)
     stats["lambda_u"], stats["lambda_c"] = torch.tensor(lam_u), torch.tensor(lam_c)
-    return PseudoTargets(pseudo, reliable, pulled, mdiff), stats
+    return targets, stats
 
 
 def network_terms(config: TrainConfig, iteration: int, num_classes: int, labeled_count: int, labels: torch.Tensor,
@@ -275,9 +295,9 @@ class Trainer:
         sup_b = losses.supervised_loss(logits_b[:n].float(), labels, self.num_classes, self.dist.reduce)
         if semi:
             probs = tuple(torch.softmax(lg[n:].float().detach(), dim=1) for lg in (logits_a, logits_b))
-            targets, stats = pseudo_targets(config, it, self.num_classes, probs, (sup_a, sup_b))
+            (targets_a, targets_b), stats = pseudo_targets(config, it, self.num_classes, probs, (sup_a, sup_b))
             extra_b, stats_b = network_terms(config, it, self.num_classes, n, labels, logits_b, feat_b, probs[0],
-                                             targets, self.generator, "b")
+                                             targets_b, self.generator, "b")
             if sequential:
                 self._backward(sup_b + extra_b)
                 random_after_b = self._random_state()
@@ -288,7 +308,7 @@ class Trainer:
                 logits_a, feat_a = self._forward(0, inputs[0])
                 sup_a = losses.supervised_loss(logits_a[:n].float(), labels, self.num_classes, self.dist.reduce)
             extra_a, stats_a = network_terms(config, it, self.num_classes, n, labels, logits_a, feat_a, probs[1],
-                                             targets, self.generator, "a")
+                                             targets_a, self.generator, "a")
             if sequential:
                 self._backward(sup_a + extra_a)
                 self._set_random_state(random_after_b)

@@ -57,7 +57,8 @@ unlabeled, and 8 separate test cases. Methods:
   batch), ``ours-constant-lambda-u`` (λu = 1 from the first iteration), ``ours-decoder-features`` (L_c on the
   decoder features, no projection head) and ``ours-v0.1`` (all four);
 * not in the default list, issue 14's changes where the paper is silent: ``ours-ensemble-pseudo`` (the pseudo
-  label from both networks' averaged softmax), ``ours-confidence-0.9`` (a reliable voxel also needs a top
+  label from both networks' averaged softmax), ``ours-cross-pseudo`` (each network learns the other's pseudo
+  label, filtered by the other's entropy), ``ours-confidence-0.9`` (a reliable voxel also needs a top
   probability ≥ 0.9) and ``ours-agreed-pull`` (L_c pulls only the unreliable voxels both networks agree on).
   Rule fixed before they were run (2026-12-02): each is judged on the headroom benchmark's 18 UNLABELED
   training cases (``diagnose_pseudo_labels.py``: Dice of the averaged softmax against their hidden labels,
@@ -144,6 +145,7 @@ METHODS: Dict[str, Dict[str, object]] = {
     "ours-decoder-features": {"method": "ours", "projection_channels": 0},
     # Issue 14's changes where the paper is silent, one at a time, then together.
     "ours-ensemble-pseudo": {"method": "ours", "pseudo_label": "ensemble"},
+    "ours-cross-pseudo": {"method": "ours", "pseudo_label": "cross"},
     "ours-confidence-0.9": {"method": "ours", "reliable_confidence": 0.9},
     "ours-agreed-pull": {"method": "ours", "contrastive_pull": "agreed"},
     "ours-v0.1": {"method": "ours", "unlabeled_views": False, "reliability": "batch", "lambda_u_rampup": 0.0,
@@ -164,6 +166,7 @@ METHOD_LABELS = {
     "ours-constant-lambda-u": "ours, λu = 1 from the first iteration",
     "ours-decoder-features": "ours, L_c on the decoder features (no projection head)",
     "ours-ensemble-pseudo": "ours, pseudo label from both networks' averaged softmax",
+    "ours-cross-pseudo": "ours, each network learns the other's pseudo label",
     "ours-confidence-0.9": "ours, reliable voxels also need a top probability ≥ 0.9",
     "ours-agreed-pull": "ours, L_c pulls only the unreliable voxels both networks agree on",
     "ours-v0.1": "ours as in version 0.1 (all four of the above)",

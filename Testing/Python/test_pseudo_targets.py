@@ -23,8 +23,12 @@ def _probs(foreground):
 def _targets(**settings):
     config = TrainConfig(use_regularization=False, reliable_fraction=1.0, **settings)
     config.validate()
-    targets, stats = pseudo_targets(config, 0, 2, (_probs(FOREGROUND_A), _probs(FOREGROUND_B)), SUPERVISED)
-    return targets, stats
+    (targets_a, targets_b), stats = pseudo_targets(config, 0, 2, (_probs(FOREGROUND_A), _probs(FOREGROUND_B)),
+                                                   SUPERVISED)
+    if settings.get("pseudo_label") != "cross":
+        assert targets_a is targets_b  # one pseudo label teaches both networks
+        return targets_a, stats
+    return (targets_a, targets_b), stats
 
 
 def _flat(mask):
@@ -40,6 +44,15 @@ def test_ensemble_pseudo_label_is_the_argmax_of_the_averaged_softmax():
     targets, _ = _targets(pseudo_label="ensemble")
     # means 0.9, 0.65, 0.375, 0.85: voxel 1 becomes foreground although the winner b says background
     assert _flat(targets.pseudo) == [1, 1, 0, 1]
+
+
+def test_cross_pseudo_labels_teach_each_network_the_others_argmax_and_filter():
+    (for_a, for_b), stats = _targets(pseudo_label="cross", reliable_confidence=0.8)
+    assert _flat(for_a.pseudo) == [1, 0, 0, 1]  # b's argmax
+    assert _flat(for_b.pseudo) == [1, 1, 0, 1]  # a's argmax: 0.95, 0.9, 0.3, 0.8
+    assert _flat(for_a.reliable) == [True, False, False, True]  # b's top probabilities 0.85, 0.6, 0.55, 0.9
+    assert _flat(for_b.reliable) == [True, True, False, True]   # a's: 0.95, 0.9, 0.7, 0.8
+    assert stats["reliable_fraction"].item() == pytest.approx((0.5 + 0.75) / 2)
 
 
 def test_confidence_floor_makes_uncertain_voxels_unreliable():
@@ -77,7 +90,7 @@ def test_a_training_step_with_every_switch_pulls_fewer_voxels_than_it_leaves_unr
 
     manifest = load_manifest(phantom_dataset["train"])
     labeled, unlabeled = load_training_cases(manifest, "zscore", (-120.0, 240.0))
-    settings = {"device": "cpu", "pseudo_label": "ensemble", "reliable_confidence": 0.9,
+    settings = {"device": "cpu", "pseudo_label": "cross", "reliable_confidence": 0.9,
                 "contrastive_pull": "agreed", "lambda_u_rampup": 0.0}
     trainer = Trainer(preset_config("tiny", settings), len(manifest.classes), labeled, unlabeled,
                       torch.device("cpu"))
