@@ -9,10 +9,10 @@ For every model file and every UNLABELED training case (the benchmark keeps thei
 training), whole-volume softmax of each network, then, with the engine's own functions:
 
 * Dice of each network's argmax, and of their averaged softmax (what segments), against the hidden label
-  (what the pseudo labels of L_u would be worth at the end of training);
+  (mean over the foreground classes; what the pseudo labels of L_u would be worth at the end of training);
 * the entropy filter (``reliable_mask_per_class``, 80 % per pseudo class) on the pair's better network: the
   pseudo label's accuracy on reliable and on unreliable voxels; of the voxels it calls foreground, the share
-  truly foreground (precision) among the reliable and among the unreliable ones; of the truly foreground
+  truly of that class (precision) among the reliable and among the unreliable ones; of the truly foreground
   voxels, the share called background among the reliable (errors L_u teaches with full weight) and among the
   unreliable ones (which L_c pulls toward the background prototype);
 * M_diff (``disagreement_mask`` at the final T = 0.95): its size, and how often network a / b is right there.
@@ -57,8 +57,12 @@ def network_probs(model_path: str, images: List[np.ndarray]):
     return out, meta
 
 
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    return float(evaluate(a.astype(np.uint8), b.astype(np.uint8), (1.0, 1.0, 1.0), [1], ["fg"])["fg"]["dice"])
+def dice(prediction: np.ndarray, truth: np.ndarray, num_classes: int) -> float:
+    """Mean Dice over the foreground classes (one class: the binary Dice)."""
+    values = list(range(1, num_classes))
+    scores = evaluate(prediction.astype(np.uint8), truth.astype(np.uint8), (1.0, 1.0, 1.0), values,
+                      [str(v) for v in values])
+    return float(np.mean([scores[str(v)]["dice"] for v in values]))
 
 
 def _share(what: torch.Tensor, where: torch.Tensor) -> float:
@@ -68,8 +72,8 @@ def _share(what: torch.Tensor, where: torch.Tensor) -> float:
 def diagnose_case(pa: torch.Tensor, pb: torch.Tensor, label: np.ndarray, num_classes: int) -> Dict[str, float]:
     truth = torch.from_numpy(label.astype(np.int64))
     la, lb = pa.argmax(0), pb.argmax(0)
-    dice_a, dice_b = dice(la.numpy() > 0, label > 0), dice(lb.numpy() > 0, label > 0)
-    dice_mean = dice(((pa + pb) / 2).argmax(0).numpy() > 0, label > 0)
+    dice_a, dice_b = dice(la.numpy(), label, num_classes), dice(lb.numpy(), label, num_classes)
+    dice_mean = dice(((pa + pb) / 2).argmax(0).numpy(), label, num_classes)
     best_probs, pseudo = (pa, la) if dice_a >= dice_b else (pb, lb)
     entropy = losses.voxel_entropy(best_probs[None])
     reliable = losses.reliable_mask_per_class(entropy, pseudo[None], 0.8, num_classes)[0]
@@ -83,9 +87,9 @@ def diagnose_case(pa: torch.Tensor, pb: torch.Tensor, label: np.ndarray, num_cla
         "reliable_missed_foreground": float((fg_truth & reliable & (pseudo == 0)).sum() /
                                             max(int(fg_truth.sum()), 1)),
         "foreground_reliable_share": float((reliable & (pseudo > 0)).sum() / max(int((pseudo > 0).sum()), 1)),
-        # of the voxels the pseudo label calls foreground, the share truly foreground: reliable / unreliable
-        "reliable_fg_precision": _share(fg_truth, reliable & (pseudo > 0)),
-        "unreliable_fg_precision": _share(fg_truth, ~reliable & (pseudo > 0)),
+        # of the voxels the pseudo label calls foreground, the share truly of that class: reliable / unreliable
+        "reliable_fg_precision": _share(right, reliable & (pseudo > 0)),
+        "unreliable_fg_precision": _share(right, ~reliable & (pseudo > 0)),
         # of the truly foreground voxels, the share the pseudo label calls background among the unreliable ones
         "unreliable_missed_foreground": float((fg_truth & ~reliable & (pseudo == 0)).sum() /
                                               max(int(fg_truth.sum()), 1)),
