@@ -219,9 +219,7 @@ def _outlive(main_process: Tuple[str, int], timeout_s: float = 60.0) -> None:
     while time.monotonic() < deadline:
         try:
             os.kill(pid, 0)
-        except ProcessLookupError:
-            return
-        except OSError:
+        except OSError:  # gone (ProcessLookupError) or not ours to signal: nothing left to wait for
             return
         time.sleep(0.05)
 

@@ -30,8 +30,8 @@ from .runfolder import (CHECKPOINT_FORMAT, CHECKPOINT_NAME, CONFIG_NAME, LOCK_NA
 from .views import intensity_view
 
 # Logged beside the losses, but not losses: progress events carry them under "stats".
-STAT_KEYS = ("reliable_fraction", "pulled_fraction", "mdiff_voxels", "lambda_c", "lambda_u", "certain_fraction", "consistency_weight",
-             "cps_weight")
+STAT_KEYS = ("reliable_fraction", "pulled_fraction", "mdiff_voxels", "lambda_c", "lambda_u", "certain_fraction",
+             "consistency_weight", "cps_weight")
 
 
 # ------------------------------------------------------------------------------------------- the step
@@ -71,7 +71,7 @@ def loss_weights(config: TrainConfig, iteration: int) -> Tuple[float, float]:
 
 
 def _filtered_targets(config: TrainConfig, num_classes: int, source_probs: torch.Tensor,
-                      probs: Tuple[torch.Tensor, torch.Tensor], mdiff: Optional[torch.Tensor]) -> PseudoTargets:
+                      agreed: Optional[torch.Tensor], mdiff: Optional[torch.Tensor]) -> PseudoTargets:
     """The argmax of ``source_probs`` as the pseudo label, split by the entropy filter into reliable voxels
     (L_u, prototypes) and unreliable ones (the voxels L_c pulls)."""
     pseudo = source_probs.argmax(dim=1)
@@ -87,9 +87,7 @@ def _filtered_targets(config: TrainConfig, num_classes: int, source_probs: torch
             lambda e: losses.reliable_mask(e, config.reliable_fraction), entropy)
     if config.reliable_confidence > 0:
         reliable = reliable & (source_probs.amax(dim=1) >= config.reliable_confidence)
-    pulled = ~reliable
-    if config.contrastive_pull == "agreed":
-        pulled = pulled & (probs[0].argmax(dim=1) == probs[1].argmax(dim=1))
+    pulled = ~reliable if agreed is None else ~reliable & agreed
     return PseudoTargets(pseudo, reliable, pulled, mdiff)
 
 
@@ -112,18 +110,16 @@ def pseudo_targets(config: TrainConfig, iteration: int, num_classes: int, probs:
         mdiff = losses.disagreement_mask(probs[0], probs[1], threshold)
         stats["mdiff_voxels"] = mdiff.sum().float()
     if config.pseudo_label == "cross":
-        targets = (_filtered_targets(config, num_classes, probs[1], probs, mdiff),
-                   _filtered_targets(config, num_classes, probs[0], probs, mdiff))
+        sources = [probs[1], probs[0]]  # A learns B's pseudo label, B learns A's
+    elif config.pseudo_label == "ensemble":
+        sources = [(probs[0] + probs[1]) / 2]
     else:
-        if config.pseudo_label == "ensemble":
-            source = (probs[0] + probs[1]) / 2
-        else:
-            source = losses.select_pseudo_labels(probs[0], probs[1], supervised[0].detach(),
-                                                 supervised[1].detach())[1]
-        shared = _filtered_targets(config, num_classes, source, probs, mdiff)
-        targets = (shared, shared)
-    stats["reliable_fraction"] = sum(t.reliable.float().mean() for t in targets) / 2
-    stats["pulled_fraction"] = sum(t.pulled.float().mean() for t in targets) / 2
+        sources = [losses.select_pseudo_labels(probs[0], probs[1], supervised[0].detach(), supervised[1].detach())[1]]
+    agreed = probs[0].argmax(dim=1) == probs[1].argmax(dim=1) if config.contrastive_pull == "agreed" else None
+    distinct = [_filtered_targets(config, num_classes, source, agreed, mdiff) for source in sources]
+    stats["reliable_fraction"] = sum(t.reliable.float().mean() for t in distinct) / len(distinct)
+    stats["pulled_fraction"] = sum(t.pulled.float().mean() for t in distinct) / len(distinct)
+    targets = (distinct[0], distinct[-1])  # one object for both networks unless "cross"
     lam_u, lam_c = loss_weights(config, iteration)
     stats["lambda_u"], stats["lambda_c"] = torch.tensor(lam_u), torch.tensor(lam_c)
     return targets, stats
