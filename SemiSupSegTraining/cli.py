@@ -15,7 +15,7 @@ import traceback
 from typing import List, Optional
 
 from . import __version__
-from .config import DEFAULT_OVERLAP, DEFAULT_WINDOW_BATCH, list_presets, parse_override, preset_config
+from .config import CUDA_WINDOW_BATCH, DEFAULT_OVERLAP, DEFAULT_WINDOW_BATCH, list_presets, parse_override, preset_config
 from .errors import EXIT_BAD_INPUT, EXIT_CANCELLED, EXIT_FAILED, EXIT_OK, Cancelled, DistributedError, InputError
 from .prepare import add_prepare_parser, run_prepare
 from .progress import Reporter
@@ -27,9 +27,9 @@ def _progress_argument(parser: argparse.ArgumentParser) -> None:
                              "line on stdout (for the Slicer module and scripts), or nothing")
 
 
-def _device_argument(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--device", default="auto",
-                        help="auto (CUDA, then Apple MPS, then CPU; default), cuda, cuda:N, mps or cpu")
+def _device_argument(parser: argparse.ArgumentParser, default: Optional[str] = "auto", extra: str = "") -> None:
+    parser.add_argument("--device", default=default,
+                        help=f"auto (CUDA, then Apple MPS, then CPU; default), cuda, cuda:N, mps or cpu{extra}")
 
 
 def _stop_file_argument(parser: argparse.ArgumentParser, what: str) -> None:
@@ -60,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="settings to start from: paper (the paper's networks, 112x112x80 crops, 6000 "
                         "iterations; a GPU job), cpu-fast (a laptop CPU; default), demo, tiny (tests)")
     p.add_argument("--iterations", type=int, help="number of training iterations (overrides the preset)")
-    _device_argument(p)
+    _device_argument(p, None, "; with --resume: the device to continue on (default: the one it was started with)")
     p.add_argument("--seed", type=int, help="random seed (overrides the preset; default 0)")
     p.add_argument("--init-model", metavar="FILE",
                    help="start from this model file's weights (retrain after correcting segmentations)")
@@ -87,8 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="segment only this voxel box (start inclusive, end exclusive); outside it is background")
     p.add_argument("--overlap", type=float, default=DEFAULT_OVERLAP,
                    help=f"sliding-window overlap, 0..0.9 (default {DEFAULT_OVERLAP})")
-    p.add_argument("--window-batch", type=int, default=DEFAULT_WINDOW_BATCH,
-                   help=f"windows per forward pass (default {DEFAULT_WINDOW_BATCH})")
+    p.add_argument("--window-batch", type=int,
+                   help=f"windows per forward pass (default {DEFAULT_WINDOW_BATCH}, {CUDA_WINDOW_BATCH} on a CUDA GPU)")
     p.add_argument("--keep-largest", action="store_true",
                    help="keep only the largest connected component of each class")
     _device_argument(p)
@@ -155,8 +155,11 @@ def _suggest(args) -> None:
 def _train(args) -> None:
     from .train import train
 
-    if args.resume:
-        train(None, args.resume, progress=args.progress, resume=True, stop_file=args.stop_file)
+    if args.resume:  # only how it runs may change (config.RUN_SETTINGS)
+        run = dict(parse_override(s) for s in args.set)
+        if args.device is not None:
+            run["device"] = args.device
+        train(None, args.resume, progress=args.progress, resume=True, stop_file=args.stop_file, run_settings=run)
         return
     if not args.manifest or not args.output:
         raise InputError("Give --manifest and --output (or --resume DIR to continue a stopped training).")
@@ -164,7 +167,7 @@ def _train(args) -> None:
     for key in ("iterations", "seed"):
         if getattr(args, key) is not None:
             overrides[key] = getattr(args, key)
-    overrides["device"] = args.device
+    overrides["device"] = args.device or "auto"
     config = preset_config(args.preset, overrides)
     train(args.manifest, args.output, config, progress=args.progress, init_model=args.init_model,
           stop_file=args.stop_file)

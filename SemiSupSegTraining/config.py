@@ -13,6 +13,20 @@ from .errors import InputError
 
 METHODS = ("ours", "supervised", "reference", "mean-teacher", "ua-mt", "cps")
 
+#: ``amp`` settings: ``auto`` (by the device, :func:`precision_for`), or one precision for every device.
+AMP_CHOICES = ("auto", "bf16", "fp16", "fp32")
+
+
+def amp_choice(setting: Any) -> str:
+    """The ``amp`` setting as one of :data:`AMP_CHOICES`; ``True``/``False`` (older settings files, the Python
+    API) mean ``auto``/``fp32``. Raises :class:`InputError` for anything else."""
+    if setting is True or setting is False:
+        return "auto" if setting else "fp32"
+    if setting not in AMP_CHOICES:
+        raise InputError(f"amp is {setting!r}; use one of {', '.join(AMP_CHOICES)} (auto: bf16 on GPUs of compute "
+                         f"capability 8.0 or newer, fp16 on 7.x, fp32 elsewhere).")
+    return setting
+
 
 @dataclass
 class TrainConfig:
@@ -84,10 +98,18 @@ class TrainConfig:
     # Running
     seed: int = 0
     device: str = "auto"
-    amp: bool = True                     # mixed precision where the device supports it
+    # Mixed precision: "auto" (bf16 on GPUs of compute capability 8.0 or newer, fp16 with loss scaling on 7.x,
+    # fp32 on older GPUs and for CPU training: devices.precision_for), "bf16", "fp16" or "fp32".
+    amp: Any = "auto"
     # Back-propagate one network at a time (method "ours"): about half the peak memory for one more forward
-    # pass of Subnet A without gradient; the gradients are those of the joint loss (Trainer.step).
-    sequential_backward: bool = True
+    # pass of Subnet A without gradient; the gradients are those of the joint loss (Trainer.step). "auto":
+    # sequential on CPUs and MPS; on CUDA the joint backward where the card has the memory for it (measured
+    # on the first step, gpu.joint_backward_fits).
+    sequential_backward: Any = "auto"
+    # CUDA only (neither changes a CPU result): cuDNN's autotuner for the fixed crop shape, and the next batch
+    # drawn into pinned memory on a background thread ("auto": on CUDA; true: on every device).
+    cudnn_benchmark: bool = True
+    prefetch: Any = "auto"
     checkpoint_every: int = 500
     checkpoint_minutes: float = 10.0     # and at least this often (wall clock; 0: by iterations only)
     # Several processes (torchrun): batch norm over the global batch (torch has it on GPUs only; per process
@@ -158,6 +180,10 @@ class TrainConfig:
             raise InputError(f"mc_samples is {self.mc_samples!r}; use a whole number of at least 2, e.g. 8.")
         if self.input_noise < 0 or self.consistency_weight < 0 or self.cps_weight < 0:
             raise InputError("input_noise, consistency_weight and cps_weight must not be negative.")
+        self.amp = amp_choice(self.amp)
+        for name in ("sequential_backward", "prefetch"):
+            if getattr(self, name) not in (True, False, "auto"):
+                raise InputError(f"{name} is {getattr(self, name)!r}; use true, false or auto.")
         from .geometry import parse_target_spacing
 
         parsed = parse_target_spacing(self.target_spacing)  # "0.7,0.7,2" from --set becomes [0.7, 0.7, 2.0]
@@ -169,6 +195,9 @@ class TrainConfig:
 # with 4 windows a pass: 0.9926, 1.5× slower, 800 MiB more).
 DEFAULT_OVERLAP = 0.25
 DEFAULT_WINDOW_BATCH = 2
+# On a CUDA GPU: four 112×112×80 windows of both paper networks take well under 2 GB in bf16 (an estimate:
+# no GPU has run it yet, docs/performance.md).
+CUDA_WINDOW_BATCH = 4
 
 PRESETS: Dict[str, Dict[str, Any]] = {
     # The paper's networks, crops and schedule (a GPU job).
@@ -217,3 +246,19 @@ def zyx(size_xyz: Tuple[int, int, int]) -> Tuple[int, int, int]:
 
 def list_presets() -> List[str]:
     return list(PRESETS)
+
+
+#: The settings of how a training runs, not of what it learns: ``train --resume`` may change them.
+RUN_SETTINGS = ("device", "amp", "sequential_backward", "cudnn_benchmark", "prefetch", "checkpoint_every",
+                "checkpoint_minutes")
+
+
+def with_run_settings(config: TrainConfig, overrides: Optional[Dict[str, Any]]) -> TrainConfig:
+    """``config`` with ``overrides`` of :data:`RUN_SETTINGS` applied (on resume); others are an error."""
+    if not overrides:
+        return config
+    other = sorted(set(overrides) - set(RUN_SETTINGS))
+    if other:
+        raise InputError(f"A resumed training keeps its settings; {', '.join(other)} cannot change on --resume "
+                         f"(only {', '.join(RUN_SETTINGS)} can); start a new training to change them.")
+    return TrainConfig.from_dict(dict(config.to_dict(), **overrides))

@@ -3,10 +3,11 @@
 import contextlib
 import ctypes
 import sys
-from typing import Optional
+from typing import Any, Optional, Tuple
 
 import torch
 
+from .config import amp_choice
 from .errors import InputError
 
 DEVICES = ("auto", "cuda", "mps", "cpu")
@@ -28,22 +29,56 @@ def select_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
-def autocast_dtype(device: torch.device, enabled: bool = True, training: bool = False) -> Optional[torch.dtype]:
-    """bf16 on CUDA GPUs that support it (else fp16), and on CPUs with native bf16 for inference; None: fp32.
+def precision_for(device_type: str, capability: Optional[Tuple[int, int]] = None, training: bool = False,
+                  cpu_bf16: bool = False) -> str:
+    """The precision ``auto`` picks: ``"bf16"``, ``"fp16"`` or ``"fp32"``.
 
-    CPU training stays fp32: with bf16 autocast the dual-network step produced NaN weights within ten
-    iterations on the demo (torch 2.13, AVX512-bf16), while fp32 trained normally.
+    CUDA by the chosen GPU's compute capability: bf16 from 8.0 (Ampere; cuDNN has no bf16 convolutions
+    below, and ``torch.cuda.is_bf16_supported()`` says True there too), fp16 with the gradient scaler on
+    7.x (Volta, Turing: tensor cores), fp32 below (Pascal has no fp16 speed to gain). The CPU: bf16 for
+    inference where oneDNN has native bf16 (``cpu_bf16``); training stays fp32 (with bf16 autocast the
+    dual-network step produced NaN weights within ten iterations on the demo, torch 2.13, AVX512-bf16).
+    MPS and others: fp32.
     """
-    if not enabled or (training and device.type == "cpu"):
+    if device_type == "cuda":
+        major = capability[0] if capability else 0
+        return "bf16" if major >= 8 else "fp16" if major == 7 else "fp32"
+    if device_type == "cpu" and not training and cpu_bf16:
+        return "bf16"
+    return "fp32"
+
+
+def cuda_capability(device: torch.device) -> Optional[Tuple[int, int]]:
+    """The compute capability of ``device`` itself (``cuda:1`` asks GPU 1, not the current one)."""
+    if device.type != "cuda":
         return None
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if device.type == "cpu":
-        try:
-            return torch.bfloat16 if torch.ops.mkldnn._is_mkldnn_bf16_supported() else None
-        except (AttributeError, RuntimeError):
-            return None
-    return None
+    return tuple(torch.cuda.get_device_capability(device))
+
+
+def _cpu_has_bf16() -> bool:
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def autocast_dtype(device: torch.device, enabled: Any = True, training: bool = False) -> Optional[torch.dtype]:
+    """The autocast dtype for ``device`` (None: fp32). ``enabled`` is the ``amp`` setting (:func:`amp_choice`):
+    ``auto`` chooses by :func:`precision_for`; an explicit precision is taken as given, except fp16 outside
+    CUDA (no gradient scaler there)."""
+    choice = amp_choice(enabled)
+    if choice == "auto":
+        choice = precision_for(device.type, cuda_capability(device), training,
+                               device.type == "cpu" and not training and _cpu_has_bf16())
+    if choice == "fp16" and device.type != "cuda":
+        raise InputError(f"amp=fp16 needs a CUDA GPU (the gradient scaler runs there); on {device} use amp=bf16, "
+                         f"fp32 or auto.")
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[choice]
+
+
+def precision_name(dtype: Optional[torch.dtype]) -> str:
+    """``"bf16"``, ``"fp16"`` or ``"fp32"`` (None) for messages and records."""
+    return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "fp32")
 
 
 def memory_format(device: torch.device) -> torch.memory_format:

@@ -208,6 +208,21 @@ def session():
             _outlive(main_process)
 
 
+def abort() -> None:
+    """Ends this process's part of the training's group at once (after an error the others cannot know of,
+    e.g. out of memory): their pending collectives fail now, as a lost peer's (gloo's connections close;
+    torchrun then stops the processes of this machine), instead of waiting for the timeout. NCCL's
+    communicators are aborted first: destroying them with a collective in flight could block."""
+    if not dist.is_initialized():
+        return
+    abort_nccl = getattr(dist.distributed_c10d, "_abort_process_group", None)
+    if abort_nccl is not None and "nccl" in str(dist.get_backend()):
+        with contextlib.suppress(Exception):
+            abort_nccl()
+    with contextlib.suppress(Exception):
+        dist.destroy_process_group()
+
+
 def _outlive(main_process: Tuple[str, int], timeout_s: float = 60.0) -> None:
     """After a cancel, the other processes of rank 0's machine end after rank 0: torchrun terminates the
     workers that are still running once one has ended with a non-zero code (3), and rank 0, the last to

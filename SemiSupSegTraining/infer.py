@@ -9,14 +9,15 @@ distance between their softmax outputs, 0..1).
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Dict, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 from monai.inferers import sliding_window_inference
 from scipy import ndimage
 
-from .config import DEFAULT_OVERLAP, DEFAULT_WINDOW_BATCH, zyx
+from . import gpu
+from .config import CUDA_WINDOW_BATCH, DEFAULT_OVERLAP, DEFAULT_WINDOW_BATCH, zyx
 from .data import Volume, normalize, read_image, write_image_atomic, write_label_image
 from .devices import autocast, autocast_dtype, memory_format, select_device
 from .errors import Cancelled, InputError, is_out_of_memory
@@ -75,17 +76,28 @@ def window_count(shape: Sequence[int], window: Sequence[int], overlap: float) ->
 
 
 class Segmenter:
-    """A loaded model file, ready to segment volumes. ``window_batch`` windows run per forward pass."""
+    """A loaded model file, ready to segment volumes. ``window_batch`` windows run per forward pass (None:
+    :data:`config.DEFAULT_WINDOW_BATCH`, :data:`config.CUDA_WINDOW_BATCH` on a CUDA GPU).
+
+    ``blend_on_device`` (CUDA only): the blended output lives on the GPU when it fits there ("auto",
+    :func:`gpu.blend_on_device_fits`; True: always; False: in host memory, with MONAI buffering
+    ``buffer_steps`` window batches on the GPU between copies); ``cudnn_benchmark``: cuDNN's autotuner."""
 
     def __init__(self, model_path: str, device: str = "auto", overlap: float = DEFAULT_OVERLAP,
-                 window_batch: int = DEFAULT_WINDOW_BATCH,
-                 amp: bool = True, on_message: Optional[Callable[[str], None]] = None,
-                 disagreement: bool = True):
+                 window_batch: Optional[int] = None,
+                 amp: Any = "auto", on_message: Optional[Callable[[str], None]] = None,
+                 disagreement: bool = True, blend_on_device: Any = "auto", buffer_steps: int = 4,
+                 cudnn_benchmark: bool = True):
         if not 0.0 <= overlap < 1.0:
             raise InputError(f"Overlap {overlap} must lie in [0, 1); {DEFAULT_OVERLAP} is a good choice.")
+        self.device = select_device(device)
+        if window_batch is None:
+            window_batch = CUDA_WINDOW_BATCH if self.device.type == "cuda" else DEFAULT_WINDOW_BATCH
         if window_batch < 1:
             raise InputError(f"The window batch {window_batch} must be at least 1.")
-        self.device = select_device(device)
+        gpu.configure_cuda(self.device, cudnn_benchmark)
+        self.blend_on_device = blend_on_device
+        self.buffer_steps = buffer_steps
         self.net_a, self.net_b, self.meta = load_model(model_path, str(self.device))
         # Exact speed-ups: batch norm folded into the convolutions; channels-last 3D on CPUs (oneDNN).
         self.memory_format = memory_format(self.device)
@@ -143,10 +155,14 @@ class Segmenter:
             self._fall_back(image.shape)
 
     def _fall_back(self, shape: Sequence[int]) -> None:
-        """One step down after running out of memory: one window per pass, then the CPU, then give up."""
+        """One step down after running out of memory: the output to host memory, one window per pass, then the
+        CPU, then give up."""
         where = {"cuda": "GPU", "cpu": "CPU"}.get(self.device.type, self.device.type.upper())
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
+            if self.blend_on_device is not False:  # quietly first: the output to host memory
+                self.blend_on_device = False
+                return
         if self.window_batch > 1:
             self.window_batch = 1
             self._tell(f"The {where} ran out of memory with several windows per pass; segmenting one window "
@@ -167,6 +183,18 @@ class Segmenter:
                           f"voxels on the CPU, even one window at a time; close other programs, segment a "
                           f"region of interest (--roi), or use a machine with more memory.")
 
+    def _blending_device(self, shape: Sequence[int]) -> torch.device:
+        """Where the blended output lives (see the class's ``blend_on_device``)."""
+        if self.device.type != "cuda" or self.blend_on_device is False:
+            return torch.device("cpu")
+        if self.blend_on_device is True:
+            return self.device
+        channels = len(self.classes) + (1 if self.disagreement else 0)
+        free, _, _ = gpu.memory_figures(self.device)
+        need = gpu.window_memory_estimate(int(np.prod(self.window)), self.window_batch)
+        fits = gpu.blend_on_device_fits(int(np.prod(shape)), channels, free, need)
+        return self.device if fits else torch.device("cpu")
+
     def _tell(self, message: str) -> None:
         if self.on_message is not None:
             self.on_message(message)
@@ -183,13 +211,19 @@ class Segmenter:
                 on_window_batch(done[0], total)
             return out
 
-        # The volume and the blended output stay on the host (sw_device: where the windows run).
         inputs = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None, None]
+        blend = self._blending_device(image.shape)
+        # On the CPU the volume and the blended output stay in host memory (sw_device: where windows run);
+        # on a GPU they live there when they fit, else MONAI adds several window batches on the GPU per copy.
+        where = {"device": blend}
+        if blend.type == "cuda":
+            inputs = inputs.to(blend)
+        elif self.device.type == "cuda" and self.buffer_steps:
+            where.update(buffer_steps=self.buffer_steps, buffer_dim=0)
         with torch.inference_mode():
             out = sliding_window_inference(inputs, self.window, self.window_batch, predictor,
-                                           overlap=self.overlap, mode="gaussian", sw_device=self.device,
-                                           device=torch.device("cpu"))
-        out = out[0].float().numpy()  # a view: no copy of the channels
+                                           overlap=self.overlap, mode="gaussian", sw_device=self.device, **where)
+        out = out[0].float().cpu().numpy()  # on the CPU a view: no copy of the channels
         return (out[:-1], out[-1]) if self.disagreement else (out, None)
 
     def segment(self, volume: Volume, roi: Optional[Sequence[int]] = None, keep_largest: bool = False,
@@ -260,7 +294,7 @@ def keep_largest_components(labels: np.ndarray) -> np.ndarray:
 
 def segment_file(model_path: str, input_path: str, output_path: str, probabilities_path: Optional[str] = None,
                  uncertainty_path: Optional[str] = None, disagreement_path: Optional[str] = None,
-                 device: str = "auto", overlap: float = DEFAULT_OVERLAP, window_batch: int = DEFAULT_WINDOW_BATCH,
+                 device: str = "auto", overlap: float = DEFAULT_OVERLAP, window_batch: Optional[int] = None,
                  roi: Optional[Sequence[int]] = None, keep_largest: bool = False,
                  reporter: Optional[Reporter] = None, stop_file: Optional[str] = None) -> Dict[str, str]:
     """Segments an image file; every output has the input's size, origin, spacing and direction.

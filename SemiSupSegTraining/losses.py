@@ -213,9 +213,12 @@ def reliable_mask_per_class(entropy: torch.Tensor, pseudo_label: torch.Tensor, r
     # Entropy never exceeds log K < log K + 1, so this key sorts by class first, then by entropy.
     key = flat_class.float() * (math.log(num_classes) + 1.0) + flat_entropy
     order = torch.argsort(key)
-    counts = torch.bincount(flat_class, minlength=num_classes)
-    starts = torch.cumsum(counts, 0) - counts
     sorted_class = flat_class[order]
+    # Each class's first and past-the-end position in the sorted labels. (torch.bincount would sync with
+    # the host on CUDA: the output size depends on the labels' maximum.)
+    classes = torch.arange(num_classes, device=flat_class.device, dtype=sorted_class.dtype)
+    starts = torch.searchsorted(sorted_class, classes)
+    counts = torch.searchsorted(sorted_class, classes, right=True) - starts
     rank = torch.arange(order.numel(), device=order.device) - starts[sorted_class]
     keep_sorted = rank.float() < torch.ceil(q * counts[sorted_class].float())
     keep = torch.empty_like(keep_sorted)

@@ -14,14 +14,15 @@ from typing import Any, Callable, Dict, NamedTuple, Optional, Tuple
 import numpy as np
 import torch
 
-from . import distributed, geometry, losses, objectives
-from .config import TrainConfig, preset_config, zyx
+from . import distributed, geometry, gpu, losses, objectives
+from .config import TrainConfig, preset_config, with_run_settings, zyx
 from .data import PatchSampler, load_training_cases, normalization_for
-from .devices import autocast, autocast_dtype, memory_format, select_device
+from .devices import autocast, autocast_dtype, memory_format, precision_name, select_device
 from .errors import Cancelled, DistributedError, InputError, is_out_of_memory
 from .manifest import Manifest, class_color, load_manifest, manifest_to_dict
 from .modelfile import load_trusted_data, save_model
 from .networks import ProjectionHead, build_networks
+from .prefetch import Prefetcher
 from .progress import Reporter
 from .runfolder import (CHECKPOINT_FORMAT, CHECKPOINT_NAME, CONFIG_NAME, LOCK_NAME, LOG_NAME, MODEL_NAME,  # noqa: F401
                         PREVIOUS_CHECKPOINT_NAME,
@@ -190,6 +191,11 @@ class Trainer:
         self.num_classes = num_classes
         self.device = device
         self.amp_dtype = autocast_dtype(device, config.amp, training=True)
+        gpu.configure_cuda(device, config.cudnn_benchmark)
+        # "auto": sequential until the first step on CUDA has measured whether the joint backward fits.
+        self.sequential_backward = config.sequential_backward is not False
+        self._backward_chooser = (gpu.BackwardChooser(device) if config.sequential_backward == "auto"
+                                  and device.type == "cuda" else None)
         self.dist = distributed.current()
         # The same initial weights on every process; its own crops, dropout and voxel samples on each.
         torch.manual_seed(config.seed)
@@ -224,6 +230,8 @@ class Trainer:
                           if unlabeled and config.batch_unlabeled > 0
                           and (config.method == "ours" or self.baseline) else None)
         self.iteration = 0
+        use_thread = config.prefetch is True or (config.prefetch == "auto" and device.type == "cuda")
+        self.prefetcher = Prefetcher(self._host_batch, self.rng) if use_thread else None
         self._replicate()
 
     def _replicate(self) -> None:
@@ -243,12 +251,22 @@ class Trainer:
         return self.net_a, self.net_b
 
     def next_batch(self) -> Tuple[torch.Tensor, torch.Tensor]:
+        images, labels = self.prefetcher.next() if self.prefetcher is not None else self._host_batch()
+        return (images.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format),
+                labels.to(self.device, non_blocking=True).long())
+
+    def _host_batch(self) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The next crops in host memory; for a GPU the labels as bytes (an eighth of int64 to copy) and both
+        in pinned memory, so that the copy to the device runs asynchronously."""
         images, labels = self.labeled.sample(self.config.batch_labeled)
         if self.unlabeled is not None:
             unlabeled, _ = self.unlabeled.sample(self.config.batch_unlabeled)
             images = np.concatenate([images, unlabeled])
-        return (torch.from_numpy(images).to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format),
-                torch.from_numpy(labels).to(self.device, non_blocking=True))
+        images, labels = torch.from_numpy(images), torch.from_numpy(labels)
+        if self.device.type == "cuda":
+            labels = labels.to(torch.uint8) if self.num_classes <= 256 else labels
+            images, labels = images.pin_memory(), labels.pin_memory()
+        return images, labels
 
     def step(self) -> Dict[str, torch.Tensor]:
         """One iteration; returns the loss terms as 0-dim tensors (no host sync here).
@@ -279,7 +297,10 @@ class Trainer:
         if config.unlabeled_views and images.shape[0] > n:  # same labeled crops, own view of the unlabeled
             inputs = [torch.cat([images[:n], intensity_view(images[n:], self.generator)]) for _ in range(2)]
         semi = uses_unlabeled_terms(config) and images.shape[0] > n
-        sequential = semi and config.sequential_backward
+        sequential = semi and self.sequential_backward
+        measure = semi and self._backward_chooser is not None
+        if measure:
+            self._backward_chooser.before_step()
         if sequential:
             random_before_a, buffers_a = self._random_state(), [b.clone() for b in self.net_a.buffers()]
             with torch.no_grad():
@@ -312,6 +333,9 @@ class Trainer:
                 self._backward(sup_a + sup_b + extra_a + extra_b)
             stats.update(stats_a)
             stats.update(stats_b)
+            if measure:  # once: every process takes the joint backward only if it fits on all of them
+                self.sequential_backward = self.dist.any(not self._backward_chooser.decide())[0]
+                self._backward_chooser = None
             loss = (sup_a + sup_b + extra_a + extra_b).detach()  # for the log: the backward passes are done
             if "reg" in stats:  # each network's share holds all of L_reg; the loss counts it once
                 loss = loss - loss_weights(config, it)[0] * stats["reg"].detach()
@@ -361,18 +385,43 @@ class Trainer:
 
     def random_state(self) -> Dict[str, Any]:
         """This process's random generators (crops, dropout, voxel samples)."""
-        state = {"rng_numpy": json.dumps(self.rng.bit_generator.state), "rng_torch": torch.get_rng_state(),
+        numpy_state = self.prefetcher.rng_state() if self.prefetcher is not None else json.dumps(
+            self.rng.bit_generator.state)
+        state = {"rng_numpy": numpy_state, "rng_torch": torch.get_rng_state(),
                  "rng_generator": self.generator.get_state()}
         if self.device.type == "cuda":
             state["rng_cuda"] = torch.cuda.get_rng_state(self.device)
         return state
 
-    def load_random_state(self, state: Dict[str, Any]) -> None:
+    def load_random_state(self, state: Dict[str, Any]) -> str:
+        """Takes back the generators of ``state``; returns a note (else "") when the device generator's
+        state was saved on another kind of device (a CUDA state is 16 bytes, a CPU one 5056), whose
+        generators are then seeded afresh."""
+        if self.prefetcher is not None:
+            self.prefetcher.reset()
         self.rng.bit_generator.state = json.loads(state["rng_numpy"])
         torch.set_rng_state(state["rng_torch"])
-        self.generator.set_state(state["rng_generator"])
-        if "rng_cuda" in state and self.device.type == "cuda":
+        saved = state["rng_generator"]
+        if saved.numel() != self.generator.get_state().numel() or (
+                self.device.type == "cuda") != ("rng_cuda" in state):
+            self.reseed(rank_seed(self.config.seed + int(state.get("iteration", 0)), self.dist.rank), numpy=False)
+            return (f" The checkpoint's random state is of another kind of device than {self.device}: the "
+                    f"dropout and voxel samples from here on come from a fresh seed and differ from an "
+                    f"uninterrupted run.")
+        self.generator.set_state(saved)
+        if "rng_cuda" in state:
             torch.cuda.set_rng_state(state["rng_cuda"], self.device)
+        return ""
+
+    def reseed(self, seed: int, numpy: bool = True) -> None:
+        """Fresh random streams from ``seed``: the device generator, torch's global ones, and (``numpy``)
+        the crops (in place: the samplers hold this generator)."""
+        if numpy:
+            if self.prefetcher is not None:
+                self.prefetcher.reset()
+            self.rng.bit_generator.state = np.random.default_rng(seed).bit_generator.state
+        self.generator.manual_seed(seed)
+        torch.manual_seed(seed)  # the CPU's and every GPU's
 
     def state(self) -> Dict[str, Any]:
         state = {
@@ -388,17 +437,19 @@ class Trainer:
             state["projectors"] = self.projectors.state_dict()
         return state
 
-    def load_state(self, state: Dict[str, Any]) -> None:
+    def load_state(self, state: Dict[str, Any]) -> str:
+        """Takes back a checkpoint; returns :meth:`load_random_state`'s note."""
         self.net_a.load_state_dict(state["weights_a"])
         self.net_b.load_state_dict(state["weights_b"])
         for opt, key in zip(self.optimizers, ("optimizer_a", "optimizer_b")):
             opt.load_state_dict(state[key])
-        self.load_random_state(state)
+        note = self.load_random_state(state)
         if "scaler" in state and self.scaler is not None:
             self.scaler.load_state_dict(state["scaler"])
         if "projectors" in state and self.projectors is not None:
             self.projectors.load_state_dict(state["projectors"])
         self.iteration = int(state["iteration"])
+        return note
 
     def load_weights(self, weights_a: Dict[str, torch.Tensor], weights_b: Dict[str, torch.Tensor]) -> None:
         self.net_a.load_state_dict(weights_a)
@@ -445,13 +496,14 @@ def train(manifest_path: Optional[str], output_dir: str, config: Optional[TrainC
           progress: str = "bar", callback: Optional[Callable[[dict], None]] = None,
           init_model: Optional[str] = None, resume: bool = False,
           cancel_event: Optional[threading.Event] = None, log_every: int = 10,
-          stop_file: Optional[str] = None) -> str:
+          stop_file: Optional[str] = None, run_settings: Optional[Dict[str, Any]] = None) -> str:
     """Trains both networks and writes ``output_dir/model.pt``; returns its path.
 
     ``resume=True`` continues the checkpoint in ``output_dir`` (manifest and settings come from it) with the
     same iteration count, schedules, optimiser and random states: the result equals an uninterrupted run. A
     training killed before its first checkpoint starts again from iteration 0 with the settings and cases
-    the folder records. ``init_model`` starts from a model file's weights (retraining after corrections).
+    the folder records; ``run_settings`` may change how it runs (:data:`config.RUN_SETTINGS`, e.g. another
+    device). ``init_model`` starts from a model file's weights (retraining after corrections).
     SIGINT/SIGTERM, ``cancel_event`` or the file ``stop_file`` appearing write a checkpoint and raise
     :class:`Cancelled`. A folder that this call created is removed again when the training fails before
     writing anything into it.
@@ -469,7 +521,8 @@ def train(manifest_path: Optional[str], output_dir: str, config: Optional[TrainC
             start = None
             if group.is_main:
                 try:
-                    start = _open_run_folder(output_dir, folder_hold, manifest_path, config, init_model, resume)
+                    start = _open_run_folder(output_dir, folder_hold, manifest_path, config, init_model, resume,
+                                             run_settings)
                 except Exception as e:
                     group.broadcast({"error": str(e), "bad_input": isinstance(e, InputError)})
                     raise
@@ -487,7 +540,8 @@ def train(manifest_path: Optional[str], output_dir: str, config: Optional[TrainC
 
 
 def _open_run_folder(output_dir: str, hold: contextlib.ExitStack, manifest_path: Optional[str],
-                     config: Optional[TrainConfig], init_model: Optional[str], resume: bool) -> Dict[str, Any]:
+                     config: Optional[TrainConfig], init_model: Optional[str], resume: bool,
+                     run_settings: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     """Rank 0's part of the start: the folder checked and locked (``hold`` keeps the lock), and what the
     training starts from: ``{"config", "manifest", "checkpoint", "init_model", "note", "created"}``."""
     if resume and not os.path.isdir(output_dir):
@@ -506,6 +560,7 @@ def _open_run_folder(output_dir: str, hold: contextlib.ExitStack, manifest_path:
         remove_partial_files(output_dir)
         if resume:
             start = resume_point(output_dir)
+            start["config"] = with_run_settings(start["config"], run_settings)
         else:
             if manifest_path is None:
                 raise InputError("Give a manifest (--manifest) to train on, or --resume a stopped training.")
@@ -537,7 +592,7 @@ def _train_from(start: Dict[str, Any], output_dir: str, group: "distributed.Cont
         if config.sync_batchnorm and device.type != "cuda":
             note += " Batch norm per process: torch synchronises batch norm on GPUs only."
     if checkpoint is not None:
-        trainer.load_state(checkpoint)
+        note += trainer.load_state(checkpoint)
         note += _load_rank_random_state(trainer, checkpoint)
     elif start["init_model"]:
         _init_from_model(trainer, start["init_model"], manifest)
@@ -561,18 +616,31 @@ def _load_rank_random_state(trainer: "Trainer", checkpoint: Dict[str, Any]) -> s
     ranks = checkpoint.get("rng_ranks")
     group = trainer.dist
     if ranks is not None and len(ranks) == group.world_size:
-        trainer.load_random_state(ranks[group.rank])
-        return ""
+        return trainer.load_random_state(dict(ranks[group.rank], iteration=trainer.iteration)) if group.rank else ""
     if not group.enabled and ranks is None:
         return ""
     if group.rank:
-        seed = rank_seed(trainer.config.seed + trainer.iteration, group.rank)
-        trainer.rng = np.random.default_rng(seed)
-        trainer.generator.manual_seed(seed)
-        torch.manual_seed(seed)
+        trainer.reseed(rank_seed(trainer.config.seed + trainer.iteration, group.rank))
     saved = len(ranks) if ranks is not None else 1
     return (f" The checkpoint was written by {saved} process(es) and {group.world_size} resume it: the crops "
             f"from here on differ from an uninterrupted run.")
+
+
+def out_of_memory_message(trainer: Trainer, output_dir: str) -> str:
+    """One sentence: where memory ran out, the setting that helps most, and whether the checkpoints are kept."""
+    config = trainer.config
+    kept = os.path.exists(os.path.join(output_dir, CHECKPOINT_NAME))
+    where = (f"at iteration {trainer.iteration + 1} (patch size {tuple(config.patch_size)}, batch "
+             f"{config.batch_labeled}+{config.batch_unlabeled}")
+    if not trainer.sequential_backward and uses_unlabeled_terms(config) and trainer.unlabeled is not None:
+        helps = ("back-propagate one network at a time, about half the peak memory: " +
+                 (f"'semisupseg train --resume {output_dir} --set sequential_backward=true'" if kept else
+                  "train again with --set sequential_backward=true"))
+    else:
+        helps = ("train again with a smaller preset or patch (e.g. --preset cpu-fast or --set "
+                 "patch_size=[64,64,48]) or on another device")
+    return (f"The {trainer.device} ran out of memory {where}, {precision_name(trainer.amp_dtype)}); {helps}"
+            f"{'; the checkpoints in ' + output_dir + ' are kept' if kept else ''}.")
 
 
 def _init_from_model(trainer: Trainer, path: str, manifest: Manifest) -> None:
@@ -633,9 +701,11 @@ def _loop(trainer: Trainer, manifest: Manifest, labeled: list, unlabeled: list, 
         return path
 
     what = f"Resuming at iteration {first} of {config.iterations}" if first else "Training"
+    precision = precision_name(trainer.amp_dtype)
     reporter.emit("start", "train", iteration=first, total=config.iterations, device=str(trainer.device),
-                  message=f"{what} on {trainer.device} ({len(labeled)} labeled, {len(unlabeled)} unlabeled "
-                          f"cases, preset {config.preset}, {config.iterations} iterations).{note}")
+                  precision=precision,
+                  message=f"{what} on {trainer.device} in {precision} ({len(labeled)} labeled, {len(unlabeled)} "
+                          f"unlabeled cases, preset {config.preset}, {config.iterations} iterations).{note}")
     with (open(log_path, "a") if group.is_main else contextlib.nullcontext()) as log:
         while trainer.iteration < config.iterations:
             # One all-reduce: a stop asked of any process, or any process's clock, acts on all of them here.
@@ -654,13 +724,9 @@ def _loop(trainer: Trainer, manifest: Manifest, labeled: list, unlabeled: list, 
             except Exception as e:
                 if not is_out_of_memory(e):
                     raise
-                kept = os.path.exists(os.path.join(output_dir, CHECKPOINT_NAME))
-                raise MemoryError(
-                    f"The {trainer.device} ran out of memory at iteration {trainer.iteration + 1} (patch size "
-                    f"{tuple(config.patch_size)}, batch {config.batch_labeled}+{config.batch_unlabeled}); train "
-                    f"again with a smaller preset or patch (e.g. --preset cpu-fast or --set patch_size=[64,64,48]) "
-                    f"or on another device{'; the checkpoints in ' + output_dir + ' are kept' if kept else ''}."
-                ) from None
+                if group.enabled:  # the other processes wait in a collective: end it for them now
+                    distributed.abort()
+                raise MemoryError(out_of_memory_message(trainer, output_dir)) from None
             it = trainer.iteration
             if it % log_every == 0 or it == config.iterations or it == first + 1:
                 values = {k: round(float(v), 5) for k, v in terms.items()}

@@ -157,6 +157,9 @@ def test_reliable_mask_per_class_keeps_share_of_each_class():
     assert L.reliable_mask(entropy, 0.5).tolist() == [[True, False, True, False, True, False, False, True]]
     assert not L.reliable_mask_per_class(entropy, pseudo, 0.0, 3).any()
     assert L.reliable_mask_per_class(entropy, pseudo, 1.0, 3).all()
+    # class 1 absent (its count is 0): classes 0 and 2 each keep ceil(0.5*2)=1 voxel, their lowest
+    keep = L.reliable_mask_per_class(torch.tensor([[0.1, 0.5, 0.2, 0.9]]), torch.tensor([[0, 0, 2, 2]]), 0.5, 3)
+    assert keep.tolist() == [[True, False, True, False]]
 
 
 def test_select_pseudo_labels_picks_lower_loss():
