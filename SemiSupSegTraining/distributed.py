@@ -2,8 +2,9 @@
 
 ``torchrun`` sets ``RANK``, ``LOCAL_RANK`` and ``WORLD_SIZE`` (and the rendezvous address); :func:`session`
 reads them, starts the process group (nccl on GPUs, gloo on CPUs) and makes the :class:`Context` that the
-trainer asks for with :func:`current`. Without those variables (or with one process) everything here is a
-no-op, so a single-process training runs exactly the code it ran before.
+trainer asks for with :func:`current`. Without torchrun everything here is a no-op, so a single-process
+training runs exactly the code it ran before; torchrun with one process starts a group of one (the whole
+distributed path on one GPU, as Testing/Benchmarks/gpu_check.py runs it).
 
 Which quantities of the method are global (over every process's crops) and which stay per process is
 decided here and in :mod:`.train`; the README's section "Training on several GPUs or machines" lists them.
@@ -37,15 +38,18 @@ class Context:
     one process with the global batch.
     """
 
-    def __init__(self, rank: int = 0, local_rank: int = 0, world_size: int = 1, group: Any = None):
+    def __init__(self, rank: int = 0, local_rank: int = 0, world_size: int = 1, group: Any = None,
+                 backend: str = ""):
         self.rank, self.local_rank, self.world_size = rank, local_rank, world_size
+        self.backend = backend  # e.g. "cpu:gloo,cuda:nccl" (for the start message)
         # The method's own collectives run on a group of their own, never interleaved with DDP's buckets.
         self.group = group
-        self.reduce: Optional[Callable[[torch.Tensor], torch.Tensor]] = self._sum if world_size > 1 else None
+        self.reduce: Optional[Callable[[torch.Tensor], torch.Tensor]] = self._sum if group is not None else None
 
     @property
     def enabled(self) -> bool:
-        return self.world_size > 1
+        """A process group runs (torchrun, even with one process)."""
+        return self.group is not None
 
     @property
     def is_main(self) -> bool:
@@ -152,7 +156,8 @@ def current() -> Context:
 
 
 def launched_by_torchrun() -> bool:
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1 or (
+        "TORCHELASTIC_RUN_ID" in os.environ and "WORLD_SIZE" in os.environ)
 
 
 def training_device(setting: str) -> str:
@@ -191,7 +196,8 @@ def session():
     except Exception as e:  # a rendezvous that never completes, an unreachable master
         raise DistributedError(f"Cannot start the distributed training ({_reason(e)}); check that every "
                                f"process was started with the same torchrun rendezvous settings.") from None
-    _current = Context(dist.get_rank(), int(os.environ.get("LOCAL_RANK", "0")), dist.get_world_size(), group)
+    _current = Context(dist.get_rank(), int(os.environ.get("LOCAL_RANK", "0")), dist.get_world_size(), group,
+                       backend)
     main_process = _current.broadcast((socket.gethostname(), os.getpid()))
     cancelled = False
     try:

@@ -587,7 +587,8 @@ def _train_from(start: Dict[str, Any], output_dir: str, group: "distributed.Cont
     trainer = Trainer(config, len(manifest.classes), labeled, unlabeled, device)
     note = start["note"]
     if group.enabled:
-        note += (f" {group.world_size} processes, {config.batch_labeled}+{config.batch_unlabeled} crops each "
+        note += (f" {group.world_size} processes ({group.backend or 'torch.distributed'}), "
+                 f"{config.batch_labeled}+{config.batch_unlabeled} crops each "
                  f"(global batch {group.world_size * config.batch_labeled}+{group.world_size * config.batch_unlabeled}).")
         if config.sync_batchnorm and device.type != "cuda":
             note += " Batch norm per process: torch synchronises batch norm on GPUs only."

@@ -184,7 +184,8 @@ def child_step(task: Dict[str, Any]) -> Dict[str, Any]:
     manifest = load_manifest(task["manifest"])
     config = preset_config("paper", {"patch_size": task["patch"], "base_filters": task["base_filters"],
                                      "resnet_blocks": task["resnet_blocks"], "device": device, "seed": 0,
-                                     "sequential_backward": procedure != "ours-joint"})
+                                     "sequential_backward": procedure != "ours-joint",
+                                     "amp": task.get("amp", "auto")})
     labeled, unlabeled = load_training_cases(manifest, normalization_for(manifest.modality, config.normalization),
                                              config.ct_window)
     trainer = Trainer(config, len(manifest.classes), labeled, unlabeled, torch.device(device))

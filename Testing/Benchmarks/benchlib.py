@@ -93,6 +93,9 @@ def torch_info(device: str) -> Dict[str, Any]:
     if dev.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(dev)
         info["cuda"] = torch.version.cuda
+        info["compute_capability"] = ".".join(map(str, torch.cuda.get_device_capability(dev)))
+        info["gpu_memory_gib"] = round(torch.cuda.get_device_properties(dev).total_memory / 2 ** 30, 1)
+        info["cudnn"] = torch.backends.cudnn.version()
     inference = autocast_dtype(dev, True)
     training = autocast_dtype(dev, True, training=True)
     info["engine_inference_dtype"] = str(inference).replace("torch.", "") if inference else "float32"
