@@ -424,6 +424,7 @@ def test_inference_falls_back_to_the_cpu(tiny_model_file, phantom_dataset, monke
     messages = []
     segmenter = infer.Segmenter(tiny_model_file, "cpu", window_batch=2, on_message=messages.append)
     segmenter.device = torch.device("cuda")
+    segmenter.blend_on_device = False  # the output in host memory: a CPU build cannot place it on the GPU
     original = infer.sliding_window_inference
     devices = []
 
