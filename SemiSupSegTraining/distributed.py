@@ -7,7 +7,7 @@ training runs exactly the code it ran before; torchrun with one process starts a
 distributed path on one GPU, as Testing/Benchmarks/gpu_check.py runs it).
 
 Which quantities of the method are global (over every process's crops) and which stay per process is
-decided here and in :mod:`.train`; the README's section "Training on several GPUs or machines" lists them.
+decided here and in :mod:`.train`; docs/distributed.md lists them.
 """
 
 import contextlib

@@ -132,7 +132,7 @@ def child_inference(task: Dict[str, Any]) -> Dict[str, Any]:
     import torch
 
     from SemiSupSegTraining.config import DEFAULT_WINDOW_BATCH
-    from SemiSupSegTraining.data import normalize
+    from SemiSupSegTraining.geometry import normalize
     from SemiSupSegTraining.devices import precision_name
     from SemiSupSegTraining.infer import Segmenter, window_count
     from SemiSupSegTraining.phantoms import make_phantom

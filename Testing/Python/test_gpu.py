@@ -15,7 +15,8 @@ import torch
 from SemiSupSegTraining import runfolder
 from SemiSupSegTraining.cli import main
 from SemiSupSegTraining.config import preset_config
-from SemiSupSegTraining.data import load_training_cases, read_image
+from SemiSupSegTraining.data import load_training_cases
+from SemiSupSegTraining.fileio import read_image
 from SemiSupSegTraining.devices import autocast_dtype, cuda_capability, precision_for
 from SemiSupSegTraining.errors import EXIT_OK
 from SemiSupSegTraining.infer import Segmenter
