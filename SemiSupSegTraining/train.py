@@ -374,13 +374,18 @@ class Trainer:
 
     def _random_state(self) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
         """The generators that dropout draws from (the CPU's, and the GPU's when training on one)."""
-        cuda = torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None
-        return torch.get_rng_state(), cuda
+        if self.device.type == "cuda":
+            return torch.get_rng_state(), torch.cuda.get_rng_state(self.device)
+        if self.device.type == "mps":
+            return torch.get_rng_state(), torch.mps.get_rng_state()
+        return torch.get_rng_state(), None
 
     def _set_random_state(self, state: Tuple[torch.Tensor, Optional[torch.Tensor]]) -> None:
         torch.set_rng_state(state[0])
-        if state[1] is not None:
+        if state[1] is not None and self.device.type == "cuda":
             torch.cuda.set_rng_state(state[1], self.device)
+        elif state[1] is not None:
+            torch.mps.set_rng_state(state[1])
 
     # ---------------------------------------------------------------------------------- state
 

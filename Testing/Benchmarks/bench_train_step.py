@@ -190,10 +190,12 @@ def child_step(task: Dict[str, Any]) -> Dict[str, Any]:
     labeled, unlabeled = load_training_cases(manifest, normalization_for(manifest.modality, config.normalization),
                                              config.ct_window)
     trainer = Trainer(config, len(manifest.classes), labeled, unlabeled, torch.device(device))
-    if procedure == "reference":  # PyTorch's default layout, as the reference code runs
-        trainer.memory_format = torch.contiguous_format
-        for net in trainer.networks():
-            net.to(memory_format=torch.contiguous_format)
+    if procedure == "reference" or task.get("channels_last") is not None:
+        # PyTorch's default layout, as the reference code runs; or the layout asked for (gpu_check.py)
+        layout = torch.channels_last_3d if task.get("channels_last") else torch.contiguous_format
+        trainer.memory_format = layout
+        for module in list(trainer.networks()) + list(trainer.projectors or []):
+            module.to(memory_format=layout)
     if procedure == "ours-bf16":
         trainer.amp_dtype = torch.bfloat16
     if device.startswith("cuda"):
