@@ -17,12 +17,16 @@ Batch = Tuple[torch.Tensor, torch.Tensor]
 
 
 class Prefetcher:
-    """``draw()`` run one batch ahead on a thread; ``rng`` is the generator it draws from."""
+    """``draw()`` run one batch ahead on a thread; ``rng`` is the generator it draws from; ``initializer``
+    runs first on the thread (e.g. selecting the training's GPU, so that pinned memory does not open a
+    CUDA context on GPU 0)."""
 
-    def __init__(self, draw: Callable[[], Batch], rng: np.random.Generator):
+    def __init__(self, draw: Callable[[], Batch], rng: np.random.Generator,
+                 initializer: Optional[Callable[[], None]] = None):
         self._draw = draw
         self._rng = rng
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="semisupseg-batch")
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="semisupseg-batch",
+                                        initializer=initializer)
         self._pending: Optional[Future] = None
         self._pending_state: Optional[str] = None
 
