@@ -175,7 +175,8 @@ HANDLERS = {"steps": child_steps, "inference": child_inference}
 def _run(command: Sequence[str], timeout: float, cwd: str = ROOT) -> subprocess.CompletedProcess:
     env = dict(os.environ)
     env["PYTHONPATH"] = ROOT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    return subprocess.run(list(command), capture_output=True, text=True, timeout=timeout, env=env, cwd=cwd)
+    return subprocess.run(list(command), capture_output=True, text=True, encoding="utf-8", errors="replace",
+                          timeout=timeout, env=env, cwd=cwd)
 
 
 def _events(text: str) -> List[Dict[str, Any]]:

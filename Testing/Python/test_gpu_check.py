@@ -13,7 +13,8 @@ def test_the_gpu_check_runs_every_stage_on_the_cpu(tmp_path):
     path = str(tmp_path / "gpu-check.json")
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "Testing", "Benchmarks", "gpu_check.py"), "--dry-run",
-                           "--json", path], capture_output=True, text=True, env=env, cwd=ROOT, timeout=400)
+                           "--json", path], capture_output=True, text=True, encoding="utf-8", env=env, cwd=ROOT,
+                          timeout=400)
     assert proc.returncode == 0, proc.stderr[-3000:]
     with open(path) as f:
         report = json.load(f)
