@@ -9,7 +9,7 @@ import datetime
 import json
 import os
 import threading
-from typing import Any, Callable, Dict, NamedTuple, Optional, Tuple
+from typing import Any, Callable, Dict, NamedTuple, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -19,7 +19,8 @@ from .config import TrainConfig, preset_config, zyx
 from .data import PatchSampler, load_training_cases, normalization_for
 from .devices import autocast, autocast_dtype, memory_format, select_device
 from .errors import Cancelled, DistributedError, InputError, is_out_of_memory
-from .manifest import Manifest, class_color, load_manifest, manifest_to_dict
+from .layouts import load_cases
+from .manifest import Manifest, class_color, manifest_to_dict
 from .modelfile import load_trusted_data, save_model
 from .networks import ProjectionHead, build_networks
 from .progress import Reporter
@@ -441,12 +442,13 @@ def _image_paths(manifest: Manifest) -> list:
     return [e.image for e in manifest.labeled_cases + manifest.unlabeled_cases]
 
 
-def train(manifest_path: Optional[str], output_dir: str, config: Optional[TrainConfig] = None,
+def train(manifest_path: Union[str, Manifest, None], output_dir: str, config: Optional[TrainConfig] = None,
           progress: str = "bar", callback: Optional[Callable[[dict], None]] = None,
           init_model: Optional[str] = None, resume: bool = False,
           cancel_event: Optional[threading.Event] = None, log_every: int = 10,
           stop_file: Optional[str] = None) -> str:
-    """Trains both networks and writes ``output_dir/model.pt``; returns its path.
+    """Trains both networks and writes ``output_dir/model.pt``; returns its path. ``manifest_path``: a
+    manifest file, a dataset folder (see :mod:`.layouts`) or a :class:`Manifest`.
 
     ``resume=True`` continues the checkpoint in ``output_dir`` (manifest and settings come from it) with the
     same iteration count, schedules, optimiser and random states: the result equals an uninterrupted run. A
@@ -486,7 +488,7 @@ def train(manifest_path: Optional[str], output_dir: str, config: Optional[TrainC
         raise
 
 
-def _open_run_folder(output_dir: str, hold: contextlib.ExitStack, manifest_path: Optional[str],
+def _open_run_folder(output_dir: str, hold: contextlib.ExitStack, manifest_path: Union[str, Manifest, None],
                      config: Optional[TrainConfig], init_model: Optional[str], resume: bool) -> Dict[str, Any]:
     """Rank 0's part of the start: the folder checked and locked (``hold`` keeps the lock), and what the
     training starts from: ``{"config", "manifest", "checkpoint", "init_model", "note", "created"}``."""
@@ -509,7 +511,8 @@ def _open_run_folder(output_dir: str, hold: contextlib.ExitStack, manifest_path:
         else:
             if manifest_path is None:
                 raise InputError("Give a manifest (--manifest) to train on, or --resume a stopped training.")
-            start = {"config": config or preset_config("paper"), "manifest": load_manifest(manifest_path),
+            manifest = manifest_path if isinstance(manifest_path, Manifest) else load_cases(manifest_path)
+            start = {"config": config or preset_config("paper"), "manifest": manifest,
                      "checkpoint": None, "init_model": init_model, "note": ""}
         start["config"].validate()
     except BaseException:

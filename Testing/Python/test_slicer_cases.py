@@ -4,6 +4,7 @@ import os
 
 import pytest
 from SemiSupSegLib.cases import CaseTable, build_manifest, scan_folder, split_image_name
+from SemiSupSegTraining.errors import InputError
 from SemiSupSegTraining.manifest import default_classes, load_manifest
 
 
@@ -41,9 +42,9 @@ def test_scan_images_and_labels_folders(tmp_path):
 
 
 def test_scan_errors(tmp_path):
-    with pytest.raises(ValueError, match="No image files"):
+    with pytest.raises(InputError, match="No image files"):
         scan_folder(str(tmp_path))
-    with pytest.raises(ValueError, match="not a folder"):
+    with pytest.raises(InputError, match="not a folder"):
         scan_folder(str(tmp_path / "missing"))
 
 
