@@ -77,7 +77,7 @@ def suggest_cases(model_path: str, manifest_path: str, device: str = "auto", rep
     """Scores every unlabeled case of the manifest (a file or a dataset folder, whose imagesTs/ cases join
     with ``use_test_images``) with the model; returns them best first (rank 1 = label this one next). One progress event per case; the ``done`` event carries the ranking. When
     ``stop_file`` appears, sends a ``cancelled`` event and raises :class:`Cancelled`."""
-    from .data import read_image
+    from .fileio import read_image
 
     reporter = reporter or Reporter("none")
     manifest = load_cases(manifest_path, use_test_images)
