@@ -311,26 +311,11 @@ def modality_of(channel: str) -> str:
 
 # ----------------------------------------------------------------------------------- reading files
 
-def header_reader(path: str, what: str = "image"):
-    """A SimpleITK reader that has read the file's header only (cheap); unreadable files are one sentence."""
-    import SimpleITK as sitk
-
-    if not os.path.isfile(path):
-        raise InputError(f"The {what} {path} does not exist; check the path.")
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(path)
-    try:
-        reader.ReadImageInformation()
-    except RuntimeError as e:
-        reason = [line for line in str(e).strip().splitlines() if line.strip()] or ["unknown reason"]
-        raise InputError(f"The {what} {path} cannot be read ({reason[-1].strip()[:160]}); check that the file "
-                         f"is complete and of a supported format.") from None
-    return reader
-
-
 def image_header(path: str) -> Tuple[int, Tuple[int, ...], Tuple[float, ...]]:
     """(channels, size, spacing) from an image file's header only; a 4D image's fourth axis and a vector
     image's values per voxel count as channels."""
+    from .fileio import header_reader
+
     reader = header_reader(path)
     size = tuple(reader.GetSize())
     channels = reader.GetNumberOfComponents() * (size[3] if len(size) > 3 else 1)
@@ -342,7 +327,7 @@ def label_values(path: str) -> Tuple[List[int], List[str]]:
     import numpy as np
     import SimpleITK as sitk
 
-    from .data import is_segmentation_file, read_segmentation_file, read_sitk_image, require_3d_scalar
+    from .fileio import is_segmentation_file, read_segmentation_file, read_sitk_image, require_3d_scalar
 
     if is_segmentation_file(path):
         image, segments = read_segmentation_file(path)

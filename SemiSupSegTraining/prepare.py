@@ -40,7 +40,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import SimpleITK as sitk
 
-from .fileio import read_image, read_sitk_image, require_3d_scalar, write_image_atomic
+from .fileio import header_reader, read_image, read_sitk_image, require_3d_scalar, write_image_atomic
 from .geometry import Geometry, normalize
 from .errors import InputError
 from .manifest import CaseEntry, ClassInfo, Manifest, default_classes, write_manifest
@@ -270,8 +270,6 @@ def _onto_grid(label: sitk.Image, reference: Geometry, label_path: str, image_pa
 
 def _header_geometry(path: str, what: str) -> Geometry:
     """The grid from the file's header only (cheap), for checks before any volume is read."""
-    from .layouts import header_reader
-
     reader = header_reader(path, what)
     if reader.GetDimension() != 3:
         raise InputError(f"The {what} {path} is {reader.GetDimension()}D; SemiSupSeg needs a 3D volume.")
