@@ -104,33 +104,43 @@ def _one_per_id(pairs: Sequence[Tuple[str, str]], folder: str) -> Dict[str, str]
     return out
 
 
-def _channels(pairs: Sequence[Tuple[str, str]], folder: str, required: bool) -> Dict[str, str]:
-    """{case id: channel-0 path} of images named ``CASE_0000``; a case with other channels is refused.
-    ``required``: every image must carry a channel suffix (nnU-Net); else names without one are case ids."""
+def _channel_named(pairs: Sequence[Tuple[str, str]]) -> bool:
+    """Whether image names carry nnU-Net's channel suffixes (``CASE_0000``): all of them do and every case
+    has its channel 0, unlike numbered names such as ``scan_0001``, ``scan_0002`` (one case each)."""
+    groups: Dict[str, set] = {}
+    for stem, _ in pairs:
+        match = _CHANNEL.match(stem)
+        if match is None:
+            return False
+        groups.setdefault(match.group(1), set()).add(match.group(2))
+    return len(groups) > 1 and all("0000" in g for g in groups.values())
+
+
+def _channels(pairs: Sequence[Tuple[str, str]], folder: str) -> Dict[str, str]:
+    """{case id: channel-0 path} of images named ``CASE_0000``, as nnU-Net names them; an image without a
+    channel suffix, a case without its channel 0 and a case with several channels are refused."""
     groups: Dict[str, Dict[str, str]] = {}
-    plain = []
     for stem, path in pairs:
         match = _CHANNEL.match(stem)
         if match is None:
-            if required:
-                raise InputError(f"The image {path} has no channel suffix: nnU-Net names images CASE_0000"
-                                 f"{_ending(path)} (channel 0), so rename it to {stem}_0000{_ending(path)}.")
-            plain.append((stem, path))
-        else:
-            groups.setdefault(match.group(1), {})[match.group(2)] = path
+            raise InputError(f"The image {path} has no channel suffix: nnU-Net names images CASE_0000"
+                             f"{_ending(path)} (channel 0), so rename it to {stem}_0000{_ending(path)}.")
+        groups.setdefault(match.group(1), {})[match.group(2)] = path
     out = []
     for case_id, channels in groups.items():
         if "0000" not in channels:
-            if required:
-                first = sorted(channels.values())[0]
-                raise InputError(f"Case '{case_id}' has {os.path.basename(first)} but no {case_id}_0000"
-                                 f"{_ending(first)} in {folder}; add its channel 0 or remove the case.")
-            plain.extend((f"{case_id}_{c}", p) for c, p in channels.items())  # a name like PANCREAS_0001
-            continue
+            first = sorted(channels.values())[0]
+            raise InputError(f"Case '{case_id}' has {os.path.basename(first)} but no {case_id}_0000"
+                             f"{_ending(first)} in {folder}; add its channel 0 or remove the case.")
         if len(channels) > 1:
             raise _multichannel(case_id, channels["0000"], len(channels))
         out.append((case_id, channels["0000"]))
-    return _one_per_id(sorted(out + plain), folder)
+    return _one_per_id(sorted(out), folder)
+
+
+def _case_images(pairs: Sequence[Tuple[str, str]], folder: str, suffixed: bool) -> Dict[str, str]:
+    """{case id: image path}: by channel-0 name when the names carry channel suffixes, else by file name."""
+    return _channels(pairs, folder) if suffixed else _one_per_id(pairs, folder)
 
 
 def _ending(path: str) -> str:
@@ -181,8 +191,8 @@ def _find_task_cases(folder: str, data: dict, use_test_images: bool) -> DatasetF
     images_dir = os.path.join(folder, "imagesTr")
     pairs = _images_in(images_dir, ending)
     # nnU-Net names images CASE_0000; the Decathlon names them CASE (nnU-Net v1 task folders: CASE_0000).
-    suffixed = layout == NNUNET_V2 or (bool(pairs) and all(_CHANNEL.match(s) for s, _ in pairs))
-    images = _channels(pairs, images_dir, required=True) if suffixed else _one_per_id(pairs, images_dir)
+    suffixed = layout == NNUNET_V2 or _channel_named(pairs)
+    images = _case_images(pairs, images_dir, suffixed)
     labels_dir = os.path.join(folder, "labelsTr")
     labels = _one_per_id(_images_in(labels_dir, ending), labels_dir) if os.path.isdir(labels_dir) else {}
     for case_id, path in labels.items():
@@ -195,8 +205,7 @@ def _find_task_cases(folder: str, data: dict, use_test_images: bool) -> DatasetF
         test_dir = os.path.join(folder, "imagesTs")
         if not os.path.isdir(test_dir):
             raise InputError(f"The folder {folder} has no imagesTs/ folder; leave out --use-test-images.")
-        pairs = _images_in(test_dir, ending)
-        tests = _channels(pairs, test_dir, required=True) if suffixed else _one_per_id(pairs, test_dir)
+        tests = _case_images(_images_in(test_dir, ending), test_dir, suffixed)
         for case_id in sorted(tests):
             if case_id in images:
                 raise InputError(f"Case id '{case_id}' appears twice, in imagesTr ({images[case_id]}) and "
@@ -213,7 +222,8 @@ def _find_plain_cases(folder: str) -> List[CaseEntry]:
     image_dir = next((os.path.join(folder, d) for d in IMAGE_FOLDERS if os.path.isdir(os.path.join(folder, d))),
                      None)
     if image_dir is not None:
-        images = _channels(_images_in(image_dir), image_dir, required=False)
+        pairs = _images_in(image_dir)
+        images = _case_images(pairs, image_dir, _channel_named(pairs))
         label_dir = next((os.path.join(folder, d) for d in LABEL_FOLDERS
                           if os.path.isdir(os.path.join(folder, d))), None)
         labels: Dict[str, str] = {}
@@ -380,15 +390,17 @@ def read_folder(folder: str, use_test_images: bool = False, modality: Optional[s
         if count > 1:
             raise _multichannel(case.id, case.image, count)
     labelled = [c for c in found.cases if c.label is not None]
-    read = [label_values(c.label) for c in labelled]
     if found.layout == PLAIN:
-        classes = _plain_classes(read)
+        classes = _plain_classes([label_values(c.label) for c in labelled])
+        if len(classes) < 2:
+            raise InputError(f"No label file in {found.folder} holds a structure (none found, or all background); "
+                             f"add labels (labels/ beside images/, or files named like case01_label.nii.gz).")
     else:
         classes = dataset_classes(found.dataset, found.dataset_json)
         known = {c.value for c in classes}
-        for case, (values, _) in zip(labelled, read):
-            unknown = [v for v in values if v not in known]
-            if unknown and not case.label.lower().endswith(".seg.nrrd"):
+        for case in labelled:
+            unknown = [v for v in label_values(case.label)[0] if v not in known]
+            if unknown:
                 raise InputError(f"The label {case.label} holds value(s) {', '.join(map(str, unknown[:8]))}, "
                                  f"which {found.dataset_json} does not list in its 'labels' "
                                  f"({', '.join(f'{c.value} {c.name}' for c in classes)}); add them to "

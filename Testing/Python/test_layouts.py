@@ -12,6 +12,7 @@ import SimpleITK as sitk
 from helpers import only_line, read_array, write_image, write_seg_nrrd
 
 from SemiSupSegTraining.cli import main
+from SemiSupSegTraining.errors import InputError
 from SemiSupSegTraining.layouts import read_folder, scan_folder
 from SemiSupSegTraining.manifest import load_manifest
 
@@ -109,6 +110,23 @@ def test_plain_folder_classes_from_the_label_values(tmp_path):
     assert manifest.modality == "MRI" and manifest.extra["layout"] == "plain"
     assert [c.id for c in manifest.labeled_cases] == ["a", "b"]
     assert [c.id for c in manifest.unlabeled_cases] == ["c"]
+
+
+def test_plain_folder_numbered_names_are_cases_and_channel_names_channels(tmp_path):
+    numbered = tmp_path / "numbered"
+    for i in range(3):
+        _image(numbered / "images" / f"scan_{i:04d}.nii.gz", i)
+    _label(numbered / "labels" / "scan_0001.nii.gz")
+    assert [(c[0], c[2] is not None) for c in scan_folder(str(numbered))] == [
+        ("scan_0000", False), ("scan_0001", True), ("scan_0002", False)]
+    channels = tmp_path / "channels"                # nnU-Net names without a dataset.json
+    _image(channels / "imagesTr" / "a_0000.nii.gz", 0)
+    _image(channels / "imagesTr" / "b_0000.nii.gz", 1)
+    _label(channels / "labelsTr" / "a.nii.gz")
+    assert [(c[0], c[2] is not None) for c in scan_folder(str(channels))] == [("a", True), ("b", False)]
+    _image(channels / "imagesTr" / "b_0001.nii.gz", 2)
+    with pytest.raises(InputError, match="Case 'b' .* has 2 channels"):
+        scan_folder(str(channels))
 
 
 def test_plain_folder_of_slicer_segmentation_files(tmp_path):
@@ -222,6 +240,12 @@ def _label_values_not_in_dataset_json(tmp_path):
     return root, _label(root / "labelsTr" / "pan_002.nii.gz", (1, 3)), ["value(s) 3", "dataset.json"]
 
 
+def _no_structure_in_a_plain_folder(tmp_path):
+    _image(tmp_path / "images" / "a.nii.gz", 0)
+    write_image(np.zeros(SHAPE, np.uint8), str(tmp_path / "labels" / "a.nii.gz"), SPACING)
+    return tmp_path, "No label file", ["all background"]
+
+
 def _duplicate_ids_in_a_plain_folder(tmp_path):
     _image(tmp_path / "images" / "a.nii.gz", 0)
     _image(tmp_path / "images" / "a.nrrd", 1)
@@ -250,7 +274,8 @@ def _four_dimensional_image(tmp_path):
 
 @pytest.mark.parametrize("make", [_label_without_image, _image_without_channel_suffix,
                                   _channel_one_without_channel_zero, _label_values_not_in_dataset_json,
-                                  _duplicate_ids_in_a_plain_folder, _duplicate_ids_in_train_and_test,
+                                  _no_structure_in_a_plain_folder, _duplicate_ids_in_a_plain_folder,
+                                  _duplicate_ids_in_train_and_test,
                                   _two_channels_in_dataset_json, _four_dimensional_image])
 def test_bad_layouts_say_one_sentence(tmp_path, capsys, make):
     root, named, also = make(tmp_path)
