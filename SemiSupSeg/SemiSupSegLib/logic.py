@@ -9,6 +9,7 @@ import importlib
 import importlib.util
 import logging
 import os
+import shutil
 import time
 from typing import Callable, List, Optional, Tuple
 
@@ -144,10 +145,16 @@ class SemiSupSegLogic(ScriptedLoadableModuleLogic):
 
     def _startJob(self, command: List[str], name: str, importer: Callable, device: str,
                   onEvent=None, onState=None, onLog=None, waitForCompletion=True, stopFile: Optional[str] = None,
-                  workFolder: Optional[str] = None, context: Optional[dict] = None):
+                  workFolder: Optional[str] = None, context: Optional[dict] = None, onFinished=None):
         environment = commands.engine_environment(ENGINE_PARENT, slicer.util.startupEnvironment(),
                                                   cpu_only=device == "cpu")
-        cleanup = jobs.work_folder_cleanup(workFolder, keep=self.keepTemporaryFiles) if workFolder else None
+        removeWorkFolder = jobs.work_folder_cleanup(workFolder, keep=self.keepTemporaryFiles) if workFolder else None
+
+        def cleanup(job):  # runs once the job is over, detached (scene closed) or not
+            if removeWorkFolder:
+                removeWorkFolder(job)
+            if onFinished:
+                onFinished(job)
         job = jobs.Job(command, runner=self._runner(), env=environment, name=name, importer=importer,
                        on_event=onEvent or self._logEvent, on_state=onState, on_log=onLog or logging.info,
                        stop_file=stopFile, stop_grace_s=self.stopGracePeriod, cleanup=cleanup, context=context)
@@ -352,15 +359,12 @@ class SemiSupSegLogic(ScriptedLoadableModuleLogic):
             self.setLastModelFile(model)
             return model
 
-        def remember(job):
-            if job.finished:  # the last cancelled training with a checkpoint is offered for resuming
-                self.setResumableTraining(runFolder if jobs.resumable(job) else "",
-                                          workFolder if jobs.resumable(job) else "")
-            if onState:
-                onState(job)
+        def remember(job):  # the last training cancelled with a checkpoint is offered for resuming
+            resumable = jobs.resumable(job)
+            self.setResumableTraining(runFolder if resumable else "", workFolder if resumable else "")
 
-        return self._startJob(command, _("Training"), importModel, device, onEvent, remember, onLog,
-                              waitForCompletion, stopFile, workFolder, {"runFolder": runFolder})
+        return self._startJob(command, _("Training"), importModel, device, onEvent, onState, onLog,
+                              waitForCompletion, stopFile, workFolder, {"runFolder": runFolder}, remember)
 
     @classmethod
     def resumableTraining(cls) -> Tuple[str, str]:
@@ -373,7 +377,12 @@ class SemiSupSegLogic(ScriptedLoadableModuleLogic):
 
     @classmethod
     def setResumableTraining(cls, runFolder: str, workFolder: str) -> None:
+        """Remembers the training to resume; the temporary folder of the one it replaces is removed (only the
+        last cancelled training is offered for resuming)."""
         settings = slicer.app.userSettings()
+        previous = settings.value(cls.SETTINGS_RESUMABLE_WORK, "")
+        if previous and previous != workFolder and os.path.basename(previous).startswith("SemiSupSeg-train-"):
+            shutil.rmtree(previous, ignore_errors=True)
         settings.setValue(cls.SETTINGS_RESUMABLE_RUN, runFolder)
         settings.setValue(cls.SETTINGS_RESUMABLE_WORK, workFolder)
 

@@ -452,8 +452,8 @@ class SemiSupSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                                          detailedText="\n".join(self.trainJob.log_tail))
         elif state == jobs.CANCELLED:
             checkpoint = self.trainJob.checkpoint
-            self.ui.trainStatusLabel.text = (_("Cancelled; checkpoint: {path}").format(path=checkpoint)
-                                             if checkpoint else _("Cancelled."))
+            self.ui.trainStatusLabel.text = (_("Cancelled; checkpoint: {path}. Resume continues it.").format(
+                path=checkpoint) if checkpoint else _("Cancelled."))
             self.cases.set_status("")
         if state in jobs.FINISHED_STATES:
             self.ui.trainProgressBar.hide()
