@@ -6,7 +6,6 @@ through :class:`SemiSupSegLib.interfaces.SemiSupSegLogicProtocol`.
 """
 
 import importlib
-import importlib.util
 import logging
 import os
 import shutil
@@ -89,20 +88,17 @@ class SemiSupSegLogic(ScriptedLoadableModuleLogic):
         if self._requirementsReady:
             return
         ask = self.askConfirmation if askConfirmation is None else askConfirmation
-        try:
-            import PyTorchUtils
-        except ImportError:
-            PyTorchUtils = None
-        if PyTorchUtils is None:
-            if importlib.util.find_spec("torch") is None:
+        # torch is looked up by its package metadata: PyTorchUtils' torchInstalled() would import it into Slicer
+        if install.installed_versions()["torch"] is None:
+            try:
+                import PyTorchUtils
+            except ImportError:
                 raise RuntimeError(_("This module needs PyTorch: install the 'PyTorch' extension in the Extensions "
-                                     "Manager, restart Slicer, and try again."))
-        else:
-            torchLogic = PyTorchUtils.PyTorchUtilsLogic()
-            if not torchLogic.torchInstalled():
-                torch = torchLogic.installTorch(askConfirmation=ask, torchVersionRequirement=commands.TORCH_REQUIREMENT)
-                if torch is None:
-                    raise RuntimeError(_("PyTorch is needed to train and segment; its installation was declined."))
+                                     "Manager, restart Slicer, and try again.")) from None
+            torch = PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=ask,
+                                                                  torchVersionRequirement=commands.TORCH_REQUIREMENT)
+            if torch is None:
+                raise RuntimeError(_("PyTorch is needed to train and segment; its installation was declined."))
         versions = install.installed_versions()
         problem = install.check_torch(versions["torch"], commands.TORCH_REQUIREMENT)
         if problem:
@@ -119,9 +115,12 @@ class SemiSupSegLogic(ScriptedLoadableModuleLogic):
                         packages=", ".join(requirements))):
                 raise RuntimeError(_("These Python packages are needed: {packages}; their installation was "
                                      "declined.").format(packages=", ".join(requirements)))
-            constraints = install.write_constraints(slicer.util.tempDirectory("SemiSupSeg-pip-"), versions["torch"],
-                                                    versions["numpy"])
-            slicer.util.pip_install(install.pip_arguments(requirements, constraints))
+            pipFolder = slicer.util.tempDirectory("SemiSupSeg-pip-")
+            try:
+                constraints = install.write_constraints(pipFolder, versions["torch"], versions["numpy"])
+                slicer.util.pip_install(install.pip_arguments(requirements, constraints))
+            finally:
+                shutil.rmtree(pipFolder, ignore_errors=True)
             importlib.invalidate_caches()
             problem = install.check_unchanged(versions, install.installed_versions())
             if problem:
