@@ -88,7 +88,7 @@ class SemiSupSegLogic(ScriptedLoadableModuleLogic):
         if self._requirementsReady:
             return
         ask = self.askConfirmation if askConfirmation is None else askConfirmation
-        # torch is looked up by its package metadata: PyTorchUtils' torchInstalled() would import it into Slicer
+        # torch is looked up by its package metadata: PyTorchUtils' torchInstalled would import it into Slicer
         if install.installed_versions()["torch"] is None:
             try:
                 import PyTorchUtils

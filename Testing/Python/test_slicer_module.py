@@ -194,7 +194,7 @@ def _torch_imports(path):
 def test_the_module_imports_no_torch_in_slicers_process(path):
     # model metadata comes from the model.json beside the model file (or the engine, as a process)
     assert _torch_imports(path) == []
-    assert "torchInstalled()" not in open(path, encoding="utf-8").read()  # PyTorchUtils' check imports torch
+    assert ".torchInstalled()" not in open(path, encoding="utf-8").read()  # PyTorchUtils' check imports torch
 
 
 def test_the_module_and_the_engine_pieces_it_imports_load_no_torch(tmp_path, tiny_model_file):
