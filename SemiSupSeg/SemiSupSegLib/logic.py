@@ -359,8 +359,10 @@ class SemiSupSegLogic(ScriptedLoadableModuleLogic):
             return model
 
         def remember(job):  # the last training cancelled with a checkpoint is offered for resuming
-            resumable = jobs.resumable(job)
-            self.setResumableTraining(runFolder if resumable else "", workFolder if resumable else "")
+            if jobs.resumable(job):
+                self.setResumableTraining(runFolder, workFolder)
+            elif self.resumableTraining()[0] == runFolder:  # the resumed one is over
+                self.setResumableTraining("", "")
 
         return self._startJob(command, _("Training"), importModel, device, onEvent, onState, onLog,
                               waitForCompletion, stopFile, workFolder, {"runFolder": runFolder}, remember)
