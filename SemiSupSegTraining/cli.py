@@ -133,6 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("info", help="show a model file's metadata or a preset's settings")
     p.add_argument("--model", help="a model file")
     p.add_argument("--preset", choices=list_presets(), help="a preset")
+    p.add_argument("--write-metadata", action="store_true",
+                   help="also write the model's metadata beside it as JSON (model.json), which the Slicer module "
+                        "reads without loading torch; model files of this version have it already")
     return parser
 
 
@@ -272,7 +275,11 @@ def _evaluate(args) -> None:
 def _info(args) -> None:
     if args.model:
         from .modelfile import read_metadata
-        print(json.dumps(read_metadata(args.model), indent=2))
+        meta = read_metadata(args.model)
+        if args.write_metadata:
+            from .modelinfo import write_metadata
+            write_metadata(args.model, meta)
+        print(json.dumps(meta, indent=2))
     elif args.preset:
         print(json.dumps(preset_config(args.preset).to_dict(), indent=2))
     else:

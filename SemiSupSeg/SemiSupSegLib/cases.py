@@ -3,8 +3,9 @@
 A case is a volume — a node in the Slicer scene or an image file — with an optional segmentation (a node,
 or a label file). A case is *labeled* when it has one and its "labeled" box is ticked; the others are
 unlabeled cases, which the semi-supervised training learns from too. The table is plain data (node IDs
-and paths), saved in the module's parameter node as JSON, and turned into a manifest with the engine's
-``SemiSupSegTraining.manifest`` module.
+and paths), saved in the module's parameter node (the nodes as node references, the rest as JSON: see
+:meth:`CaseTable.to_parts`), and turned into a manifest with the engine's ``SemiSupSegTraining.manifest``
+module.
 """
 
 import json
@@ -219,6 +220,33 @@ class CaseTable:
 
     def to_json(self) -> str:
         return json.dumps([asdict(r) for r in self.rows])
+
+    #: The fields that hold node IDs: saved as node references of the parameter node, not in the JSON text,
+    #: because Slicer remaps references (not IDs inside a string) when a scene is imported into another.
+    NODE_FIELDS = ("volume_node_id", "segmentation_node_id")
+
+    def to_parts(self) -> Tuple[str, List[Optional[str]], List[Optional[str]]]:
+        """(the rows as JSON without node IDs, the volume node ID of each row, the segmentation node ID of
+        each row); file cases have None in both lists."""
+        data = [{k: v for k, v in asdict(r).items() if k not in self.NODE_FIELDS} for r in self.rows]
+        return (json.dumps(data), [r.volume_node_id for r in self.rows],
+                [r.segmentation_node_id for r in self.rows])
+
+    @classmethod
+    def from_parts(cls, text: str, volume_node_ids: Sequence[Optional[str]],
+                   segmentation_node_ids: Sequence[Optional[str]]) -> "CaseTable":
+        """The table of :meth:`to_parts`, its node IDs from the node references (as the scene has them now).
+        A text of an older scene, with the IDs inside it, is read as it is when the lists do not match."""
+        table = cls.from_json(text)
+        if len(volume_node_ids) == len(table.rows) == len(segmentation_node_ids):
+            for row, volume, segmentation in zip(table.rows, volume_node_ids, segmentation_node_ids):
+                row.volume_node_id = volume or None
+                row.segmentation_node_id = segmentation or None
+                if not row.has_label:
+                    row.labeled = False
+            # a row whose volume node left the scene (its reference is gone) is no case any more
+            table.rows = [r for r in table.rows if r.volume_node_id or r.image_path]
+        return table
 
     @classmethod
     def from_json(cls, text: str) -> "CaseTable":
