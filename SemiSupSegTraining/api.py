@@ -7,6 +7,8 @@
     api.segment_file(model, "new/patient42.nii.gz", "new/patient42-seg.nii.gz")
     print(api.evaluate_files("new/patient42-seg.nii.gz", "new/patient42-label.nii.gz"))
     print(api.suggest_cases(model, "cases/manifest.json")[0].id)   # the unlabeled case to label next
+    cases = api.choose_labeled(api.read_folder("Task02_Heart", use_test_images=True), count=4, seed=0)
+    api.train(cases, "runs/heart", config)                          # a dataset folder as it is on disk
 
 (Kept out of the package's ``__init__`` so that importing the light modules, as the Slicer module does,
 never imports torch.)
@@ -18,7 +20,9 @@ from .geometry import Geometry
 from .errors import Cancelled, InputError
 from .evaluation import evaluate_files, evaluate_model
 from .infer import Segmentation, Segmenter, segment_file
-from .manifest import CaseEntry, ClassInfo, Manifest, default_classes, load_manifest, write_manifest
+from .layouts import load_cases, read_folder
+from .manifest import (CaseEntry, ClassInfo, Manifest, choose_labeled, default_classes, load_manifest,
+                       write_manifest)
 from .metrics import evaluate, summarize
 from .modelfile import load_model, read_metadata
 from .phantoms import make_phantom, write_phantom_dataset
@@ -30,5 +34,5 @@ __all__ = [
     "Cancelled", "InputError", "evaluate_files", "evaluate_model", "Segmentation", "Segmenter", "segment_file",
     "CaseEntry", "ClassInfo", "Manifest", "default_classes", "load_manifest", "write_manifest", "evaluate",
     "summarize", "load_model", "read_metadata", "make_phantom", "write_phantom_dataset", "train", "CaseScore",
-    "suggest_cases",
+    "suggest_cases", "read_folder", "load_cases", "choose_labeled",
 ]

@@ -1,4 +1,4 @@
-"""``semisupseg train | segment | evaluate | suggest | demo | prepare | info``: the engine from the command line.
+"""``semisupseg train | segment | evaluate | suggest | manifest | demo | prepare | info``: the engine from the command line.
 
 Exit codes: 0 done, 1 unexpected failure, 2 bad input (one sentence on stderr), 3 cancelled (a
 checkpoint was written; continue with ``semisupseg train --resume DIR``).
@@ -19,6 +19,15 @@ from .config import CUDA_WINDOW_BATCH, DEFAULT_OVERLAP, DEFAULT_WINDOW_BATCH, li
 from .errors import EXIT_BAD_INPUT, EXIT_CANCELLED, EXIT_FAILED, EXIT_OK, Cancelled, DistributedError, InputError
 from .prepare import add_prepare_parser, run_prepare
 from .progress import Reporter
+
+
+_MANIFEST_HELP = ("the cases: a manifest JSON file, or a dataset folder (nnU-Net v2, a Decathlon task, or images/ "
+                  "with labels/ beside them), read as 'semisupseg manifest' does")
+
+
+def _test_images_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--use-test-images", action="store_true",
+                        help="with a dataset folder: its imagesTs/ images join as unlabeled cases")
 
 
 def _progress_argument(parser: argparse.ArgumentParser) -> None:
@@ -51,7 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("train", help="train both networks on the cases of a manifest",
                             description="Train both networks on the cases of a manifest and write DIR/model.pt.")
-    p.add_argument("--manifest", help="the manifest JSON listing the cases (image, optional label) and classes")
+    p.add_argument("--manifest", help=_MANIFEST_HELP)
+    _test_images_argument(p)
     p.add_argument("--output", help="folder for the model file, checkpoints and the training log")
     p.add_argument("--resume", metavar="DIR",
                    help="continue the stopped training in DIR from its last checkpoint (settings and manifest "
@@ -101,7 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prediction", help="the predicted label map")
     p.add_argument("--reference", help="the reference label map (same grid)")
     p.add_argument("--model", help="with --manifest: segment the manifest's labeled cases with this model")
-    p.add_argument("--manifest", help="with --model: the cases to segment and compare")
+    p.add_argument("--manifest", help="with --model: the cases to segment and compare (a manifest file or a "
+                                      "dataset folder)")
     _device_argument(p)
     p.add_argument("--json", action="store_true", help="print the metrics as JSON instead of a table")
 
@@ -115,12 +126,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     _progress_argument(p)
 
+    _add_manifest_parser(commands)
     add_prepare_parser(commands)
     _add_suggest_parser(commands)
 
     p = commands.add_parser("info", help="show a model file's metadata or a preset's settings")
     p.add_argument("--model", help="a model file")
     p.add_argument("--preset", choices=list_presets(), help="a preset")
+    p.add_argument("--write-metadata", action="store_true",
+                   help="also write the model's metadata beside it as JSON (model.json), which the Slicer module "
+                        "reads without loading torch; model files of this version have it already")
     return parser
 
 
@@ -132,7 +147,8 @@ def _add_suggest_parser(commands) -> None:
                                         "them by how much a label would teach (the two networks' "
                                         "disagreement and the model's self-estimated Dice error).")
     p.add_argument("--model", required=True, help="the model file (model.pt) written by 'semisupseg train'")
-    p.add_argument("--manifest", required=True, help="the manifest whose unlabeled cases are ranked")
+    p.add_argument("--manifest", required=True, help="whose unlabeled cases are ranked: " + _MANIFEST_HELP)
+    _test_images_argument(p)
     p.add_argument("--json", action="store_true", help="print the ranking as JSON instead of a table")
     p.add_argument("--output", metavar="FILE", help="also write the ranking as JSON to FILE")
     _stop_file_argument(p, "checked between cases and window batches: nothing is written")
@@ -140,12 +156,67 @@ def _add_suggest_parser(commands) -> None:
     _progress_argument(p)
 
 
+# -- manifest (a dataset folder written as our manifest) --------------------------------------------------
+
+def _add_manifest_parser(commands) -> None:
+    from .manifest import MODALITIES
+
+    p = commands.add_parser(
+        "manifest", help="write a manifest from a dataset folder (nnU-Net v2, Decathlon, images/ + labels/)",
+        description="Read a dataset folder (an nnU-Net v2 dataset, a Medical Segmentation Decathlon task, or a "
+                    "folder of images with labels/ beside them) or a manifest, choose which cases with a label "
+                    "stay labeled (the others keep their label hidden, for evaluation), write the manifest "
+                    "(paths relative to it) and print a summary.")
+    p.add_argument("folder", metavar="FOLDER", help="the dataset folder (or a manifest JSON file)")
+    p.add_argument("--output", required=True, metavar="M", help="the manifest JSON file to write")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--labeled", type=int, metavar="N",
+                       help="keep N cases labeled: the first N by case id, or N at random with --seed")
+    which.add_argument("--labeled-list", metavar="F", help="keep the cases listed in F labeled (one id a line)")
+    p.add_argument("--seed", type=int, help="with --labeled: draw the N labeled cases at random with this seed")
+    _test_images_argument(p)
+    p.add_argument("--modality", choices=MODALITIES,
+                   help="MRI (z-score) or CT (HU window): for a plain folder (default MRI), or to override "
+                        "dataset.json's channel")
+
+
+def _manifest(args) -> None:
+    from .layouts import load_cases, summary_rows
+    from .manifest import choose_labeled, write_manifest
+
+    if args.seed is not None and args.labeled is None:
+        raise InputError("--seed draws the labeled cases at random: give --labeled N with it.")
+    output = os.path.abspath(args.output)
+    if os.path.isdir(output):
+        raise InputError(f"The output {output} is a folder; give the manifest file to write, e.g. "
+                         f"{os.path.join(args.output, 'manifest.json')}.")
+    manifest = load_cases(args.folder, args.use_test_images, args.modality)
+    inputs = {os.path.abspath(p) for c in manifest.cases for p in (c.image, c.label) if p}
+    if output in inputs or output == os.path.abspath(os.path.join(args.folder, "dataset.json")):
+        raise InputError(f"The output {output} is one of the dataset's own files; give another --output.")
+    ids = None
+    if args.labeled_list:
+        try:
+            with open(args.labeled_list, encoding="utf-8") as f:
+                ids = [line.strip() for line in f if line.strip() and not line.startswith("#")]
+        except (OSError, UnicodeDecodeError) as e:
+            raise InputError(f"The labeled list {args.labeled_list} cannot be read ({e}); give a text file with "
+                             f"one case id a line.") from None
+    manifest = choose_labeled(manifest, args.labeled, ids, args.seed)
+    write_manifest(manifest, output)
+    layout = manifest.extra.get("layout", "") if os.path.isdir(args.folder) else "manifest"
+    rows = [("manifest", output), ("source", f"{args.folder} ({layout} layout)")]
+    rows += summary_rows(manifest)
+    width = max(len(k) for k, _ in rows)
+    print("\n".join(f"{k:<{width}}  {v}" for k, v in rows))
+
+
 def _suggest(args) -> None:
     from .suggest import check_output_path, format_ranking, ranking_json, suggest_cases
 
     if args.output:
         check_output_path(args.output)  # before minutes of scoring, not after
-    scores = suggest_cases(args.model, args.manifest, device=args.device, reporter=Reporter(args.progress),
+    scores = suggest_cases(args.model, args.manifest, device=args.device, use_test_images=args.use_test_images, reporter=Reporter(args.progress),
                            stop_file=args.stop_file)
     text = ranking_json(scores, args.model, args.manifest, args.output)
     if args.progress != "json":  # in JSON mode the ranking is in the "done" event
@@ -169,8 +240,10 @@ def _train(args) -> None:
             overrides[key] = getattr(args, key)
     overrides["device"] = args.device or "auto"
     config = preset_config(args.preset, overrides)
-    train(args.manifest, args.output, config, progress=args.progress, init_model=args.init_model,
-          stop_file=args.stop_file)
+    from .layouts import load_cases
+
+    train(load_cases(args.manifest, args.use_test_images), args.output, config, progress=args.progress,
+          init_model=args.init_model, stop_file=args.stop_file)
 
 
 def _segment(args) -> None:
@@ -205,7 +278,11 @@ def _evaluate(args) -> None:
 def _info(args) -> None:
     if args.model:
         from .modelfile import read_metadata
-        print(json.dumps(read_metadata(args.model), indent=2))
+        meta = read_metadata(args.model)
+        if args.write_metadata:
+            from .modelinfo import write_metadata
+            write_metadata(args.model, meta)
+        print(json.dumps(meta, indent=2))
     elif args.preset:
         print(json.dumps(preset_config(args.preset).to_dict(), indent=2))
     else:
@@ -219,7 +296,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
         keep_freed_memory()  # the engine's process: large tensors are reused, not page-faulted in again
     handlers = {"train": _train, "segment": _segment, "evaluate": _evaluate, "info": _info, "suggest": _suggest,
-                "prepare": run_prepare,
+                "manifest": _manifest, "prepare": run_prepare,
                 "demo": lambda a: __import__("SemiSupSegTraining.demo", fromlist=["run_demo"]).run_demo(
                     a.output, a.iterations, a.device, a.progress, a.seed)}
     json_mode = getattr(args, "progress", None) == "json"

@@ -11,7 +11,8 @@ from .fileio import is_segmentation_file, read_image, read_label, read_segmentat
 from .geometry import Geometry
 from .errors import InputError
 from .infer import Segmenter
-from .manifest import ClassInfo, default_classes, load_manifest
+from .layouts import load_cases
+from .manifest import ClassInfo, default_classes
 from .metrics import evaluate, summarize
 
 
@@ -67,7 +68,7 @@ def evaluate_model(model_path: str, manifest_path: str, device: str = "auto", ov
     """
     from .fileio import write_label_image
 
-    manifest = load_manifest(manifest_path)
+    manifest = load_cases(manifest_path)
     segmenter = Segmenter(model_path, device, overlap)
     if [c.value for c in segmenter.classes] != manifest.class_values:
         raise InputError(f"The manifest {manifest_path} has other classes than the model {model_path}; "

@@ -289,6 +289,20 @@ def indices_to_values(indices: np.ndarray, classes: List[ClassInfo]) -> np.ndarr
     return values.astype(dtype)[indices]
 
 
+def header_reader(path: str, what: str = "image") -> sitk.ImageFileReader:
+    """A SimpleITK reader that has read the file's header only (cheap); unreadable files are one sentence."""
+    if not os.path.isfile(path):
+        raise InputError(f"The {what} {path} does not exist; check the path.")
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(path)
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as e:
+        raise InputError(f"The {what} {path} cannot be read ({_sitk_reason(e)}); check that the file is "
+                         f"complete and of a supported format.") from None
+    return reader
+
+
 def read_header(path: str) -> Geometry:
     """An image's grid from its header only (a DICOM folder is read whole: GDCM orders and measures its
     slices)."""

@@ -201,3 +201,32 @@ def write_manifest(manifest: Manifest, path: str) -> str:
     os.replace(tmp, path)
     manifest.path = path
     return path
+
+
+def choose_labeled(manifest: Manifest, count: Optional[int] = None, ids: Optional[List[str]] = None,
+                   seed: Optional[int] = None) -> Manifest:
+    """The manifest with only some of its cases with a label labeled; the others keep their label hidden
+    (``"labeled": false``, for evaluation). ``ids``: those cases; ``count``: the first ``count`` by id, or
+    ``count`` drawn at random with ``seed``. Neither: the manifest as it is."""
+    import random
+
+    with_label = sorted(c.id for c in manifest.cases if c.label is not None)
+    if ids is not None:
+        known = {c.id for c in manifest.cases}
+        for case_id in ids:
+            if case_id not in known:
+                raise InputError(f"The labeled list names case '{case_id}', which is not among the "
+                                 f"{len(known)} cases of {manifest.path}; check the list's case ids.")
+            if case_id not in with_label:
+                raise InputError(f"The labeled list names case '{case_id}', which has no label in "
+                                 f"{manifest.path}; remove it from the list.")
+        chosen = set(ids)
+    elif count is not None:
+        if not 1 <= count <= len(with_label):
+            raise InputError(f"--labeled {count} asks for {count} labeled cases, but {manifest.path} has "
+                             f"{len(with_label)} case(s) with a label; give 1 to {len(with_label)}.")
+        chosen = set(random.Random(seed).sample(with_label, count) if seed is not None else with_label[:count])
+    else:
+        return manifest
+    cases = [CaseEntry(c.id, c.image, c.label, c.id in chosen) for c in manifest.cases]
+    return Manifest(manifest.classes, cases, manifest.modality, manifest.path, dict(manifest.extra))

@@ -15,6 +15,7 @@ import torch
 from . import __version__
 from .errors import InputError
 from .manifest import ClassInfo
+from .modelinfo import classes_problem, is_int, write_metadata
 from .networks import NETWORK_KINDS
 
 MODEL_FORMAT = "semisupseg-model"
@@ -93,7 +94,9 @@ def save_model(path: str, weights_a: Dict[str, torch.Tensor], weights_b: Dict[st
     meta.update({"format": MODEL_FORMAT, "format_version": MODEL_FORMAT_VERSION, "engine_version": __version__,
                  "torch_version": str(torch.__version__), "python_version": platform.python_version()})
     weights = {k: {n: t.detach().cpu() for n, t in w.items()} for k, w in (("a", weights_a), ("b", weights_b))}
-    return save_atomic({"metadata": meta, "weights_a": weights["a"], "weights_b": weights["b"]}, path)
+    path = save_atomic({"metadata": meta, "weights_a": weights["a"], "weights_b": weights["b"]}, path)
+    write_metadata(path, meta)  # model.json beside it: the Slicer module reads it without torch
+    return path
 
 
 def _check_metadata(meta: Any, path: str) -> Dict[str, Any]:
@@ -114,30 +117,24 @@ def _check_metadata(meta: Any, path: str) -> Dict[str, Any]:
     return meta
 
 
-def _is_int(value: Any, low: int, high: int) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
-
-
 def _metadata_problem(meta: Dict[str, Any]) -> str:
     """What is wrong with the fields that size the networks and read the image, or ''. A file from a stranger
     could otherwise ask for networks of absurd size or crash the engine with a wrong type."""
-    classes = meta["classes"]
-    if not isinstance(classes, list) or not 2 <= len(classes) <= 255 or not all(
-            isinstance(c, dict) and _is_int(c.get("value"), -32768, 65535) and isinstance(c.get("name"), str)
-            for c in classes):
-        return "'classes' is not a list of 2 to 255 classes with a value and a name"
+    problem = classes_problem(meta["classes"])
+    if problem:
+        return problem
     net = meta["networks"]
     blocks = net.get("resnet_blocks") if isinstance(net, dict) else None
-    if not isinstance(net, dict) or not _is_int(net.get("base_filters"), 1, 256) or not (
-            isinstance(blocks, (list, tuple)) and len(blocks) == 4 and all(_is_int(b, 1, 64) for b in blocks)) \
-            or not _is_int(net.get("in_channels", 1), 1, 16) \
+    if not isinstance(net, dict) or not is_int(net.get("base_filters"), 1, 256) or not (
+            isinstance(blocks, (list, tuple)) and len(blocks) == 4 and all(is_int(b, 1, 64) for b in blocks)) \
+            or not is_int(net.get("in_channels", 1), 1, 16) \
             or any(net.get(slot, default) not in NETWORK_KINDS for slot, default in zip("ab", NETWORK_KINDS)):
         return "'networks' does not describe the two networks"
     if meta.get("inference", "both") not in INFERENCE_CHOICES:
         return "'inference' is not 'a', 'b' or 'both'"
     patch = meta["patch_size"]
     if not isinstance(patch, (list, tuple)) or len(patch) != 3 or not all(
-            _is_int(p, 16, 4096) and p % 16 == 0 for p in patch):
+            is_int(p, 16, 4096) and p % 16 == 0 for p in patch):
         return "'patch_size' is not three sizes divisible by 16"
     norm = meta["normalization"]
     if not isinstance(norm, dict) or norm.get("method") not in ("zscore", "window"):

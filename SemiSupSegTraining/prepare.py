@@ -1,4 +1,4 @@
-"""``semisupseg prepare la | pancreas``: the paper's datasets turned into volumes, a manifest and folds.
+"""``semisupseg prepare la | pancreas | decathlon``: datasets turned into volumes, a manifest and folds.
 
 For users who have the data the paper was measured on:
 
@@ -14,7 +14,10 @@ For users who have the data the paper was measured on:
   paper's window -120..240 HU itself because the manifest says ``"modality": "CT"``). By default they are
   cropped as in the paper, around the pancreas plus 25 voxels, which uses the label too.
 
-Both write ``images/<case>.nii.gz`` and ``labels/<case>.nii.gz`` (a crop keeps every voxel's physical
+- **Medical Segmentation Decathlon** tasks (``Task02_Heart``, ``Task07_Pancreas``) and nnU-Net folders,
+  read by :mod:`.layouts`: the cases with a label, images as they are, five folds (``prepare_decathlon``).
+
+All write ``images/<case>.nii.gz`` and ``labels/<case>.nii.gz`` (a crop keeps every voxel's physical
 position), ``manifest.json`` (all cases, all labeled), ``folds.json`` and per fold ready-to-train manifests
 ``fold{k}_labeled{n}_train.json`` (only the first n training cases keep their labels visible to training)
 and ``fold{k}_test.json``, plus ``prepare.json`` (sources, crop boxes and settings).
@@ -37,10 +40,10 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import SimpleITK as sitk
 
-from .fileio import read_image, read_sitk_image, require_3d_scalar, write_image_atomic
+from .fileio import header_reader, read_image, read_sitk_image, require_3d_scalar, write_image_atomic
 from .geometry import Geometry, normalize
 from .errors import InputError
-from .manifest import CaseEntry, Manifest, default_classes, write_manifest
+from .manifest import CaseEntry, ClassInfo, Manifest, default_classes, write_manifest
 from .progress import Reporter
 
 LA_IMAGE = "lgemri.nrrd"
@@ -163,13 +166,12 @@ def _write_json_atomic(data: dict, path: str) -> None:
     os.replace(tmp, path)
 
 
-def write_outputs(output_dir: str, entries: List[CaseEntry], class_name: str, modality: str, dataset: str,
-                  description: str, folds: int, labeled_counts: Sequence[int], provenance: dict,
+def write_outputs(output_dir: str, entries: List[CaseEntry], classes: List[ClassInfo], modality: str,
+                  dataset: str, description: str, folds: int, labeled_counts: Sequence[int], provenance: dict,
                   fold_lists: Optional[str] = None) -> Dict[str, object]:
     """``manifest.json``, ``folds.json``, the per-fold manifests and ``prepare.json``; returns their paths."""
     by_id = {e.id: e for e in entries}
     fold_data = make_folds(list(by_id), folds, labeled_counts, dataset, fold_lists)
-    classes = default_classes([class_name])
     extra = {"dataset": dataset, "description": description}
     written: Dict[str, object] = {}
     written["manifest"] = write_manifest(
@@ -268,16 +270,7 @@ def _onto_grid(label: sitk.Image, reference: Geometry, label_path: str, image_pa
 
 def _header_geometry(path: str, what: str) -> Geometry:
     """The grid from the file's header only (cheap), for checks before any volume is read."""
-    if not os.path.isfile(path):
-        raise InputError(f"The {what} {path} does not exist; check the path.")
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(path)
-    try:
-        reader.ReadImageInformation()
-    except RuntimeError as e:
-        reason = [line for line in str(e).strip().splitlines() if line.strip()] or ["unknown reason"]
-        raise InputError(f"The {what} {path} cannot be read ({reason[-1].strip()[:160]}); check that the file "
-                         f"is complete and of a supported format.") from None
+    reader = header_reader(path, what)
     if reader.GetDimension() != 3:
         raise InputError(f"The {what} {path} is {reader.GetDimension()}D; SemiSupSeg needs a 3D volume.")
     return Geometry(tuple(reader.GetSize()), tuple(reader.GetSpacing()), tuple(reader.GetOrigin()),
@@ -522,8 +515,8 @@ def prepare_la(input_dir: str, output_dir: str, labeled: Sequence[int] = (8, 16)
                                "fold_lists": fold_lists, "labeled": sorted(set(labeled)),
                                "h5_spacing": list(h5_spacing) if layout == "h5" else None},
                   "cases": records}
-    written = write_outputs(output_dir, entries, "left atrium", "MRI", "left atrium", description, folds,
-                            labeled, provenance, fold_lists)
+    written = write_outputs(output_dir, entries, default_classes(["left atrium"]), "MRI", "left atrium",
+                            description, folds, labeled, provenance, fold_lists)
     reporter.emit("done", "prepare", manifest=written["manifest"], folds=written["folds"],
                   message=_summary(output_dir, len(entries), written))
     return str(written["manifest"])
@@ -697,8 +690,68 @@ def prepare_pancreas(images_dir: str, labels_dir: str, output_dir: str, labeled:
                                "fold_lists": fold_lists, "labeled": sorted(set(labeled)),
                                "label_on_image_grid": label_on_image_grid},
                   "labels_without_image": orphans, "cases": records}
-    written = write_outputs(output_dir, entries, "pancreas", "CT", "pancreas", description, folds, labeled,
-                            provenance, fold_lists)
+    written = write_outputs(output_dir, entries, default_classes(["pancreas"]), "CT", "pancreas", description,
+                            folds, labeled, provenance, fold_lists)
+    reporter.emit("done", "prepare", manifest=written["manifest"], folds=written["folds"],
+                  message=_summary(output_dir, len(entries), written))
+    return str(written["manifest"])
+
+
+# ---------------------------------------------------------------------------------------- decathlon
+
+def prepare_decathlon(task_dir: str, output_dir: str, labeled: Sequence[int], folds: int = 5,
+                      merge_tumour: bool = False, reporter: Optional[Reporter] = None) -> str:
+    """Prepares a Medical Segmentation Decathlon task (Task02_Heart, Task07_Pancreas, ...; an nnU-Net
+    folder reads the same, see :mod:`.layouts`) into the layout of :func:`prepare_la`; returns the path of
+    ``manifest.json``. The cases of ``labelsTr`` are the cases (``imagesTs`` has no labels); images keep their
+    intensities (the manifest's modality, from ``dataset.json``, decides the normalisation) and full size;
+    labels keep their values. ``merge_tumour``: label 2 (Task07's tumour) becomes 1, one "pancreas" class as
+    in the paper's NIH pancreas task."""
+    from .layouts import read_folder
+
+    reporter = reporter or Reporter("none")
+    output_dir = _check_output(output_dir, [task_dir])
+    manifest = read_folder(task_dir)            # the layout, channels and label values are checked here
+    sources = [c for c in manifest.cases if c.label is not None]
+    if not sources:
+        raise InputError(f"The task folder {task_dir} has no labels in labelsTr/; a prepared dataset needs "
+                         f"labeled cases to make folds of.")
+    classes = manifest.classes
+    if merge_tumour:
+        if [c.value for c in classes] != [0, 1, 2]:
+            raise InputError(f"--merge-tumour merges label 2 (the tumour) into label 1 (the pancreas) of "
+                             f"Task07_Pancreas, but {task_dir} has the classes "
+                             f"{', '.join(f'{c.value} {c.name}' for c in classes)}; leave it out.")
+        classes = classes[:2]
+    name = str(manifest.extra.get("dataset") or os.path.basename(os.path.normpath(task_dir)))
+    make_folds([c.id for c in sources], folds, labeled, name)       # fail early
+    for source in sources:
+        _grid_fits(_header_geometry(source.image, "image"), _header_geometry(source.label, "label"),
+                   source.label, source.image, None)
+    reporter.emit("start", "prepare", total=len(sources),
+                  message=f"Preparing {len(sources)} cases of {name} from {task_dir} into {output_dir}.")
+    entries, records = [], []
+    for i, source in enumerate(sources):
+        image = read_sitk_image(source.image, "image")
+        require_3d_scalar(image, source.image, "image")
+        geometry = Geometry.of(image)
+        label_image = read_sitk_image(source.label, "label")
+        require_3d_scalar(label_image, source.label, "label")
+        values = sitk.GetArrayFromImage(_onto_grid(label_image, geometry, source.label, source.image))
+        if merge_tumour:
+            values = np.where(values == 2, 1, values)
+        entries.append(_write_case(output_dir, source.id, image, geometry.to_image(values.astype(np.uint8))))
+        records.append({"id": source.id, "image_source": os.path.abspath(source.image),
+                        "label_source": os.path.abspath(source.label), "source_size": list(geometry.size)})
+        reporter.progress("prepare", i + 1, len(sources), case=source.id,
+                          message=f"prepared {source.id} ({i + 1}/{len(sources)})")
+    description = (f"{name} ({manifest.extra.get('layout')} folder), full volumes, original intensities"
+                   + ("; label 2 (tumour) merged into 1" if merge_tumour else ""))
+    provenance = {"layout": manifest.extra.get("layout"), "input": os.path.abspath(task_dir),
+                  "settings": {"folds": folds, "labeled": sorted(set(labeled)), "merge_tumour": merge_tumour},
+                  "cases": records}
+    written = write_outputs(output_dir, entries, classes, manifest.modality, name, description, folds, labeled,
+                            provenance)
     reporter.emit("done", "prepare", manifest=written["manifest"], folds=written["folds"],
                   message=_summary(output_dir, len(entries), written))
     return str(written["manifest"])
@@ -727,11 +780,12 @@ def _description(*paragraphs: str, example_labeled: Optional[int] = None) -> str
 
 
 def add_prepare_parser(subparsers) -> argparse.ArgumentParser:
-    """Adds ``prepare`` with the sub-commands ``la`` and ``pancreas`` to a ``add_subparsers()`` object."""
+    """Adds ``prepare`` with the sub-commands ``la``, ``pancreas`` and ``decathlon`` to a ``add_subparsers()`` object."""
     formatter = argparse.RawDescriptionHelpFormatter
     parser = subparsers.add_parser(
         "prepare",
-        help="turn the paper's datasets (left atrium, NIH pancreas) into volumes, manifests and folds",
+        help="turn the paper's datasets (left atrium, NIH pancreas) or a Decathlon task into volumes, manifests "
+             "and folds",
         description=_description("Turn the datasets of the paper into NIfTI volumes, a manifest, fold lists "
                                  "and ready-to-train manifests per fold."),
         formatter_class=formatter)
@@ -811,6 +865,27 @@ def add_prepare_parser(subparsers) -> argparse.ArgumentParser:
                    help="when a label has its image's size but another origin, spacing or direction in its "
                         "header, place its voxels on the image's grid anyway (check the overlay in Slicer)")
     _progress(p)
+
+    p = datasets.add_parser(
+        "decathlon", help="a Medical Segmentation Decathlon task (Task02_Heart, Task07_Pancreas, ...)",
+        formatter_class=formatter,
+        description=_description(
+            "Prepare a Medical Segmentation Decathlon task (or an nnU-Net dataset folder).",
+            "TASK_DIR holds imagesTr/, labelsTr/ and dataset.json (its 'labels' name the classes, its "
+            "'modality' decides the normalisation: CT the HU window, MRI the z-score). The cases with a "
+            "label are the cases; images keep their intensities and full size, labels their values. "
+            "Task02_Heart (the left atrium, 20 MRI cases) and Task07_Pancreas (281 CT cases; labels 1 "
+            "pancreas, 2 tumour; --merge-tumour makes them one pancreas class as in the paper's NIH "
+            "task). Five folds by default.", example_labeled=4))
+    p.add_argument("task_dir", metavar="TASK_DIR", help="the task folder, e.g. Task02_Heart")
+    p.add_argument("--output", required=True, metavar="DIR", help="the folder to write everything into")
+    p.add_argument("--labeled", type=int, nargs="+", required=True, metavar="N",
+                   help="labeled cases per fold, one training manifest each (e.g. 4 for a fifth of "
+                        "Task02_Heart's 16 training cases per fold)")
+    p.add_argument("--folds", type=int, default=5, help="number of folds (default 5)")
+    p.add_argument("--merge-tumour", action="store_true",
+                   help="Task07_Pancreas: label 2 (tumour) becomes 1 (pancreas), one class as in the paper")
+    _progress(p)
     return parser
 
 
@@ -828,7 +903,7 @@ def _progress(parser: argparse.ArgumentParser) -> None:
 
 
 def run_prepare(args) -> None:
-    """Runs ``semisupseg prepare la|pancreas`` from parsed arguments."""
+    """Runs ``semisupseg prepare la|pancreas|decathlon`` from parsed arguments."""
     reporter = Reporter(getattr(args, "progress", "bar"))
     if args.dataset == "la":
         prepare_la(args.input, args.output, labeled=args.labeled, crop_margin=args.crop_to_label,
@@ -839,5 +914,8 @@ def run_prepare(args) -> None:
                          margin=None if args.no_crop else args.margin, min_crop_size=args.min_crop_size,
                          folds=args.folds, label_on_image_grid=args.label_on_image_grid,
                          fold_lists=args.fold_lists, reporter=reporter)
+    elif args.dataset == "decathlon":
+        prepare_decathlon(args.task_dir, args.output, labeled=args.labeled, folds=args.folds,
+                          merge_tumour=args.merge_tumour, reporter=reporter)
     else:
-        raise InputError(f"Unknown dataset {args.dataset!r}; use 'prepare la' or 'prepare pancreas'.")
+        raise InputError(f"Unknown dataset {args.dataset!r}; use 'prepare la', 'pancreas' or 'decathlon'.")

@@ -30,7 +30,7 @@ import numpy as np
 
 from .errors import Cancelled, InputError
 from .infer import Segmenter
-from .manifest import load_manifest
+from .layouts import load_cases
 from .progress import Reporter
 from .runfolder import StopRequest, write_text_atomic
 
@@ -72,15 +72,15 @@ def score_probabilities(probabilities: np.ndarray, labels: np.ndarray, disagreem
 
 
 def suggest_cases(model_path: str, manifest_path: str, device: str = "auto", reporter: Optional[Reporter] = None,
-                  stop_file: Optional[str] = None, segmenter_factory: Callable[..., Segmenter] = Segmenter
-                  ) -> List[CaseScore]:
-    """Scores every unlabeled case of the manifest with the model; returns them best first (rank 1 = label
-    this one next). One progress event per case; the ``done`` event carries the ranking. When
+                  stop_file: Optional[str] = None, segmenter_factory: Callable[..., Segmenter] = Segmenter,
+                  use_test_images: bool = False) -> List[CaseScore]:
+    """Scores every unlabeled case of the manifest (a file or a dataset folder, whose imagesTs/ cases join
+    with ``use_test_images``) with the model; returns them best first (rank 1 = label this one next). One progress event per case; the ``done`` event carries the ranking. When
     ``stop_file`` appears, sends a ``cancelled`` event and raises :class:`Cancelled`."""
     from .fileio import read_image
 
     reporter = reporter or Reporter("none")
-    manifest = load_manifest(manifest_path)
+    manifest = load_cases(manifest_path, use_test_images)
     cases = manifest.unlabeled_cases
     if not cases:
         raise InputError(f"The manifest {manifest_path} has no unlabeled cases: there is nothing to suggest; "

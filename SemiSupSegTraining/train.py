@@ -9,7 +9,7 @@ import datetime
 import json
 import os
 import threading
-from typing import Any, Callable, Dict, NamedTuple, Optional, Tuple
+from typing import Any, Callable, Dict, NamedTuple, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -20,7 +20,8 @@ from .data import load_training_cases, PatchSampler
 from .geometry import normalization_for
 from .devices import autocast, autocast_dtype, memory_format, precision_name, select_device
 from .errors import Cancelled, DistributedError, InputError, is_out_of_memory
-from .manifest import Manifest, class_color, load_manifest, manifest_to_dict
+from .layouts import load_cases
+from .manifest import Manifest, class_color, manifest_to_dict
 from .modelfile import load_trusted_data, save_model
 from .networks import ProjectionHead, build_networks
 from .prefetch import Prefetcher
@@ -499,12 +500,13 @@ def _image_paths(manifest: Manifest) -> list:
     return [e.image for e in manifest.labeled_cases + manifest.unlabeled_cases]
 
 
-def train(manifest_path: Optional[str], output_dir: str, config: Optional[TrainConfig] = None,
+def train(manifest_path: Union[str, Manifest, None], output_dir: str, config: Optional[TrainConfig] = None,
           progress: str = "bar", callback: Optional[Callable[[dict], None]] = None,
           init_model: Optional[str] = None, resume: bool = False,
           cancel_event: Optional[threading.Event] = None, log_every: int = 10,
           stop_file: Optional[str] = None, run_settings: Optional[Dict[str, Any]] = None) -> str:
-    """Trains both networks and writes ``output_dir/model.pt``; returns its path.
+    """Trains both networks and writes ``output_dir/model.pt``; returns its path. ``manifest_path``: a
+    manifest file, a dataset folder (see :mod:`.layouts`) or a :class:`Manifest`.
 
     ``resume=True`` continues the checkpoint in ``output_dir`` (manifest and settings come from it) with the
     same iteration count, schedules, optimiser and random states: the result equals an uninterrupted run. A
@@ -546,7 +548,7 @@ def train(manifest_path: Optional[str], output_dir: str, config: Optional[TrainC
         raise
 
 
-def _open_run_folder(output_dir: str, hold: contextlib.ExitStack, manifest_path: Optional[str],
+def _open_run_folder(output_dir: str, hold: contextlib.ExitStack, manifest_path: Union[str, Manifest, None],
                      config: Optional[TrainConfig], init_model: Optional[str], resume: bool,
                      run_settings: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     """Rank 0's part of the start: the folder checked and locked (``hold`` keeps the lock), and what the
@@ -571,7 +573,8 @@ def _open_run_folder(output_dir: str, hold: contextlib.ExitStack, manifest_path:
         else:
             if manifest_path is None:
                 raise InputError("Give a manifest (--manifest) to train on, or --resume a stopped training.")
-            start = {"config": config or preset_config("paper"), "manifest": load_manifest(manifest_path),
+            manifest = manifest_path if isinstance(manifest_path, Manifest) else load_cases(manifest_path)
+            start = {"config": config or preset_config("paper"), "manifest": manifest,
                      "checkpoint": None, "init_model": init_model, "note": ""}
         start["config"].validate()
     except BaseException:

@@ -3,8 +3,9 @@
 A case is a volume — a node in the Slicer scene or an image file — with an optional segmentation (a node,
 or a label file). A case is *labeled* when it has one and its "labeled" box is ticked; the others are
 unlabeled cases, which the semi-supervised training learns from too. The table is plain data (node IDs
-and paths), saved in the module's parameter node as JSON, and turned into a manifest with the engine's
-``SemiSupSegTraining.manifest`` module.
+and paths), saved in the module's parameter node (the nodes as node references, the rest as JSON: see
+:meth:`CaseTable.to_parts`), and turned into a manifest with the engine's ``SemiSupSegTraining.manifest``
+module.
 """
 
 import json
@@ -13,89 +14,8 @@ import re
 from dataclasses import asdict, dataclass, fields
 from typing import Iterable, List, Optional, Sequence, Tuple
 
+from SemiSupSegTraining.layouts import scan_folder, split_image_name
 from SemiSupSegTraining.manifest import CaseEntry, ClassInfo, Manifest, write_manifest
-
-IMAGE_EXTENSIONS = (".seg.nrrd", ".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
-#: Name endings that make a file the label of the image with the rest of the name.
-LABEL_SUFFIXES = (".seg", "_segmentation", "-segmentation", "_labels", "-labels", "_label", "-label",
-                  "_seg", "-seg", "_mask", "-mask", "_gt", "-gt")
-IMAGE_FOLDERS = ("images", "imagesTr", "image", "volumes")
-LABEL_FOLDERS = ("labels", "labelsTr", "label", "masks", "segmentations")
-
-
-def split_image_name(filename: str) -> Tuple[str, str]:
-    """``"case01.nii.gz"`` -> ``("case01", ".nii.gz")``; ``("name", "")`` when not an image file."""
-    lower = filename.lower()
-    for ext in IMAGE_EXTENSIONS:
-        if lower.endswith(ext) and len(filename) > len(ext):
-            if ext == ".seg.nrrd":  # a Slicer segmentation file: the stem keeps ".seg" for label matching
-                return filename[: -len(".nrrd")], ".nrrd"
-            return filename[: -len(ext)], filename[-len(ext):]
-    return filename, ""
-
-
-def _label_stem(stem: str) -> Optional[str]:
-    """The image stem a label file belongs to (``"case01_label"`` -> ``"case01"``), or None."""
-    lower = stem.lower()
-    for suffix in LABEL_SUFFIXES:
-        if lower.endswith(suffix) and len(stem) > len(suffix):
-            return stem[: -len(suffix)]
-    return None
-
-
-def _images_in(folder: str) -> List[Tuple[str, str]]:
-    out = []
-    for name in sorted(os.listdir(folder)):
-        path = os.path.join(folder, name)
-        stem, ext = split_image_name(name)
-        if ext and os.path.isfile(path):
-            out.append((stem, path))
-    return out
-
-
-def _strip_channel(stem: str) -> str:
-    """nnU-Net names images ``case_0000`` (channel 0) and labels ``case``."""
-    return re.sub(r"_0000$", "", stem)
-
-
-def scan_folder(folder: str) -> List[Tuple[str, str, Optional[str]]]:
-    """Cases in a folder as ``(case id, image path, label path or None)``, sorted by id.
-
-    Two layouts are understood: an ``images/`` folder with a ``labels/`` folder beside it (same file names;
-    nnU-Net's ``imagesTr``/``labelsTr`` with ``_0000`` channel suffixes too), or one folder where a label is
-    named like its image plus a suffix such as ``_label``, ``-seg``, ``_mask`` or ``.seg.nrrd``.
-    """
-    if not os.path.isdir(folder):
-        raise ValueError(f"{folder} is not a folder.")
-    cases = []
-    image_dir = next((os.path.join(folder, d) for d in IMAGE_FOLDERS if os.path.isdir(os.path.join(folder, d))),
-                     None)
-    if image_dir is not None:
-        label_dir = next((os.path.join(folder, d) for d in LABEL_FOLDERS
-                          if os.path.isdir(os.path.join(folder, d))), None)
-        labels = {}
-        if label_dir is not None:
-            for stem, path in _images_in(label_dir):
-                labels[_label_stem(stem) or stem] = path
-        for stem, path in _images_in(image_dir):
-            case_id = _strip_channel(stem)
-            cases.append((case_id, path, labels.get(case_id, labels.get(stem))))
-    else:
-        files = _images_in(folder)
-        stems = {stem for stem, _ in files}
-        labels, images = {}, []
-        for stem, path in files:
-            owner = _label_stem(stem)
-            if owner is not None and owner in stems:
-                labels[owner] = path
-            else:
-                images.append((stem, path))
-        for stem, path in images:
-            cases.append((stem, path, labels.get(stem)))
-    if not cases:
-        raise ValueError(f"No image files (.nii.gz, .nii, .nrrd, .mha, .mhd) were found in {folder}.")
-    return sorted(cases, key=lambda c: c[0])
-
 
 @dataclass
 class CaseRow:
@@ -300,6 +220,33 @@ class CaseTable:
 
     def to_json(self) -> str:
         return json.dumps([asdict(r) for r in self.rows])
+
+    #: The fields that hold node IDs: saved as node references of the parameter node, not in the JSON text,
+    #: because Slicer remaps references (not IDs inside a string) when a scene is imported into another.
+    NODE_FIELDS = ("volume_node_id", "segmentation_node_id")
+
+    def to_parts(self) -> Tuple[str, List[Optional[str]], List[Optional[str]]]:
+        """(the rows as JSON without node IDs, the volume node ID of each row, the segmentation node ID of
+        each row); file cases have None in both lists."""
+        data = [{k: v for k, v in asdict(r).items() if k not in self.NODE_FIELDS} for r in self.rows]
+        return (json.dumps(data), [r.volume_node_id for r in self.rows],
+                [r.segmentation_node_id for r in self.rows])
+
+    @classmethod
+    def from_parts(cls, text: str, volume_node_ids: Sequence[Optional[str]],
+                   segmentation_node_ids: Sequence[Optional[str]]) -> "CaseTable":
+        """The table of :meth:`to_parts`, its node IDs from the node references (as the scene has them now).
+        A text of an older scene, with the IDs inside it, is read as it is when the lists do not match."""
+        table = cls.from_json(text)
+        if len(volume_node_ids) == len(table.rows) == len(segmentation_node_ids):
+            for row, volume, segmentation in zip(table.rows, volume_node_ids, segmentation_node_ids):
+                row.volume_node_id = volume or None
+                row.segmentation_node_id = segmentation or None
+                if not row.has_label:
+                    row.labeled = False
+            # a row whose volume node left the scene (its reference is gone) is no case any more
+            table.rows = [r for r in table.rows if r.volume_node_id or r.image_path]
+        return table
 
     @classmethod
     def from_json(cls, text: str) -> "CaseTable":

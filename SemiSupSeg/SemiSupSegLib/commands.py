@@ -27,18 +27,21 @@ MODALITIES = ("MRI", "CT")
 ENGINE_REQUIREMENTS = {"monai": "monai>=1.2", "scipy": "scipy>=1.7"}
 #: What the module itself needs beyond Slicer: psutil, to stop the engine's whole process tree on cancel.
 MODULE_REQUIREMENTS = {"psutil": "psutil>=5.9"}
-TORCH_REQUIREMENT = ">=1.13"
+#: The oldest torch the engine runs on: ``torch.amp.GradScaler("cuda")`` (fp16 training on a GPU) is from 2.3.
+TORCH_REQUIREMENT = ">=2.3"
 
 MODEL_FILE_NAME = "model.pt"
 STOP_FILE_NAME = "stop-request"
 
 
 def find_python_slicer(which: Callable[[str], Optional[str]] = shutil.which,
-                       executable: str = sys.executable, os_name: str = os.name) -> str:
+                       executable: str = sys.executable, os_name: str = os.name,
+                       inside_slicer: bool = False) -> str:
     """The Python that runs the engine: ``PythonSlicer`` inside Slicer, else this Python.
 
     Slicer puts ``PythonSlicer`` on PATH; next to Slicer's own Python executable is the second place to
-    look. Outside Slicer (tests, plain scripts) the current interpreter is used.
+    look. Inside Slicer nothing else will do (``sys.executable`` may be Slicer itself, which would open a
+    second application): RuntimeError with one sentence. Outside Slicer (tests, scripts) this Python runs it.
     """
     found = which("PythonSlicer")
     if found:
@@ -47,6 +50,9 @@ def find_python_slicer(which: Callable[[str], Optional[str]] = shutil.which,
     beside = os.path.join(os.path.dirname(executable), name)
     if os.path.isfile(beside):
         return beside
+    if inside_slicer:
+        raise RuntimeError(f"{name} was found neither on PATH nor in {os.path.dirname(executable)}: the engine "
+                           f"cannot be started; reinstall 3D Slicer.")
     return executable
 
 
@@ -220,3 +226,10 @@ def new_run_folder(model_folder: str, now: Optional[datetime.datetime] = None) -
 def model_file_in(folder: str) -> str:
     """The model file that ``train --output folder`` writes."""
     return os.path.join(folder, MODEL_FILE_NAME)
+
+
+def default_model_folder(app_local_data: Optional[str], home: str) -> str:
+    """Where models go unless the user chooses a folder: ``<app local data>/SemiSupSeg/models`` (Slicer's own
+    per-user data folder: local, never Documents, which on Windows is often redirected to a cloud-synced
+    folder where replacing a checkpoint by a rename can fail); the home folder when Qt gives none."""
+    return os.path.join(app_local_data or os.path.join(home, ".semisupseg"), "SemiSupSeg", "models")

@@ -153,7 +153,7 @@ def check_unchanged(before: Mapping[str, Optional[str]], after: Mapping[str, Opt
 
 
 def check_torch(version: Optional[str], minimum: str) -> Optional[str]:
-    """One sentence when torch is missing or older than ``minimum`` (``">=1.13"`` or ``"1.13"``), else None."""
+    """One sentence when torch is missing or older than ``minimum`` (``">=2.3"`` or ``"2.3"``), else None."""
     minimum = minimum.lstrip(">= ")
     if version is None:
         return ("PyTorch is not installed: install the 'PyTorch' extension in the Extensions Manager, restart "

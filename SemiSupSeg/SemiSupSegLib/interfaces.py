@@ -47,11 +47,19 @@ class SemiSupSegLogicProtocol(Protocol):
               onEvent: EventCallback = None, onState: EventCallback = None, onLog: EventCallback = None) -> Any:
         """Trains on the cases; returns the model file path (or the running Job). Cancel keeps a checkpoint."""
 
+    def resume(self, runFolder: str, workFolder: str = "", device: str = "auto", waitForCompletion: bool = True,
+               onEvent: EventCallback = None, onState: EventCallback = None, onLog: EventCallback = None) -> Any:
+        """Continues a cancelled training from its last checkpoint; returns the model file path (or the Job)."""
+
+    def resumableTraining(self) -> Any:
+        """(run folder, temporary folder) of the last training cancelled with a checkpoint, ("", "") if none."""
+
     def segment(self, volumeNode: Any, modelFile: str, outputSegmentation: Any = None, roiNode: Any = None,
                 device: str = "auto", uncertainty: bool = False, keepLargest: bool = False,
                 waitForCompletion: bool = True, onEvent: EventCallback = None, onState: EventCallback = None,
                 onLog: EventCallback = None) -> Any:
-        """Segments a volume node; returns the segmentation node (or the running Job)."""
+        """Segments a volume node; returns the segmentation node (or the running Job). A segmentation of a case
+        of the table is refused as the output (ValueError with one sentence)."""
 
     def suggest(self, cases: Any, modelFile: str, device: str = "auto", waitForCompletion: bool = True,
                 onEvent: EventCallback = None, onState: EventCallback = None, onLog: EventCallback = None) -> Any:

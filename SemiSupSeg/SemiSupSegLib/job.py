@@ -27,6 +27,7 @@ import collections
 import logging
 import os
 import queue
+import shutil
 import signal
 import subprocess
 import threading
@@ -81,21 +82,37 @@ def clear_stop(stop_file: Optional[str]) -> None:
         os.remove(stop_file)
 
 
+def resumable(job: "Job") -> bool:
+    """Whether a finished job can be resumed: a training cancelled after writing a checkpoint."""
+    return job.state == CANCELLED and bool(job.checkpoint)
+
+
+def work_folder_cleanup(folder: str, keep: bool = False) -> Callable[["Job"], None]:
+    """A ``cleanup`` that removes a job's temporary folder (the exported cases, the stop file) on every
+    outcome except a resumable cancel, whose resume reads the cases from it; ``keep``: never remove."""
+    def clean(job: "Job") -> None:
+        if not keep and not resumable(job):
+            shutil.rmtree(folder, ignore_errors=True)
+    return clean
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Running a process
 
 
-def _default_popen(command: Sequence[str], env_updates: Optional[Dict[str, str]], cwd: Optional[str]):
-    env = None
-    if env_updates:
-        env = dict(os.environ)
-        env.update(env_updates)
-    kwargs = {}
-    if os.name == "nt":
-        kwargs["creationflags"] = getattr(subprocess, "CREATE_NO_WINDOW", 0)
-    return subprocess.Popen(list(command), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            stdin=subprocess.DEVNULL, universal_newlines=True, encoding="utf-8",
-                            errors="replace", bufsize=1, env=env, cwd=cwd, **kwargs)
+def popen_arguments(env_updates: Optional[Dict[str, str]], cwd: Optional[str],
+                    base_env: Optional[Dict[str, str]] = None, os_name: str = os.name) -> Dict:
+    """The keyword arguments of :class:`subprocess.Popen` for the engine: output read as UTF-8 (what the
+    engine writes) with undecodable bytes replaced, never in the system's code page; stderr into stdout; no
+    console window on Windows; the environment ``base_env`` (Slicer's startup environment; default this
+    process's) with ``env_updates``."""
+    env = dict(os.environ if base_env is None else base_env)
+    env.update(env_updates or {})
+    kwargs = dict(stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True,
+                  encoding="utf-8", errors="replace", bufsize=1, env=env, cwd=cwd)
+    if os_name == "nt":
+        kwargs["creationflags"] = getattr(subprocess, "CREATE_NO_WINDOW", 0x08000000)
+    return kwargs
 
 
 class ProcessHandle:
@@ -115,8 +132,6 @@ class ProcessHandle:
         while True:
             try:
                 line = stream.readline()
-            except UnicodeDecodeError:
-                continue  # a line in another code page: drop it, keep reading
             except (OSError, ValueError):
                 break
             if not line:
@@ -184,15 +199,18 @@ class ProcessHandle:
 
 
 class SubprocessRunner:
-    """Starts a command with ``popen(command, env_updates, cwd)`` (default: :class:`subprocess.Popen` with
-    stderr merged into stdout, text mode) and reads its output on a thread."""
+    """Starts a command with :class:`subprocess.Popen` (:func:`popen_arguments`: UTF-8 with replacement, no
+    console window, ``base_env`` plus the job's variables) and reads its output on a thread. The same runner
+    serves Slicer (``base_env`` = ``slicer.util.startupEnvironment()``) and the tests; ``popen`` replaces the
+    launch (``popen(command, **kwargs)``)."""
 
-    def __init__(self, popen: Optional[Callable] = None):
-        self.popen = popen or _default_popen
+    def __init__(self, base_env: Optional[Dict[str, str]] = None, popen: Optional[Callable] = None):
+        self.base_env = base_env
+        self.popen = popen or subprocess.Popen
 
     def start(self, command: Sequence[str], env_updates: Optional[Dict[str, str]], cwd: Optional[str],
               sink: Callable[[tuple], None]) -> ProcessHandle:
-        return ProcessHandle(self.popen(list(command), env_updates, cwd), sink)
+        return ProcessHandle(self.popen(list(command), **popen_arguments(env_updates, cwd, self.base_env)), sink)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -205,7 +223,8 @@ class Job:
     - ``on_state(job)`` after each state change (``job.state`` is the new state),
     - ``on_event(event)`` for each engine event (:class:`ProgressEvent`),
     - ``on_log(line)`` for each output line that is not an event,
-    - ``importer(job)`` once the process ended well; it brings the result in (exceptions: ``failed``).
+    - ``importer(job)`` once the process ended well; it brings the result in (exceptions: ``failed``);
+    - ``cleanup(job)`` once, when the job has finished, whatever the outcome (e.g. :func:`work_folder_cleanup`).
     """
 
     def __init__(self, command: Sequence[str], runner=None, env: Optional[Dict[str, str]] = None,
@@ -215,7 +234,8 @@ class Job:
                  on_log: Optional[Callable[[str], None]] = None,
                  importer: Optional[Callable[["Job"], object]] = None,
                  grace_s: float = DEFAULT_GRACE_S, stop_file: Optional[str] = None,
-                 stop_grace_s: float = DEFAULT_STOP_GRACE_S):
+                 stop_grace_s: float = DEFAULT_STOP_GRACE_S, cleanup: Optional[Callable[["Job"], None]] = None,
+                 context: Optional[Dict[str, object]] = None):
         self.command = list(command)
         self.runner = runner or SubprocessRunner()
         self.env = env
@@ -229,6 +249,9 @@ class Job:
         #: The file whose existence asks the engine to stop (the command line's ``--stop-file``).
         self.stop_file = stop_file
         self.stop_grace_s = stop_grace_s
+        self.cleanup = cleanup
+        self.context = dict(context or {})  # what the caller wants to remember (e.g. the run folder)
+        self.detached = False
 
         self.state = IDLE
         self.states: List[str] = [IDLE]
@@ -270,8 +293,17 @@ class Job:
         self.states.append(state)
         if state in FINISHED_STATES:
             self.finished_at = time.monotonic()
+            self._clean_up()
         if self.on_state:
             self.on_state(self)
+
+    def _clean_up(self) -> None:
+        cleanup, self.cleanup = self.cleanup, None
+        if cleanup is not None:
+            try:
+                cleanup(self)
+            except Exception:  # a cleanup problem must not hide the outcome
+                logging.exception("%s: cleaning up failed", self.name)
 
     def _fail(self, message: str, exception: Optional[BaseException] = None) -> None:
         self.error_message = message
@@ -324,6 +356,14 @@ class Job:
                 self._terminate_timer.start()
                 return
         self._terminate()
+
+    def detach(self) -> None:
+        """Cancels the job and forgets its callbacks and importer (the scene they refer to is closing): the
+        process still stops by its stop file and ``cleanup`` still runs, but nothing reaches the scene."""
+        self.on_state = self.on_event = self.on_log = None
+        self.importer = None
+        self.detached = True
+        self.cancel()
 
     def _terminate(self) -> None:
         """Terminates the process tree (kill after ``grace_s``) unless it has ended; may run on a timer thread."""

@@ -6,7 +6,6 @@ through :class:`SemiSupSegLib.interfaces.SemiSupSegLogicProtocol`.
 """
 
 import importlib
-import importlib.util
 import logging
 import os
 import shutil
@@ -19,11 +18,11 @@ import slicer
 from slicer.i18n import tr as _
 from slicer.ScriptedLoadableModule import ScriptedLoadableModuleLogic
 
-from . import ENGINE_PARENT, commands, install, nodes
+from . import ENGINE_PARENT, commands, install, nodes, review
 from . import job as jobs
 from .cases import CaseTable, build_manifest
 from .labels import classes_for_training, parse_structure_names
-from .parameter_node import SemiSupSegParameterNode
+from .parameter_node import SemiSupSegParameterNode, readCases
 from .progress import describe
 
 
@@ -41,6 +40,9 @@ class SemiSupSegLogic(ScriptedLoadableModuleLogic):
     """
 
     SETTINGS_LAST_MODEL = "SemiSupSeg/LastModelFile"
+    #: The run folder and the temporary folder (its cases) of the last training cancelled with a checkpoint.
+    SETTINGS_RESUMABLE_RUN = "SemiSupSeg/ResumableRun"
+    SETTINGS_RESUMABLE_WORK = "SemiSupSeg/ResumableWorkFolder"
     #: Seconds the engine gets to stop by itself after Cancel (it writes a checkpoint at the next iteration)
     #: before its process tree is terminated; a user setting.
     SETTINGS_STOP_GRACE = "SemiSupSeg/CancelGracePeriod"
@@ -49,7 +51,7 @@ class SemiSupSegLogic(ScriptedLoadableModuleLogic):
         ScriptedLoadableModuleLogic.__init__(self)
         self.askConfirmation = True  # before installing Python packages
         self.keepTemporaryFiles = False
-        self.runner = None  # a SemiSupSegLib.job runner; None: slicer.util.launchConsoleProcess
+        self.runner = None  # a SemiSupSegLib.job runner; None: jobs.SubprocessRunner with Slicer's startup environment
         self.lastUncertaintyVolume = None
         self.stopGracePeriod = float(slicer.app.userSettings().value(self.SETTINGS_STOP_GRACE,
                                                                      jobs.DEFAULT_STOP_GRACE_S))
@@ -62,8 +64,10 @@ class SemiSupSegLogic(ScriptedLoadableModuleLogic):
 
     @staticmethod
     def defaultModelFolder() -> str:
-        documents = qt.QStandardPaths.writableLocation(qt.QStandardPaths.DocumentsLocation)
-        return os.path.join(documents or os.path.expanduser("~"), "SemiSupSeg", "models")
+        """Under the application's local data folder (on Windows %LOCALAPPDATA%\\NA-MIC\\Slicer: not roamed
+        or cloud-synced like Documents often is, where renaming a checkpoint over the last one can fail)."""
+        return commands.default_model_folder(
+            qt.QStandardPaths.writableLocation(qt.QStandardPaths.AppLocalDataLocation), os.path.expanduser("~"))
 
     @classmethod
     def lastModelFile(cls) -> str:
@@ -84,20 +88,17 @@ class SemiSupSegLogic(ScriptedLoadableModuleLogic):
         if self._requirementsReady:
             return
         ask = self.askConfirmation if askConfirmation is None else askConfirmation
-        try:
-            import PyTorchUtils
-        except ImportError:
-            PyTorchUtils = None
-        if PyTorchUtils is None:
-            if importlib.util.find_spec("torch") is None:
+        # torch is looked up by its package metadata: PyTorchUtils' torchInstalled would import it into Slicer
+        if install.installed_versions()["torch"] is None:
+            try:
+                import PyTorchUtils
+            except ImportError:
                 raise RuntimeError(_("This module needs PyTorch: install the 'PyTorch' extension in the Extensions "
-                                     "Manager, restart Slicer, and try again."))
-        else:
-            torchLogic = PyTorchUtils.PyTorchUtilsLogic()
-            if not torchLogic.torchInstalled():
-                torch = torchLogic.installTorch(askConfirmation=ask, torchVersionRequirement=commands.TORCH_REQUIREMENT)
-                if torch is None:
-                    raise RuntimeError(_("PyTorch is needed to train and segment; its installation was declined."))
+                                     "Manager, restart Slicer, and try again.")) from None
+            torch = PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=ask,
+                                                                  torchVersionRequirement=commands.TORCH_REQUIREMENT)
+            if torch is None:
+                raise RuntimeError(_("PyTorch is needed to train and segment; its installation was declined."))
         versions = install.installed_versions()
         problem = install.check_torch(versions["torch"], commands.TORCH_REQUIREMENT)
         if problem:
@@ -114,9 +115,12 @@ class SemiSupSegLogic(ScriptedLoadableModuleLogic):
                         packages=", ".join(requirements))):
                 raise RuntimeError(_("These Python packages are needed: {packages}; their installation was "
                                      "declined.").format(packages=", ".join(requirements)))
-            constraints = install.write_constraints(slicer.util.tempDirectory("SemiSupSeg-pip-"), versions["torch"],
-                                                    versions["numpy"])
-            slicer.util.pip_install(install.pip_arguments(requirements, constraints))
+            pipFolder = slicer.util.tempDirectory("SemiSupSeg-pip-")
+            try:
+                constraints = install.write_constraints(pipFolder, versions["torch"], versions["numpy"])
+                slicer.util.pip_install(install.pip_arguments(requirements, constraints))
+            finally:
+                shutil.rmtree(pipFolder, ignore_errors=True)
             importlib.invalidate_caches()
             problem = install.check_unchanged(versions, install.installed_versions())
             if problem:
@@ -126,24 +130,33 @@ class SemiSupSegLogic(ScriptedLoadableModuleLogic):
     # -- the engine --------------------------------------------------------------------------------------
 
     def _runner(self):
-        if self.runner is not None:
-            return self.runner
+        # the one runner of the module and the tests: UTF-8 output, no console window, Slicer's startup
+        # environment (PythonSlicer sets up Slicer's own paths itself)
+        return self.runner if self.runner is not None else jobs.SubprocessRunner(
+            base_env=slicer.util.startupEnvironment())
 
-        def launch(command, environmentUpdates, cwd):
-            return slicer.util.launchConsoleProcess(command, useStartupEnvironment=True,
-                                                    updateEnvironment=environmentUpdates, cwd=cwd)
-
-        return jobs.SubprocessRunner(popen=launch)
-
-    def _startJob(self, command: List[str], name: str, importer: Callable, device: str,
-                  onEvent=None, onState=None, onLog=None, waitForCompletion=True, stopFile: Optional[str] = None):
+    @staticmethod
+    def enginePython() -> str:
+        """PythonSlicer, which runs the engine; RuntimeError with one sentence when it or the engine is missing."""
         if ENGINE_PARENT is None:
             raise RuntimeError(_("The SemiSupSegTraining engine was not found beside the module; reinstall the extension."))
+        return commands.find_python_slicer(inside_slicer=True)
+
+    def _startJob(self, command: List[str], name: str, importer: Callable, device: str,
+                  onEvent=None, onState=None, onLog=None, waitForCompletion=True, stopFile: Optional[str] = None,
+                  workFolder: Optional[str] = None, context: Optional[dict] = None, onFinished=None):
         environment = commands.engine_environment(ENGINE_PARENT, slicer.util.startupEnvironment(),
                                                   cpu_only=device == "cpu")
+        removeWorkFolder = jobs.work_folder_cleanup(workFolder, keep=self.keepTemporaryFiles) if workFolder else None
+
+        def cleanup(job):  # runs once the job is over, detached (scene closed) or not
+            if removeWorkFolder:
+                removeWorkFolder(job)
+            if onFinished:
+                onFinished(job)
         job = jobs.Job(command, runner=self._runner(), env=environment, name=name, importer=importer,
                        on_event=onEvent or self._logEvent, on_state=onState, on_log=onLog or logging.info,
-                       stop_file=stopFile, stop_grace_s=self.stopGracePeriod)
+                       stop_file=stopFile, stop_grace_s=self.stopGracePeriod, cleanup=cleanup, context=context)
         job.start()
         if not waitForCompletion:
             return job
@@ -163,20 +176,32 @@ class SemiSupSegLogic(ScriptedLoadableModuleLogic):
             self._lastLogTime = now
             logging.info(describe(event))
 
-    @staticmethod
-    def readModelMetadata(modelFile: str) -> dict:
+    def readModelMetadata(self, modelFile: str) -> dict:
+        """The model's metadata from the model.json beside it (no torch in Slicer's process); for a model file
+        without one the engine writes it first (a short process)."""
+        from SemiSupSegTraining.modelinfo import MetadataMissing, read_metadata_file
+
         if not modelFile or not os.path.isfile(modelFile):
             raise ValueError(_("The model file {path} does not exist.").format(path=modelFile))
-        from SemiSupSegTraining.modelfile import read_metadata
-
-        return read_metadata(modelFile)
+        try:
+            return read_metadata_file(modelFile)
+        except MetadataMissing:
+            self.setupPythonRequirements()
+            command = [self.enginePython(), "-m", commands.ENGINE_PACKAGE, "info", "--model", modelFile,
+                       "--write-metadata"]
+            self._startJob(command, _("Reading the model file"), None, "cpu", onEvent=lambda event: None,
+                           onLog=lambda line: None)
+            return read_metadata_file(modelFile)
 
     def describeModel(self, modelFile: str) -> str:
-        """One line about a model file for the GUI (structures, preset), or why it cannot be read."""
-        if importlib.util.find_spec("torch") is None:
-            return _("PyTorch is installed when you first train or segment.")
+        """One line about a model file for the GUI (structures, preset), or why it cannot be read; reads only
+        the model.json beside it, at once."""
+        from SemiSupSegTraining.modelinfo import MetadataMissing, read_metadata_file
+
         try:
-            meta = self.readModelMetadata(modelFile)
+            meta = read_metadata_file(modelFile)
+        except MetadataMissing:
+            return _("Its structures are read when it is first used (it has no model.json beside it yet).")
         except Exception as e:
             return _("Not a usable model file: {error}").format(error=e)
         names = ", ".join(c["name"] for c in meta["classes"] if c["value"] != 0)
@@ -278,6 +303,7 @@ class SemiSupSegLogic(ScriptedLoadableModuleLogic):
           is the model file path once it is done).
         """
         self.setupPythonRequirements()
+        python = self.enginePython()
         if not modelFolder:
             raise ValueError(_("Choose a model folder."))
         os.makedirs(modelFolder, exist_ok=True)
@@ -293,13 +319,36 @@ class SemiSupSegLogic(ScriptedLoadableModuleLogic):
             classes = self.trainingClasses(table, structureNames, manifestClasses, initModel)
             workFolder = slicer.util.tempDirectory("SemiSupSeg-train-")
             manifestPath = os.path.join(workFolder, "manifest.json")
-            build_manifest(self.exportCases(table, workFolder, classes), classes, modality, manifestPath)
+            try:
+                build_manifest(self.exportCases(table, workFolder, classes), classes, modality, manifestPath)
+            except Exception:
+                jobs.work_folder_cleanup(workFolder)(None)
+                raise
         runFolder = commands.new_run_folder(modelFolder)
         stopFile = commands.stop_file_in(workFolder)
-        command = commands.train_command(commands.find_python_slicer(), manifestPath, runFolder, preset=preset,
+        command = commands.train_command(python, manifestPath, runFolder, preset=preset,
                                          iterations=iterations, device=device, init_model=initModel,
                                          stop_file=stopFile)
+        return self._startTraining(command, runFolder, workFolder, stopFile, device, onEvent, onState, onLog,
+                                   waitForCompletion)
 
+    def resume(self, runFolder: str, workFolder: str = "", device: str = "auto", waitForCompletion: bool = True,
+               onEvent=None, onState=None, onLog=None):
+        """Continues a cancelled training from the last checkpoint of ``runFolder`` (``train --resume``);
+        ``workFolder``: the temporary folder with the cases it was started with (removed once it is over)."""
+        self.setupPythonRequirements()
+        python = self.enginePython()
+        if not runFolder or not os.path.isdir(runFolder):
+            raise ValueError(_("The training folder {path} does not exist any more.").format(path=runFolder))
+        workFolder = workFolder if workFolder and os.path.isdir(workFolder) else \
+            slicer.util.tempDirectory("SemiSupSeg-train-")
+        stopFile = commands.stop_file_in(workFolder)
+        command = commands.train_command(python, resume=runFolder, device=device, stop_file=stopFile)
+        return self._startTraining(command, runFolder, workFolder, stopFile, device, onEvent, onState, onLog,
+                                   waitForCompletion)
+
+    def _startTraining(self, command, runFolder, workFolder, stopFile, device, onEvent, onState, onLog,
+                       waitForCompletion):
         def importModel(job):
             model = job.done_event.get("model") if job.done_event else None
             if not model or not os.path.isfile(model):
@@ -307,56 +356,101 @@ class SemiSupSegLogic(ScriptedLoadableModuleLogic):
             if not os.path.isfile(model):
                 raise RuntimeError(_("The training ended without writing {path}.").format(path=model))
             self.setLastModelFile(model)
-            if not self.keepTemporaryFiles:
-                shutil.rmtree(workFolder, ignore_errors=True)
             return model
 
-        return self._startJob(command, _("Training"), importModel, device, onEvent, onState, onLog, waitForCompletion,
-                              stopFile)
+        def remember(job):  # the last training cancelled with a checkpoint is offered for resuming
+            if jobs.resumable(job):
+                self.setResumableTraining(runFolder, workFolder)
+            elif self.resumableTraining()[0] == runFolder:  # the resumed one is over
+                self.setResumableTraining("", "")
+
+        return self._startJob(command, _("Training"), importModel, device, onEvent, onState, onLog,
+                              waitForCompletion, stopFile, workFolder, {"runFolder": runFolder}, remember)
+
+    @classmethod
+    def resumableTraining(cls) -> Tuple[str, str]:
+        """(run folder, temporary folder) of the last training cancelled with a checkpoint; ("", "") if none."""
+        settings = slicer.app.userSettings()
+        runFolder = settings.value(cls.SETTINGS_RESUMABLE_RUN, "")
+        if not runFolder or not os.path.isdir(runFolder):
+            return "", ""
+        return runFolder, settings.value(cls.SETTINGS_RESUMABLE_WORK, "")
+
+    @classmethod
+    def setResumableTraining(cls, runFolder: str, workFolder: str) -> None:
+        """Remembers the training to resume; the temporary folder of the one it replaces is removed (only the
+        last cancelled training is offered for resuming)."""
+        settings = slicer.app.userSettings()
+        previous = settings.value(cls.SETTINGS_RESUMABLE_WORK, "")
+        if previous and previous != workFolder and os.path.basename(previous).startswith("SemiSupSeg-train-"):
+            shutil.rmtree(previous, ignore_errors=True)
+        settings.setValue(cls.SETTINGS_RESUMABLE_RUN, runFolder)
+        settings.setValue(cls.SETTINGS_RESUMABLE_WORK, workFolder)
 
     def segment(self, volumeNode, modelFile: str, outputSegmentation=None, roiNode=None, device: str = "auto",
                 uncertainty: bool = False, keepLargest: bool = False, waitForCompletion: bool = True,
                 onEvent=None, onState=None, onLog=None):
         """Segments ``volumeNode`` with a model file into ``outputSegmentation`` (a new segmentation node when
-        None): one segment per structure of the model, named and colored like it, on the volume's geometry.
+        None): one segment per structure of the model, named, colored and coded (terminology) like it, on the
+        volume's geometry, placed in the volume's study. A segmentation of a case of the module's table is
+        never written: it is refused (ValueError).
 
         :param roiNode: a markups ROI; only the voxels inside it are segmented.
         :param uncertainty: also load an uncertainty volume (``logic.lastUncertaintyVolume``).
         :return: the segmentation node; with ``waitForCompletion=False`` the running Job.
         """
-        self.setupPythonRequirements()
         if volumeNode is None:
             raise ValueError(_("Choose the volume to segment."))
+        self._refuseCaseSegmentation(volumeNode, outputSegmentation)
+        self.setupPythonRequirements()
+        python = self.enginePython()
         meta = self.readModelMetadata(modelFile)
         workFolder = slicer.util.tempDirectory("SemiSupSeg-segment-")
-        inputPath = nodes.writeVolume(volumeNode, os.path.join(workFolder, "input.nrrd"))
+        try:
+            inputPath = nodes.writeVolume(volumeNode, os.path.join(workFolder, "input.nrrd"))
+            roi = nodes.roiIndexBox(roiNode, volumeNode) if roiNode is not None else None
+        except Exception:
+            jobs.work_folder_cleanup(workFolder)(None)
+            raise
         outputPath = os.path.join(workFolder, "segmentation.nrrd")
         uncertaintyPath = os.path.join(workFolder, "uncertainty.nrrd") if uncertainty else None
-        roi = nodes.roiIndexBox(roiNode, volumeNode) if roiNode is not None else None
         stopFile = commands.stop_file_in(workFolder)
-        command = commands.segment_command(commands.find_python_slicer(), modelFile, inputPath, outputPath,
+        command = commands.segment_command(python, modelFile, inputPath, outputPath,
                                            uncertainty=uncertaintyPath, device=device, roi=roi,
                                            keep_largest=keepLargest, stop_file=stopFile)
 
         def importResult(job):
-            segmentationNode = outputSegmentation
-            if segmentationNode is None:
-                segmentationNode = slicer.mrmlScene.AddNewNodeByClass(
-                    "vtkMRMLSegmentationNode", slicer.mrmlScene.GenerateUniqueName(volumeNode.GetName() + " segmentation"))
-                segmentationNode.CreateDefaultDisplayNodes()
-                segmentationNode.SetAndObserveTransformNodeID(volumeNode.GetTransformNodeID())
+            if not slicer.mrmlScene.IsNodePresent(volumeNode):
+                raise RuntimeError(_("The volume that was segmented is no longer in the scene."))
+            target = outputSegmentation
+            if target is not None and (not slicer.mrmlScene.IsNodePresent(target)
+                                       or review.segment_target(self.sceneCases(), volumeNode.GetID(),
+                                                                target.GetID())[1]):
+                target = None  # gone, or made a case's label while segmenting: a new node instead
+            segmentationNode = target or nodes.newSegmentationFor(volumeNode)
             nodes.importLabelmapFile(outputPath, segmentationNode, meta["classes"], volumeNode)
             if uncertaintyPath:
                 self.lastUncertaintyVolume = nodes.readVolume(uncertaintyPath, name=slicer.mrmlScene.GenerateUniqueName(
                     volumeNode.GetName() + " uncertainty"))
                 self.lastUncertaintyVolume.SetAndObserveTransformNodeID(volumeNode.GetTransformNodeID())
                 self.lastUncertaintyVolume.CreateDefaultDisplayNodes()
-            if not self.keepTemporaryFiles:
-                shutil.rmtree(workFolder, ignore_errors=True)
+                nodes.placeInStudyOf(self.lastUncertaintyVolume, volumeNode)
             return segmentationNode
 
         return self._startJob(command, _("Segmenting"), importResult, device, onEvent, onState, onLog,
-                              waitForCompletion, stopFile)
+                              waitForCompletion, stopFile, workFolder)
+
+    def sceneCases(self) -> CaseTable:
+        """The case table saved in this scene's parameter node."""
+        return readCases(self.getParameterNode())
+
+    def _refuseCaseSegmentation(self, volumeNode, outputSegmentation) -> None:
+        if outputSegmentation is None:
+            return
+        refusal = review.segment_target(self.sceneCases(), volumeNode.GetID(), outputSegmentation.GetID(),
+                                        outputSegmentation.GetName())[1]
+        if refusal:
+            raise ValueError(refusal)
 
     def suggest(self, cases, modelFile: str, device: str = "auto", waitForCompletion: bool = True,
                 onEvent=None, onState=None, onLog=None):
@@ -367,6 +461,7 @@ class SemiSupSegLogic(ScriptedLoadableModuleLogic):
           "rank"}, ...]``, ids as in the table; with ``waitForCompletion=False`` the running Job.
         """
         self.setupPythonRequirements()
+        python = self.enginePython()
         meta = self.readModelMetadata(modelFile)
         unlabeled = CaseTable(self.caseTable(cases).unlabeled_rows)
         if not len(unlabeled):
@@ -374,18 +469,20 @@ class SemiSupSegLogic(ScriptedLoadableModuleLogic):
         classes = classes_for_training(model_classes=meta["classes"])
         workFolder = slicer.util.tempDirectory("SemiSupSeg-suggest-")
         manifestPath = os.path.join(workFolder, "manifest.json")
-        build_manifest(self.exportCases(unlabeled, workFolder, classes), classes, path=manifestPath)
+        try:
+            build_manifest(self.exportCases(unlabeled, workFolder, classes), classes, path=manifestPath)
+        except Exception:
+            jobs.work_folder_cleanup(workFolder)(None)
+            raise
         stopFile = commands.stop_file_in(workFolder)
-        command = commands.suggest_command(commands.find_python_slicer(), modelFile, manifestPath, device=device,
+        command = commands.suggest_command(python, modelFile, manifestPath, device=device,
                                            stop_file=stopFile)
 
         def importRanking(job):
             ranking = job.done_event.get("ranking") if job.done_event else None
             if not isinstance(ranking, list):
                 raise RuntimeError(_("The engine ended without a ranking."))
-            if not self.keepTemporaryFiles:
-                shutil.rmtree(workFolder, ignore_errors=True)
             return ranking
 
         return self._startJob(command, _("Suggesting"), importRanking, device, onEvent, onState, onLog,
-                              waitForCompletion, stopFile)
+                              waitForCompletion, stopFile, workFolder)

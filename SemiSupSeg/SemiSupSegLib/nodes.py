@@ -3,8 +3,8 @@
 - a volume node -> an .nrrd file with its geometry (origin, spacing, axis directions);
 - a segmentation node -> a label map on its volume's grid, each segment named like a class written with
   that class's value;
-- the engine's label map -> a segmentation node with the model's class names and colors, referenced to
-  the input volume's geometry;
+- the engine's label map -> a segmentation node with the model's class names, colors and terminology
+  codes, referenced to the input volume's geometry and placed in its study;
 - a markups ROI -> the voxel index box of a volume (``segment --roi``).
 
 The decisions (which segment gets which value, how values map back to segments, the index box) are made
@@ -20,6 +20,7 @@ import vtk
 
 from .commands import roi_index_box
 from .labels import export_lookup, import_lookup, remap, segment_plan, segment_specs
+from .terminology import terminology_entry
 
 TEMP_NODE_NAME = "__SemiSupSeg_temp__"
 
@@ -141,9 +142,30 @@ def importLabelmapFile(path: str, segmentationNode, classes: Sequence[dict], ref
             segment = segmentation.GetSegment(segmentId)
             segment.SetName(name)
             segment.SetColor(*color[:3])
+            entry = terminology_entry(name)
+            if entry:
+                segment.SetTag(segment.GetTerminologyEntryTagName(), entry)
     finally:
         removeNodeWithColorTable(labelmapNode)
     return [segmentId for segmentId, _, _ in specs]
+
+
+def newSegmentationFor(volumeNode):
+    """A new segmentation node for a result on ``volumeNode``: named after it, under its transform, in its study."""
+    segmentationNode = slicer.mrmlScene.AddNewNodeByClass(
+        "vtkMRMLSegmentationNode", slicer.mrmlScene.GenerateUniqueName(volumeNode.GetName() + " segmentation"))
+    segmentationNode.CreateDefaultDisplayNodes()
+    segmentationNode.SetAndObserveTransformNodeID(volumeNode.GetTransformNodeID())
+    placeInStudyOf(segmentationNode, volumeNode)
+    return segmentationNode
+
+
+def placeInStudyOf(node, volumeNode) -> None:
+    """Moves ``node`` under the subject hierarchy parent (the study) of ``volumeNode``, as SlicerMONAIAuto3DSeg does."""
+    shNode = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(slicer.mrmlScene)
+    studyItem = shNode.GetItemParent(shNode.GetItemByDataNode(volumeNode))
+    if studyItem:
+        shNode.SetItemParent(shNode.GetItemByDataNode(node), studyItem)
 
 
 def roiIndexBox(roiNode, volumeNode, margin: int = 0) -> Tuple[int, int, int, int, int, int]:

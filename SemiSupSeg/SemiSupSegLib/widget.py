@@ -20,15 +20,15 @@ from slicer.ScriptedLoadableModule import ScriptedLoadableModuleWidget
 from slicer.util import VTKObservationMixin
 
 from . import job as jobs
-from . import nodes
+from . import nodes, review
 from .cases import CaseTable
 from .interfaces import SemiSupSegLogicProtocol
-from .parameter_node import SemiSupSegParameterNode
+from .parameter_node import SemiSupSegParameterNode, readCases, writeCases
 from .progress import LossHistory, describe, format_duration, loss_names
 
 #: The package's files in the order a reload needs (each after what it imports).
-RELOAD_ORDER = ("commands", "progress", "job", "labels", "cases", "install", "interfaces", "nodes",
-                "parameter_node", "logic", "widget")
+RELOAD_ORDER = ("commands", "progress", "job", "labels", "terminology", "cases", "review", "install", "interfaces",
+                "nodes", "parameter_node", "logic", "widget")
 
 
 class SemiSupSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
@@ -48,6 +48,8 @@ class SemiSupSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.trainJob = None
         self.segmentJob = None
         self.suggestJob = None
+        self.closingJobs = []  # detached by a scene close: polled until their processes have stopped
+        self._inputVolumeId = None
         self.lossHistory = LossHistory()
         self._plotNodes = {}
         self._lastPlotTime = 0.0
@@ -99,6 +101,7 @@ class SemiSupSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.casesTable.connect("itemChanged(QTableWidgetItem*)", self.onCaseItemChanged)
         self.ui.trainButton.connect("clicked(bool)", self.onTrainButton)
         self.ui.retrainButton.connect("clicked(bool)", self.onRetrainButton)
+        self.ui.resumeButton.connect("clicked(bool)", self.onResumeButton)
         self.ui.segmentButton.connect("clicked(bool)", self.onSegmentButton)
         self.ui.suggestButton.connect("clicked(bool)", self.onSuggestButton)
         self.ui.editSegmentationButton.connect("clicked(bool)", self.onEditSegmentation)
@@ -110,9 +113,7 @@ class SemiSupSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def cleanup(self) -> None:
         """Called when the application closes or the module is reloaded: no engine process is left behind."""
-        for job in self._jobs():
-            if job is not None and job.active:
-                job.cancel()
+        self.detachJobs()
         if self._pollTimer:
             self._pollTimer.stop()
         self.removeObservers()
@@ -134,7 +135,17 @@ class SemiSupSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._parameterNodeGuiTag = None
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateButtons)
 
+    def detachJobs(self) -> None:
+        """Cancels the running jobs (by their stop files) and cuts them off from the widget and the scene."""
+        for job in self._jobs():
+            if job is not None and job.active:
+                job.detach()
+                self.closingJobs.append(job)
+        self.trainJob = self.segmentJob = self.suggestJob = None
+
     def onSceneStartClose(self, caller, event) -> None:
+        # a result must not land in the next scene, nor an event reach a parameter node that is gone
+        self.detachJobs()
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event) -> None:
@@ -153,7 +164,8 @@ class SemiSupSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateButtons)
         self._parameterNode = inputParameterNode
-        self.cases = CaseTable.from_json(self._parameterNode.cases) if self._parameterNode else CaseTable()
+        self.cases = readCases(self._parameterNode) if self._parameterNode else CaseTable()
+        self._inputVolumeId = self._nodeId(self._parameterNode.inputVolume) if self._parameterNode else None
         if self._parameterNode:
             # Widgets with a "SlicerParameterName" property in the .ui file are connected to the parameter node.
             self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
@@ -164,8 +176,26 @@ class SemiSupSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def saveCases(self) -> None:
         if self._parameterNode:
-            self._parameterNode.cases = self.cases.to_json()
+            writeCases(self._parameterNode, self.cases)
         self.updateCasesTable()
+
+    @staticmethod
+    def _nodeId(node) -> Optional[str]:
+        return node.GetID() if node else None
+
+    def _followInputVolume(self) -> None:
+        """A new input volume gets a new output segmentation: the selection is kept only when it was made
+        on that volume and is no case's segmentation (``review.output_after_input_change``)."""
+        p = self._parameterNode
+        volumeId = self._nodeId(p.inputVolume) if p else None
+        if not p or volumeId == self._inputVolumeId:
+            return
+        self._inputVolumeId = volumeId
+        output = p.outputSegmentation
+        reference = output.GetNodeReference(output.GetReferenceImageGeometryReferenceRole()) if output else None
+        keep = review.output_after_input_change(self.cases, volumeId, self._nodeId(output), self._nodeId(reference))
+        if output and keep is None:
+            p.outputSegmentation = None
 
     def updateCasesTable(self) -> None:
         table = self.ui.casesTable
@@ -299,6 +329,7 @@ class SemiSupSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         return any(job is not None and job.active for job in self._jobs())
 
     def updateButtons(self, caller=None, event=None) -> None:
+        self._followInputVolume()
         training = self.trainJob is not None and self.trainJob.active
         segmenting = self.segmentJob is not None and self.segmentJob.active
         ready, reason = self.cases.readiness()
@@ -312,6 +343,10 @@ class SemiSupSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.trainReasonLabel.text = reason
         self.ui.trainReasonLabel.visible = bool(reason) and not training
         self.ui.retrainButton.enabled = ready and hasModel and not self._busy()
+        resumable = self.logic.resumableTraining()[0]
+        self.ui.resumeButton.enabled = bool(resumable) and not self._busy()
+        self.ui.resumeButton.toolTip = (_("Continue the cancelled training in {path} from its last checkpoint.").format(
+            path=resumable) if resumable else _("A training cancelled with a checkpoint can be resumed here."))
         self.ui.retrainButton.toolTip = (_("Train again on the cases, starting from the current model file's weights.")
                                          if hasModel else _("Choose a model file first (Segment section)."))
 
@@ -354,6 +389,14 @@ class SemiSupSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onRetrainButton(self) -> None:
         self.startTraining(initModel=self.ui.modelFilePathLineEdit.currentPath)
+
+    def onResumeButton(self) -> None:
+        runFolder, workFolder = self.logic.resumableTraining()
+        with slicer.util.tryWithErrorDisplay(_("Failed to resume the training."), waitCursor=True):
+            self.lossHistory.clear()
+            self.logic.resume(runFolder, workFolder, device=self._parameterNode.device, waitForCompletion=False,
+                              onEvent=self.onTrainEvent, onState=self.onTrainState, onLog=self.addLog)
+        self.updateButtons()
 
     def startTraining(self, initModel: Optional[str]) -> None:
         with slicer.util.tryWithErrorDisplay(_("Failed to start the training."), waitCursor=True):
@@ -409,8 +452,8 @@ class SemiSupSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                                          detailedText="\n".join(self.trainJob.log_tail))
         elif state == jobs.CANCELLED:
             checkpoint = self.trainJob.checkpoint
-            self.ui.trainStatusLabel.text = (_("Cancelled; checkpoint: {path}").format(path=checkpoint)
-                                             if checkpoint else _("Cancelled."))
+            self.ui.trainStatusLabel.text = (_("Cancelled; checkpoint: {path}. Resume continues it.").format(
+                path=checkpoint) if checkpoint else _("Cancelled."))
             self.cases.set_status("")
         if state in jobs.FINISHED_STATES:
             self.ui.trainProgressBar.hide()
@@ -491,7 +534,10 @@ class SemiSupSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         for job in self._jobs():
             if job is not None and not job.finished:
                 job.poll()
-        if not self._busy():
+        for job in self.closingJobs:
+            job.poll()
+        self.closingJobs = [job for job in self.closingJobs if not job.finished]
+        if not self._busy() and not self.closingJobs:
             self._pollTimer.stop()
 
     @staticmethod
@@ -563,12 +609,10 @@ class SemiSupSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onUseAsLabel(self) -> None:
         p = self._parameterNode
         volumeNode, segmentationNode = p.inputVolume, p.outputSegmentation
-        row = self.cases.add_volume(volumeNode.GetID(), volumeNode.GetName(), segmentationNode.GetID(),
-                                    segmentationNode.GetName())[0]
-        index = self.cases.find_volume(volumeNode.GetID())
-        self.cases.set_segmentation(index, segmentationNode.GetID(), segmentationNode.GetName())
-        self.cases.set_labeled(index, True)
-        row.status = _("corrected")
+        with slicer.util.tryWithErrorDisplay(_("Could not use the segmentation as a label.")):
+            index = review.use_as_label(self.cases, volumeNode.GetID(), volumeNode.GetName(), segmentationNode.GetID(),
+                                        segmentationNode.GetName())
+            self.cases[index].status = _("corrected")
         self.saveCases()
         self.addLog(_("{volume} is a labeled case now, with {segmentation}.").format(
             volume=volumeNode.GetName(), segmentation=segmentationNode.GetName()))

@@ -139,7 +139,8 @@ def fill_example(form: QWidget) -> None:
     _find(form, QLabel, "casesSummaryLabel").setText("4 cases: 2 labeled, 2 unlabeled")
 
     _find(form, QComboBox, "presetComboBox").setCurrentText("cpu-fast")
-    _find(form, ctkPathLineEdit, "modelFolderPathLineEdit").lineEdit.setText("~/Documents/SemiSupSeg/models")
+    _find(form, ctkPathLineEdit, "modelFolderPathLineEdit").lineEdit.setText(
+        "~/AppData/Local/NA-MIC/Slicer/SemiSupSeg/models")
     train = _find(form, QPushButton, "trainButton")
     train.setText("Cancel")
     train.setEnabled(True)
@@ -152,7 +153,7 @@ def fill_example(form: QWidget) -> None:
     _find(form, QCheckBox, "showLossCurveCheckBox").setChecked(True)
 
     _find(form, ctkPathLineEdit, "modelFilePathLineEdit").lineEdit.setText(
-        "~/Documents/SemiSupSeg/models/run-20250301-101500/model.pt")
+        "~/AppData/Local/NA-MIC/Slicer/SemiSupSeg/models/run-20250301-101500/model.pt")
     _find(form, QLabel, "modelInfoLabel").setText("Structures: left atrium · preset cpu-fast")
     _find(form, QProgressBar, "segmentProgressBar").hide()
     _find(form, QPushButton, "segmentButton").setEnabled(False)
@@ -160,7 +161,8 @@ def fill_example(form: QWidget) -> None:
     _find(form, QProgressBar, "suggestProgressBar").hide()
     _find(form, QLabel, "suggestStatusLabel").setText(
         "Label MRHead-2 next (score 0.47): segment it, correct it, use it as a label.")
-    for name in ("suggestButton", "editSegmentationButton", "useAsLabelButton", "retrainButton"):  # while training
+    for name in ("suggestButton", "editSegmentationButton", "useAsLabelButton", "retrainButton",
+                 "resumeButton"):  # while training
         _find(form, QPushButton, name).setEnabled(False)
     _find(form, QPlainTextEdit, "logTextEdit").hide()
 

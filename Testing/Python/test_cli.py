@@ -142,6 +142,17 @@ def test_info(trained_model, capsys):
     assert json.loads(capsys.readouterr().out)["patch_size"] == [32, 32, 16]
 
 
+def test_info_writes_the_metadata_file_of_an_older_model(trained_model, capsys, tmp_path):
+    import shutil
+
+    from SemiSupSegTraining.modelinfo import read_metadata_file
+
+    older = str(tmp_path / "model.pt")
+    shutil.copy(trained_model["model"], older)  # a model file without model.json, as before
+    assert main(["info", "--model", older, "--write-metadata"]) == 0
+    assert read_metadata_file(older) == json.loads(capsys.readouterr().out)
+
+
 # ----------------------------------------------------------------------------------------- bad input
 
 def _assert_bad_input(code, captured, *names):

@@ -86,7 +86,7 @@ def test_two_processes_train_to_the_end_and_the_model_segments_on_one_device(ful
     assert iterations == list(range(1, ITERATIONS + 1))
     assert sorted(os.listdir(folder)) == sorted([runfolder.MODEL_NAME, runfolder.CHECKPOINT_NAME,
                                                  runfolder.PREVIOUS_CHECKPOINT_NAME, runfolder.CONFIG_NAME,
-                                                 runfolder.RUN_NAME, runfolder.LOG_NAME])
+                                                 runfolder.RUN_NAME, runfolder.LOG_NAME, "model.json"])
     meta = read_metadata(os.path.join(folder, runfolder.MODEL_NAME))
     assert meta["training"]["iterations"] == ITERATIONS and meta["training"]["processes"] == 2
     out = str(tmp_path / "seg.nii.gz")

@@ -49,7 +49,7 @@ def test_save_load_round_trip_keeps_outputs_identical(tmp_path):
     with torch.no_grad():
         expected = [n(x) for n in (net_a, net_b)]
     path = save_model(str(tmp_path / "model.pt"), net_a.state_dict(), net_b.state_dict(), META)
-    assert os.listdir(tmp_path) == ["model.pt"]  # no temporary file left behind
+    assert sorted(os.listdir(tmp_path)) == ["model.json", "model.pt"]  # its metadata beside it, no temporary file
     loaded_a, loaded_b, meta = load_model(path)
     assert not loaded_a.training and not loaded_b.training
     with torch.no_grad():
@@ -160,3 +160,22 @@ def test_weights_that_do_not_fit_the_description(tmp_path):
     with pytest.raises(InputError, match="do not fit") as e:
         load_model(path)
     assert path in str(e.value)
+
+
+def test_the_metadata_file_beside_the_model_is_read_without_torch_and_notices_a_replaced_model(tmp_path):
+    from SemiSupSegTraining.modelinfo import MetadataMissing, metadata_path, read_metadata_file
+
+    net_a, net_b = _trained_like_networks()
+    path = save_model(str(tmp_path / "model.pt"), net_a.state_dict(), net_b.state_dict(), META)
+    assert metadata_path(path) == str(tmp_path / "model.json")
+    assert read_metadata_file(path) == read_metadata(path)  # the same as the model file's own
+    with open(path, "ab") as f:
+        f.write(b"another version")  # a model file copied over without its metadata
+    with pytest.raises(MetadataMissing, match="belongs to another version"):
+        read_metadata_file(path)
+    os.remove(metadata_path(path))
+    with pytest.raises(MetadataMissing, match="has no metadata file model.json"):
+        read_metadata_file(path)
+    (tmp_path / "model.json").write_text('{"format": "semisupseg-model-metadata", "model_bytes": 1}')
+    with pytest.raises(InputError, match="is not a SemiSupSeg model metadata file"):
+        read_metadata_file(path)

@@ -4,6 +4,7 @@ import os
 
 import pytest
 from SemiSupSegLib.cases import CaseTable, build_manifest, scan_folder, split_image_name
+from SemiSupSegTraining.errors import InputError
 from SemiSupSegTraining.manifest import default_classes, load_manifest
 
 
@@ -41,9 +42,9 @@ def test_scan_images_and_labels_folders(tmp_path):
 
 
 def test_scan_errors(tmp_path):
-    with pytest.raises(ValueError, match="No image files"):
+    with pytest.raises(InputError, match="No image files"):
         scan_folder(str(tmp_path))
-    with pytest.raises(ValueError, match="not a folder"):
+    with pytest.raises(InputError, match="not a folder"):
         scan_folder(str(tmp_path / "missing"))
 
 
@@ -127,3 +128,34 @@ def test_suggest_scores_go_to_unlabeled_rows_and_the_best_one_is_returned():
     assert [r.score_text for r in table] == ["", "0.61", ""]
     assert CaseTable.from_json(table.to_json())[1].score == 0.61
     assert table.set_scores([]) is None
+
+
+def test_cases_are_saved_as_node_references_that_follow_a_scene_import():
+    table = CaseTable()
+    table.add_volume("vtkMRMLScalarVolumeNode1", "A", "vtkMRMLSegmentationNode1", "A seg")
+    table.add_volume("vtkMRMLScalarVolumeNode2", "B")
+    table.add_files("/data/c.nii.gz", "/data/c_label.nii.gz")
+    text, volumes, segmentations = table.to_parts()
+    assert "vtkMRML" not in text  # no node ID inside the string: Slicer could not remap it
+    assert volumes == ["vtkMRMLScalarVolumeNode1", "vtkMRMLScalarVolumeNode2", None]
+    assert segmentations == ["vtkMRMLSegmentationNode1", None, None]
+    # imported into a scene that had nodes already: Slicer renames the nodes and remaps the references
+    loaded = CaseTable.from_parts(text, ["vtkMRMLScalarVolumeNode7", "vtkMRMLScalarVolumeNode8", None],
+                                  ["vtkMRMLSegmentationNode5", None, None])
+    assert [(r.id, r.volume_node_id, r.segmentation_node_id, r.is_labeled) for r in loaded] == [
+        ("A", "vtkMRMLScalarVolumeNode7", "vtkMRMLSegmentationNode5", True),
+        ("B", "vtkMRMLScalarVolumeNode8", None, False), ("c", None, None, True)]
+    assert loaded[2].image_path.endswith("c.nii.gz")
+
+
+def test_a_case_whose_nodes_left_the_scene_and_an_older_scene_text():
+    table = CaseTable()
+    table.add_volume("v1", "A", "s1", "A seg")
+    table.add_volume("v2", "B")
+    text, _, _ = table.to_parts()
+    loaded = CaseTable.from_parts(text, [None, "v2"], [None, None])  # A's volume was deleted
+    assert [r.id for r in loaded] == ["B"]
+    loaded = CaseTable.from_parts(text, ["v1", "v2"], [None, None])  # A's segmentation was deleted
+    assert not loaded[0].has_label and not loaded[0].is_labeled
+    old = CaseTable.from_parts(table.to_json(), [], [])  # saved before node references: IDs in the text
+    assert [r.volume_node_id for r in old] == ["v1", "v2"]

@@ -88,3 +88,10 @@ def test_engine_package_is_shipped_beside_the_module(tmp_path):
     assert sorted(p.split("/", 1)[1] for p in installed if p.startswith("SemiSupSegTraining/")) == engine
     assert "SemiSupSeg.py" in installed and "SemiSupSegLib/job.py" in installed
     assert "test SCRIPT SemiSupSeg.py" in installed
+
+
+def test_the_license_file_is_the_apache_license_that_pyproject_declares():
+    text = open(os.path.join(ROOT, "LICENSE"), encoding="utf-8").read()
+    assert "Apache License" in text and "Version 2.0, January 2004" in text
+    assert "END OF TERMS AND CONDITIONS" in text and len(text) > 10000  # the full text, not a pointer
+    assert 'license = { text = "Apache-2.0" }' in open(os.path.join(ROOT, "pyproject.toml"), encoding="utf-8").read()

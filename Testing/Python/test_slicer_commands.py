@@ -80,6 +80,22 @@ def test_find_python_slicer_prefers_path_then_beside_executable(tmp_path):
     assert commands.find_python_slicer(which=lambda name: None, executable=str(plain)) == str(plain)
 
 
+def test_inside_slicer_only_python_slicer_will_do(tmp_path):
+    slicer_exe = tmp_path / "bin" / "SlicerApp-real"  # what sys.executable may be inside Slicer
+    with pytest.raises(RuntimeError, match="PythonSlicer was found neither on PATH nor in .*reinstall"):
+        commands.find_python_slicer(which=lambda name: None, executable=str(slicer_exe), os_name="posix",
+                                    inside_slicer=True)
+    with pytest.raises(RuntimeError, match=r"PythonSlicer\.exe"):
+        commands.find_python_slicer(which=lambda name: None, executable=str(slicer_exe), os_name="nt",
+                                    inside_slicer=True)
+
+
+def test_the_default_model_folder_is_in_the_application_data_not_documents():
+    local = os.path.join("C:", "Users", "ann", "AppData", "Local", "NA-MIC", "Slicer")
+    assert commands.default_model_folder(local, "home") == os.path.join(local, "SemiSupSeg", "models")
+    assert commands.default_model_folder("", "home") == os.path.join("home", ".semisupseg", "SemiSupSeg", "models")
+
+
 def test_locate_engine_installed_and_source_layouts(tmp_path):
     installed = tmp_path / "qt-scripted-modules"
     (installed / "SemiSupSegTraining").mkdir(parents=True)

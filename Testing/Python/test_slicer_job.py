@@ -332,3 +332,97 @@ def test_real_process_that_ignores_the_stop_file_is_terminated_after_the_grace_p
     assert j.wait(timeout=30) == "cancelled"
     assert time.monotonic() - started >= 0.55 and j.terminated
     assert j._handle.proc.poll() is not None
+
+
+# -- one process runner: UTF-8 with replacement, no console window, the given environment ----------------
+
+def test_the_runner_reads_utf8_with_replacement_whatever_the_code_page(tmp_path):
+    script = tmp_path / "speaks.py"
+    script.write_text(textwrap.dedent('''
+        import json, os, sys
+        out = sys.stdout.buffer
+        out.write(b"\\xff\\xfe not UTF-8 \\x81\\n")  # a chunk no decoder of UTF-8 accepts
+        out.write(json.dumps({"event": "progress", "phase": "train", "iteration": 1, "total": 1,
+                              "message": "Leber \\u809d\\u81d3 " + os.environ["FROM_BASE"]},
+                             ensure_ascii=False).encode("utf-8") + b"\\n")
+        out.write(json.dumps({"event": "done", "phase": "suggest", "ranking": []}).encode("utf-8") + b"\\n")
+        out.flush()
+    '''))
+    logs = []
+    # the base environment replaces this process's (Slicer's startup environment, in Slicer)
+    base = dict(os.environ, FROM_BASE="base", PYTHONIOENCODING="cp1252")
+    j = Job([sys.executable, str(script)], runner=jobmod.SubprocessRunner(base_env=base), on_log=logs.append)
+    assert j.start().wait(timeout=60) == "done"
+    assert j.last_progress.message == "Leber \u809d\u81d3 base"
+    assert j.done_event.get("ranking") == []  # the line after the bad bytes arrived
+    assert len(logs) == 1 and "\ufffd" in logs[0] and "not UTF-8" in logs[0]
+
+
+def test_popen_arguments_hide_the_console_on_windows_and_merge_the_environment():
+    args = jobmod.popen_arguments({"A": "1"}, "/work", base_env={"B": "2", "A": "0"}, os_name="nt")
+    assert args["encoding"] == "utf-8" and args["errors"] == "replace"
+    assert args["creationflags"] == getattr(__import__("subprocess"), "CREATE_NO_WINDOW", 0x08000000)
+    assert args["env"] == {"A": "1", "B": "2"} and args["cwd"] == "/work"
+    assert "creationflags" not in jobmod.popen_arguments(None, None, {}, os_name="posix")
+
+
+# -- a scene close: cancelled by the stop file, cut off from the scene -------------------------------------
+
+def test_detach_cancels_by_the_stop_file_and_nothing_reaches_the_closed_scene(tmp_path):
+    stop_file = str(tmp_path / "stop")
+    imported, cleaned = [], []
+    j, runner, seen = _job(stop_file=stop_file, importer=lambda job: imported.append(1),
+                           cleanup=lambda job: cleaned.append(job.state))
+    j.start()
+    runner.handle.say('{"event": "progress", "phase": "train", "iteration": 1, "total": 9}')
+    j.poll()
+    before = list(seen["states"])
+    j.detach()
+    assert os.path.exists(stop_file)  # the engine stops itself, with a checkpoint
+    runner.handle.say('{"event": "progress", "phase": "train", "iteration": 2, "total": 9}', "a log line")
+    runner.handle.exit(0)  # even a process that finished well: its result is not imported
+    j.poll()
+    assert j.finished and not imported
+    assert seen["states"] == before and seen["events"] == ["progress"] and seen["logs"] == []
+    assert cleaned == [j.state]
+
+
+# -- temporary folders: removed on every outcome but a cancel that can be resumed ----------------------------
+
+@pytest.mark.parametrize("outcome, kept", [
+    ("done", False), ("engine error", False), ("importer error", False), ("launch error", False),
+    ("cancel without checkpoint", False), ("cancel with checkpoint", True)])
+def test_the_work_folder_is_removed_unless_the_cancel_can_be_resumed(tmp_path, outcome, kept):
+    folder = tmp_path / "SemiSupSeg-train-1"
+    (folder / "images").mkdir(parents=True)
+    (folder / "images" / "case.nrrd").write_text("x")
+
+    def importer(job):
+        if outcome == "importer error":
+            raise RuntimeError("broken result")
+
+    j, runner, _ = _job(fail=OSError("no such file") if outcome == "launch error" else None, importer=importer,
+                        cleanup=jobmod.work_folder_cleanup(str(folder)))
+    j.start()
+    if outcome != "launch error":
+        if outcome.startswith("cancel"):
+            j.cancel()
+            if outcome == "cancel with checkpoint":
+                runner.handle.say('{"event": "cancelled", "phase": "train", "checkpoint": "run/checkpoint.pt"}')
+            runner.handle.exit(3)
+        else:
+            runner.handle.exit(1 if outcome == "engine error" else 0)
+        j.poll()
+    assert j.finished
+    assert folder.exists() == kept
+    assert jobmod.resumable(j) == kept
+
+
+def test_keep_temporary_files_keeps_the_folder(tmp_path):
+    folder = tmp_path / "work"
+    folder.mkdir()
+    j, runner, _ = _job(cleanup=jobmod.work_folder_cleanup(str(folder), keep=True))
+    j.start()
+    runner.handle.exit(0)
+    j.poll()
+    assert j.state == "done" and folder.exists()

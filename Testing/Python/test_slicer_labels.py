@@ -44,3 +44,16 @@ def test_segment_specs_use_class_colors_or_distinct_defaults():
     assert [s[:2] for s in specs] == [("a", "a"), ("b", "b"), ("a_2", "a")]
     assert specs[0][2] == [1.0, 0.0, 0.0]
     assert specs[1][2] != specs[2][2]
+
+
+def test_segments_get_snomed_terminology_entries_like_monai_auto3dseg():
+    from SemiSupSegLib.terminology import terminology_entry
+
+    entry = terminology_entry("Left Atrium")
+    fields = entry.split("~")
+    assert len(fields) == 7  # context, category, type, modifier, anatomic context, region, region modifier
+    assert fields[:3] == ["Segmentation category and type - DICOM master list", "SCT^123037004^Anatomical Structure",
+                          "SCT^82471001^Left atrium"]
+    assert terminology_entry("pancreas").split("~")[2] == "SCT^15776009^Pancreas"
+    assert terminology_entry("left_kidney").split("~")[2:4] == ["SCT^64033007^Kidney", "SCT^7771000^Left"]
+    assert terminology_entry("tumour core") is None  # unknown: no made-up code

@@ -13,7 +13,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 MODULE_DIR = os.path.join(ROOT, "SemiSupSeg")
 LIB_DIR = os.path.join(MODULE_DIR, "SemiSupSegLib")
 MODULE_FILES = [os.path.join(MODULE_DIR, "SemiSupSeg.py")] + sorted(glob.glob(os.path.join(LIB_DIR, "*.py")))
-PLAIN_PYTHON = ("__init__", "commands", "progress", "job", "cases", "labels", "install", "interfaces")
+PLAIN_PYTHON = ("__init__", "commands", "progress", "job", "cases", "labels", "install", "interfaces", "review",
+                "terminology", "recorded_engine")
 
 # The functions of slicer.util the module calls, with their parameters in Slicer 5.8.1 (read from
 # Base/Python/slicer/util.py at tag v5.8.1; "**" marks functions that take further keyword arguments).
@@ -29,6 +30,7 @@ SLICER_581_UTIL = {
     "loadUI": ["path"],
     "loadVolume": ["filename", "properties", "returnNode"],
     "mainWindow": [],
+    "NodeModify": ["node"],
     "pip_install": ["requirements"],
     "plot": ["narray", "xColumnIndex", "columnNames", "title", "show", "nodes"],
     "saveNode": ["node", "filename", "properties"],
@@ -112,7 +114,7 @@ def test_widget_calls_only_the_interface():
         if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Attribute) \
                 and node.value.attr == "logic" and isinstance(node.value.value, ast.Name) and node.value.value.id == "self":
             called.add(node.attr)
-    assert {"train", "segment", "suggest"} <= called
+    assert {"train", "segment", "suggest", "resume", "resumableTraining"} <= called
     assert called <= set(interfaces.LOGIC_METHODS), sorted(called - set(interfaces.LOGIC_METHODS))
 
 
@@ -150,4 +152,75 @@ def test_logic_gives_every_long_command_a_stop_file_and_the_job_too():
     assert all(keywords.get("stop_file") == "stopFile" for keywords in builders.values())
     assert job_keywords["stop_file"] == "stopFile" and job_keywords["stop_grace_s"] == "self.stopGracePeriod"
     source = ast.unparse(tree)
-    assert source.count("stopFile = commands.stop_file_in(workFolder)") == 3  # in the job's temporary folder
+    assert source.count("stopFile = commands.stop_file_in(workFolder)") == 4  # in the job's temporary folder
+
+
+def test_the_logic_runs_the_engine_with_the_one_runner_and_never_falls_back_to_slicer():
+    source = open(os.path.join(LIB_DIR, "logic.py"), encoding="utf-8").read()
+    assert "launchConsoleProcess" not in source  # it decodes the engine's UTF-8 with the Windows code page
+    assert "jobs.SubprocessRunner(\n            base_env=slicer.util.startupEnvironment())" in source
+    assert "find_python_slicer(inside_slicer=True)" in source
+    assert "find_python_slicer()" not in source and "sys.executable" not in source
+
+
+def test_a_scene_close_detaches_the_jobs_before_the_parameter_node_goes():
+    close = next(f for f in ast.walk(_tree(os.path.join(LIB_DIR, "widget.py")))
+                 if isinstance(f, ast.FunctionDef) and f.name == "onSceneStartClose")
+    calls = [ast.unparse(n.func) for n in ast.walk(close) if isinstance(n, ast.Call)]
+    assert calls.index("self.detachJobs") < calls.index("self.setParameterNode")
+
+
+def test_the_cases_are_node_reference_fields_of_the_parameter_node():
+    wrapper = _class(os.path.join(LIB_DIR, "parameter_node.py"), "SemiSupSegParameterNode")
+    fields = {n.target.id: ast.unparse(n.annotation) for n in wrapper.body if isinstance(n, ast.AnnAssign)}
+    assert fields["caseVolumes"] == "List[vtkMRMLScalarVolumeNode]"
+    assert fields["caseSegmentations"] == "List[vtkMRMLSegmentationNode]"
+    widget = open(os.path.join(LIB_DIR, "widget.py"), encoding="utf-8").read()
+    assert "readCases(self._parameterNode)" in widget and "writeCases(self._parameterNode, self.cases)" in widget
+    assert "from_json" not in widget and ".cases = self.cases.to_json()" not in widget
+
+
+def _torch_imports(path):
+    found = []
+    for node in ast.walk(_tree(path)):
+        names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+            [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+        found += [n for n in names if n.split(".")[0] == "torch" or n.endswith("modelfile")
+                  or n.startswith("SemiSupSegTraining.") and n.split(".")[1] not in ("manifest", "modelinfo", "layouts")]
+    return found
+
+
+@pytest.mark.parametrize("path", MODULE_FILES, ids=os.path.basename)
+def test_the_module_imports_no_torch_in_slicers_process(path):
+    # model metadata comes from the model.json beside the model file (or the engine, as a process)
+    assert _torch_imports(path) == []
+    assert ".torchInstalled()" not in open(path, encoding="utf-8").read()  # PyTorchUtils' check imports torch
+
+
+def test_the_module_and_the_engine_pieces_it_imports_load_no_torch(tmp_path, tiny_model_file):
+    import subprocess
+    import sys
+
+    code = (f"import sys; sys.path.insert(0, {MODULE_DIR!r})\n"
+            "from SemiSupSegLib import cases, commands, install, job, labels, progress, recorded_engine, review, "
+            "terminology\n"
+            "from SemiSupSegTraining.modelinfo import read_metadata_file\n"
+            f"meta = read_metadata_file({tiny_model_file!r})\n"
+            "assert [c['name'] for c in meta['classes']] == ['background', 'class 1'], meta['classes']\n"
+            "assert 'torch' not in sys.modules, 'torch was imported'\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+
+
+def test_results_are_coded_and_placed_in_the_input_volumes_study():
+    source = open(os.path.join(LIB_DIR, "nodes.py"), encoding="utf-8").read()
+    assert "segment.SetTag(segment.GetTerminologyEntryTagName(), entry)" in source
+    assert "shNode.SetItemParent(shNode.GetItemByDataNode(node), studyItem)" in source
+    logic = open(os.path.join(LIB_DIR, "logic.py"), encoding="utf-8").read()
+    assert "nodes.newSegmentationFor(volumeNode)" in logic and "DocumentsLocation" not in logic
+
+
+def test_the_ctest_self_test_is_quick_unless_the_full_one_is_asked_for():
+    source = open(os.path.join(MODULE_DIR, "SemiSupSeg.py"), encoding="utf-8").read()
+    assert 'FULL = os.environ.get("SEMISUPSEG_FULL_SELFTEST", "") not in ("", "0")' in source
+    assert "if not self.FULL:\n            logic.runner = ReplayRunner(" in source

@@ -95,3 +95,16 @@ def test_form_screenshot_renders(tmp_path):
     if os.environ.get("SEMISUPSEG_UPDATE_SCREENSHOT"):
         make_ui_screenshot.render(make_ui_screenshot.SCREENSHOT)
     assert os.path.isfile(make_ui_screenshot.SCREENSHOT), "run Testing/Python/make_ui_screenshot.py"
+
+
+def test_volume_selectors_list_no_label_maps():
+    import xml.etree.ElementTree as ET
+
+    tree = ET.parse(make_ui_screenshot.UI_FILE)
+    selectors = [w for w in tree.iter("widget") if w.get("class") == "qMRMLNodeComboBox"
+                 and "vtkMRMLScalarVolumeNode" in [s.text for s in w.iterfind("property[@name='nodeTypes']//string")]]
+    assert {w.get("name") for w in selectors} == {"caseVolumeSelector", "inputVolumeSelector"}
+    for widget in selectors:  # a label map is a vtkMRMLScalarVolumeNode subclass: hidden with the child types
+        shown = widget.find("property[@name='showChildNodeTypes']/bool")
+        hidden = [s.text for s in widget.iterfind("property[@name='hideChildNodeTypes']//string")]
+        assert (shown is not None and shown.text == "false") or "vtkMRMLLabelMapVolumeNode" in hidden, widget.get("name")
