@@ -8,6 +8,10 @@
     print(api.evaluate_files("new/patient42-seg.nii.gz", "new/patient42-label.nii.gz"))
     print(api.suggest_cases(model, "cases/manifest.json")[0].id)   # the unlabeled case to label next
 
+    # The safety net (``--validate 2``): the last 2 labeled cases kept out of training, the model scored on them
+    checked = api.train("cases/manifest.json", "runs/la-check", api.preset_config("cpu-fast", {"validate_cases": 2}))
+    print(api.read_metadata(checked)["validation"]["mean_dice"])   # also in runs/la-check/validation.json
+
 (Kept out of the package's ``__init__`` so that importing the light modules, as the Slicer module does,
 never imports torch.)
 """

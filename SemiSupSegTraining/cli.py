@@ -62,6 +62,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--iterations", type=int, help="number of training iterations (overrides the preset)")
     _device_argument(p)
     p.add_argument("--seed", type=int, help="random seed (overrides the preset; default 0)")
+    p.add_argument("--validate", type=int, metavar="K",
+                   help="hold the last K labeled cases of the manifest out of training, then segment them with the "
+                        "trained model and report their Dice (validation.json, the model file): compare methods "
+                        "on your own cases (same as --set validate_cases=K)")
     p.add_argument("--init-model", metavar="FILE",
                    help="start from this model file's weights (retrain after correcting segmentations)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -156,14 +160,16 @@ def _train(args) -> None:
     from .train import train
 
     if args.resume:
+        if args.validate is not None:
+            raise InputError("A resumed training holds out the cases its folder records; drop --validate.")
         train(None, args.resume, progress=args.progress, resume=True, stop_file=args.stop_file)
         return
     if not args.manifest or not args.output:
         raise InputError("Give --manifest and --output (or --resume DIR to continue a stopped training).")
     overrides = dict(parse_override(s) for s in args.set)
-    for key in ("iterations", "seed"):
+    for key, setting in (("iterations", "iterations"), ("seed", "seed"), ("validate", "validate_cases")):
         if getattr(args, key) is not None:
-            overrides[key] = getattr(args, key)
+            overrides[setting] = getattr(args, key)
     overrides["device"] = args.device
     config = preset_config(args.preset, overrides)
     train(args.manifest, args.output, config, progress=args.progress, init_model=args.init_model,

@@ -81,6 +81,9 @@ class TrainConfig:
     input_noise: float = 0.1             # std of the Gaussian noise on the unlabeled crops (clipped at ±2 std)
     mc_samples: int = 8                  # ua-mt: Monte-Carlo dropout passes of the teacher
     cps_weight: float = 1.5              # cps: weight λ of the cross pseudo supervision (CPS paper)
+    # The safety net (--validate K): the last K labeled cases of the manifest are kept out of training and
+    # segmented by the trained model; their Dice goes to validation.json and the model file. 0: off.
+    validate_cases: int = 0
     # Running
     seed: int = 0
     device: str = "auto"
@@ -148,6 +151,10 @@ class TrainConfig:
             raise InputError(f"normalization is {self.normalization!r}; use 'zscore' or 'window'.")
         if not (isinstance(self.projection_channels, int) and self.projection_channels >= 0):
             raise InputError(f"projection_channels is {self.projection_channels!r}; use 0 or a positive whole number.")
+        if not (isinstance(self.validate_cases, int) and not isinstance(self.validate_cases, bool)
+                and self.validate_cases >= 0):
+            raise InputError(f"validate_cases is {self.validate_cases!r}; use 0 (off) or the number of labeled "
+                             f"cases to hold out, e.g. 2.")
         if self.checkpoint_every < 1 or self.checkpoint_minutes < 0:
             raise InputError("checkpoint_every must be at least 1 and checkpoint_minutes at least 0.")
         if not 0.0 <= self.reliable_fraction <= 1.0:

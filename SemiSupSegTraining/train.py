@@ -9,7 +9,7 @@ import datetime
 import json
 import os
 import threading
-from typing import Any, Callable, Dict, NamedTuple, Optional, Tuple
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
 
 import numpy as np
 import torch
@@ -19,14 +19,15 @@ from .config import TrainConfig, preset_config, zyx
 from .data import PatchSampler, load_training_cases, normalization_for
 from .devices import autocast, autocast_dtype, memory_format, select_device
 from .errors import Cancelled, DistributedError, InputError, is_out_of_memory
-from .manifest import Manifest, class_color, load_manifest, manifest_to_dict
+from .manifest import CaseEntry, Manifest, class_color, hold_out, load_manifest, manifest_to_dict
 from .modelfile import load_trusted_data, save_model
 from .networks import ProjectionHead, build_networks
 from .progress import Reporter
 from .runfolder import (CHECKPOINT_FORMAT, CHECKPOINT_NAME, CONFIG_NAME, LOCK_NAME, LOG_NAME, MODEL_NAME,  # noqa: F401
-                        PREVIOUS_CHECKPOINT_NAME,
+                        PREVIOUS_CHECKPOINT_NAME, VALIDATION_NAME,
                         CheckpointClock, StopRequest, TrainingLock, disk_errors, load_checkpoint, remove_if_empty,
-                        remove_partial_files, resume_point, trim_log, write_checkpoint, write_run_record)
+                        remove_partial_files, resume_point, trim_log, write_checkpoint, write_run_record,
+                        write_text_atomic)
 from .views import intensity_view
 
 # Logged beside the losses, but not losses: progress events carry them under "stats".
@@ -436,6 +437,23 @@ def model_metadata(config: TrainConfig, manifest: Manifest, labeled: list, unlab
     }
 
 
+def _validate(trainer: Trainer, manifest: Manifest, held_out: List[CaseEntry], metadata: Dict[str, Any],
+              model_path: str, output_dir: str, reporter: Reporter) -> None:
+    """Segments the held-out cases with the model file just written and reports their Dice: a ``validation``
+    event, ``validation.json`` and the model file's metadata (``semisupseg info`` shows it)."""
+    from .evaluation import describe_validation, validate_held_out
+
+    reporter.emit("start", "validate", message=f"Segmenting the {len(held_out)} held-out case(s) to validate...")
+    validation = validate_held_out(model_path, held_out, manifest.classes, str(trainer.device))
+    validation.update(method=trainer.config.method, iterations=trainer.iteration)
+    with disk_errors(output_dir, "the validation"):
+        write_text_atomic(os.path.join(output_dir, VALIDATION_NAME), json.dumps(validation, indent=2))
+        save_model(model_path, trainer.net_a.state_dict(), trainer.net_b.state_dict(),
+                   dict(metadata, validation=validation))
+    reporter.emit("validation", "train", path=os.path.join(output_dir, VALIDATION_NAME),
+                  message=describe_validation(validation), **validation)
+
+
 def _image_paths(manifest: Manifest) -> list:
     """The images training reads (their headers decide the target spacing)."""
     return [e.image for e in manifest.labeled_cases + manifest.unlabeled_cases]
@@ -512,6 +530,7 @@ def _open_run_folder(output_dir: str, hold: contextlib.ExitStack, manifest_path:
             start = {"config": config or preset_config("paper"), "manifest": load_manifest(manifest_path),
                      "checkpoint": None, "init_model": init_model, "note": ""}
         start["config"].validate()
+        hold_out(start["manifest"], start["config"].validate_cases)  # enough labeled cases left to train on?
     except BaseException:
         hold.close()  # the lock goes before the folder it lives in
         if created:
@@ -525,9 +544,11 @@ def _train_from(start: Dict[str, Any], output_dir: str, group: "distributed.Cont
                 stop: StopRequest, log_every: int) -> str:
     config, manifest, checkpoint = start["config"], start["manifest"], start["checkpoint"]
     device = select_device(distributed.training_device(config.device))
-    spacing, geometry_meta = geometry.training_spacing(config.target_spacing, _image_paths(manifest))
+    # The held-out cases (--validate) are out of everything training reads, the target spacing included.
+    training_manifest, held_out = hold_out(manifest, config.validate_cases)
+    spacing, geometry_meta = geometry.training_spacing(config.target_spacing, _image_paths(training_manifest))
     labeled, unlabeled = load_training_cases(
-        manifest, normalization_for(manifest.modality, config.normalization), config.ct_window,
+        training_manifest, normalization_for(manifest.modality, config.normalization), config.ct_window,
         canonical=True, target_spacing=spacing)
     trainer = Trainer(config, len(manifest.classes), labeled, unlabeled, device)
     note = start["note"]
@@ -549,10 +570,12 @@ def _train_from(start: Dict[str, Any], output_dir: str, group: "distributed.Cont
         if resumed:
             trim_log(log_path, trainer.iteration)
         else:  # a new training, or one restarted from iteration 0: a new log, and the record of its start
-            if os.path.exists(log_path):
-                os.remove(log_path)
+            for stale in (log_path, os.path.join(output_dir, VALIDATION_NAME)):
+                if os.path.exists(stale):
+                    os.remove(stale)
             write_run_record(output_dir, config, manifest, init_model)
-    return _run(trainer, manifest, labeled, unlabeled, geometry_meta, output_dir, reporter, stop, log_every, note)
+    return _run(trainer, manifest, labeled, unlabeled, geometry_meta, output_dir, reporter, stop, log_every, note,
+                held_out)
 
 
 def _load_rank_random_state(trainer: "Trainer", checkpoint: Dict[str, Any]) -> str:
@@ -597,11 +620,12 @@ def _init_from_model(trainer: Trainer, path: str, manifest: Manifest) -> None:
 
 
 def _run(trainer: Trainer, manifest: Manifest, labeled: list, unlabeled: list, geometry_meta: Dict[str, Any],
-         output_dir: str, reporter: Reporter, stop: StopRequest, log_every: int, note: str = "") -> str:
+         output_dir: str, reporter: Reporter, stop: StopRequest, log_every: int, note: str = "",
+         held_out: Optional[list] = None) -> str:
     group = trainer.dist
     try:
         return _loop(trainer, manifest, labeled, unlabeled, geometry_meta, output_dir, reporter, stop, log_every,
-                     note)
+                     note, held_out or [])
     except Exception as e:
         if group.enabled and distributed.is_peer_failure(e):
             raise distributed.peer_failure(group, e) from None
@@ -609,7 +633,8 @@ def _run(trainer: Trainer, manifest: Manifest, labeled: list, unlabeled: list, g
 
 
 def _loop(trainer: Trainer, manifest: Manifest, labeled: list, unlabeled: list, geometry_meta: Dict[str, Any],
-          output_dir: str, reporter: Reporter, stop: StopRequest, log_every: int, note: str) -> str:
+          output_dir: str, reporter: Reporter, stop: StopRequest, log_every: int, note: str,
+          held_out: list) -> str:
     config, group = trainer.config, trainer.dist
     first = trainer.iteration
     log_path = os.path.join(output_dir, LOG_NAME)
@@ -635,7 +660,8 @@ def _loop(trainer: Trainer, manifest: Manifest, labeled: list, unlabeled: list, 
     what = f"Resuming at iteration {first} of {config.iterations}" if first else "Training"
     reporter.emit("start", "train", iteration=first, total=config.iterations, device=str(trainer.device),
                   message=f"{what} on {trainer.device} ({len(labeled)} labeled, {len(unlabeled)} unlabeled "
-                          f"cases, preset {config.preset}, {config.iterations} iterations).{note}")
+                          f"cases, preset {config.preset}, {config.iterations} iterations).{note}"
+                          + (f" Held out to validate: {', '.join(e.id for e in held_out)}." if held_out else ""))
     with (open(log_path, "a") if group.is_main else contextlib.nullcontext()) as log:
         while trainer.iteration < config.iterations:
             # One all-reduce: a stop asked of any process, or any process's clock, acts on all of them here.
@@ -679,11 +705,13 @@ def _loop(trainer: Trainer, manifest: Manifest, labeled: list, unlabeled: list, 
                 checkpoint()
     model_path = os.path.join(output_dir, MODEL_NAME)
     if group.is_main:
+        metadata = model_metadata(config, manifest, labeled, unlabeled, trainer.iteration, trainer.device,
+                                  geometry_meta, group.world_size)
         with disk_errors(output_dir, "the model file"):
-            save_model(model_path, trainer.net_a.state_dict(), trainer.net_b.state_dict(),
-                       model_metadata(config, manifest, labeled, unlabeled, trainer.iteration, trainer.device,
-                                      geometry_meta, group.world_size))
+            save_model(model_path, trainer.net_a.state_dict(), trainer.net_b.state_dict(), metadata)
     checkpoint()
+    if held_out and group.is_main:  # after the final checkpoint: a kill here resumes straight into validation
+        _validate(trainer, manifest, held_out, metadata, model_path, output_dir, reporter)
     reporter.emit("done", "train", iteration=trainer.iteration, total=config.iterations, model=model_path,
                   message=f"Model file written: {model_path}")
     return model_path
