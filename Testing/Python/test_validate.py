@@ -10,6 +10,7 @@ import helpers
 import numpy as np
 import pytest
 import torch
+from SemiSupSegLib import progress
 
 from SemiSupSegTraining import train as training
 from SemiSupSegTraining.cli import main
@@ -97,7 +98,10 @@ def test_reported_dice_is_the_dice_of_the_trained_model_on_the_held_out_case(dat
     # the same figure in the event (before "done"), in the model file, and in `semisupseg info`
     names = [e["event"] for e in validated_run["events"]]
     assert names[-2:] == ["validation", "done"]
-    assert validated_run["events"][-2]["mean_dice"] == pytest.approx(expected, abs=1e-9)
+    event = validated_run["events"][-2]
+    assert event["mean_dice"] == pytest.approx(expected, abs=1e-9)
+    parsed = progress.parse_line(json.dumps(event))  # the Slicer module reads the line the engine prints
+    assert parsed.validation_dice == event["mean_dice"] and progress.describe(parsed) == event["message"]
     assert read_metadata(validated_run["model"])["validation"] == report
     capsys.readouterr()
     assert main(["info", "--model", validated_run["model"]]) == 0
