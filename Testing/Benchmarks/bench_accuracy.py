@@ -68,6 +68,18 @@ unlabeled, and 8 separate test cases. Methods:
   as ``ours-ensemble-confidence``; not kept: ``ours-cross-pseudo`` (−1.1 ± 3.3), ``ours-agreed-pull`` (−0.2 ± 0.8).
   Together they scored −2.2 ± 6.3 there (seed 1 fell 9 points), so each kept change is run on Colin27 on
   its own (``ours-confidence-0.9``, the better of the two there, first).
+* not in the default list, issue 21's two switches: ``ours-negatives-only`` (``contrastive_pull=negatives``:
+  L_c never pulls an unreliable voxel toward its pseudo class; it only pushes it from the prototypes of the
+  classes it most surely is not, in the spirit of U2PL) and ``ours-late-unlabeled`` (``unlabeled_start=0.25``:
+  the first quarter of the budget trains on the labeled crops' terms only, then λu and λc ramp up as usual over
+  the rest). Rule fixed before either was run (2026-12-03, before any run of them): each is judged on the
+  headroom benchmark's 18 UNLABELED training cases (``diagnose_pseudo_labels.py``, ``dice_both``: Dice of the
+  averaged softmax against their hidden labels), seeds 0-2, paired by seed against ``ours`` trained by the same
+  code in the same output folder, never on the test cases; a switch is kept when its mean gain over ``ours``
+  there is ≥ +0.5 points; if both are kept they are run together (``ours-negatives-late``) and judged the same
+  way; every variant's test Dice is reported whatever the outcome. Choosing the product's default is not part
+  of this rule: that is issue 21's rule (best mean rank across headroom, phantoms and Colin27, never below
+  supervised-only on any of them), applied to the fair table of issue 20.
 
 Every run is one ``train(...)`` call into ``OUT/runs/<dataset>/<fraction>/<method>/seed<k>/`` followed by
 ``evaluate_model`` on the test cases; ``result.json`` there holds the per-case metrics (the run's
