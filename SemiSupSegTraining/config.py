@@ -62,9 +62,14 @@ class TrainConfig:
     # each network learns the other's argmax, filtered by the other's entropy (no network learns its own).
     pseudo_label: str = "lower-loss"
     reliable_confidence: float = 0.0     # > 0: a reliable voxel also needs a top probability at least this high
-    # The unreliable voxels L_c pulls to their pseudo class: "unreliable" (all of them, Eq. 7) or "agreed"
-    # (only those where both networks' argmax agree: elsewhere the pseudo class is a coin toss).
+    # The unreliable voxels L_c pulls to their pseudo class: "unreliable" (all of them, Eq. 7), "agreed"
+    # (only those where both networks' argmax agree: elsewhere the pseudo class is a coin toss) or "negatives"
+    # (none: each is pushed only from the prototypes of the classes it most surely is not, as U2PL uses them;
+    # with two classes there are none, so L_c keeps only its prototype push).
     contrastive_pull: str = "unreliable"
+    # Issue 21: the share of the budget that trains on the labeled terms only (λu = λc = 0) before λu and λc
+    # ramp up as usual over the rest (the pseudo labels of an untrained network are poor). 0: from the start.
+    unlabeled_start: float = 0.0
     regularization_average: str = "voxels"  # L_reg averaged over all voxels, or "mdiff": over M_diff only
     threshold_start: float = 0.7         # T of Eq. 4, linear from start to end over training
     threshold_end: float = 0.95
@@ -141,8 +146,12 @@ class TrainConfig:
             raise InputError(f"reliability is {self.reliability!r}; use 'batch' or 'class'.")
         if self.pseudo_label not in ("lower-loss", "ensemble", "cross"):
             raise InputError(f"pseudo_label is {self.pseudo_label!r}; use 'lower-loss', 'ensemble' or 'cross'.")
-        if self.contrastive_pull not in ("unreliable", "agreed"):
-            raise InputError(f"contrastive_pull is {self.contrastive_pull!r}; use 'unreliable' or 'agreed'.")
+        if self.contrastive_pull not in ("unreliable", "agreed", "negatives"):
+            raise InputError(f"contrastive_pull is {self.contrastive_pull!r}; use 'unreliable', 'agreed' or "
+                             f"'negatives'.")
+        if not 0.0 <= self.unlabeled_start < 1.0:
+            raise InputError(f"unlabeled_start is {self.unlabeled_start!r}; use a share of the iterations in [0, 1), "
+                             f"e.g. 0.25.")
         if not 0.0 <= self.reliable_confidence <= 1.0:
             raise InputError("reliable_confidence must lie between 0 and 1 (0 switches it off).")
         if self.lambda_c_schedule not in ("rampup", "printed"):

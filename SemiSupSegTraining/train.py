@@ -50,11 +50,13 @@ def learning_rate(config: TrainConfig, iteration: int) -> float:
 
 class PseudoTargets(NamedTuple):
     """What both networks learn from on the unlabeled crops (all detached): the pseudo label, the reliable
-    voxels of the entropy filter, the unreliable voxels L_c pulls, and M_diff (None without L_reg)."""
+    voxels of the entropy filter, the unreliable voxels L_c pulls, M_diff (None without L_reg) and, with
+    ``contrastive_pull="negatives"``, the (voxel, class) pairs L_c pushes apart (else None)."""
     pseudo: torch.Tensor
     reliable: torch.Tensor
     pulled: torch.Tensor
     mdiff: Optional[torch.Tensor]
+    negatives: Optional[torch.Tensor] = None
 
 
 def uses_unlabeled_terms(config: TrainConfig) -> bool:
@@ -63,11 +65,16 @@ def uses_unlabeled_terms(config: TrainConfig) -> bool:
 
 
 def loss_weights(config: TrainConfig, iteration: int) -> Tuple[float, float]:
-    """(λu, λc) of Eq. 3 at this iteration."""
-    lam_c = losses.lambda_c(iteration, config.iterations, config.lambda_c_schedule, config.lambda_c_max)
+    """(λu, λc) of Eq. 3 at this iteration: 0 before ``unlabeled_start`` of the budget, then the schedules run
+    over the iterations left as they would over a whole training."""
+    start = int(config.unlabeled_start * config.iterations)
+    if iteration < start:
+        return 0.0, 0.0
+    iteration, total = iteration - start, config.iterations - start
+    lam_c = losses.lambda_c(iteration, total, config.lambda_c_schedule, config.lambda_c_max)
     lam_u = config.lambda_u
     if config.lambda_u_rampup > 0:  # the same sigmoid ramp-up as λc, over the first share of training
-        lam_u *= losses.lambda_c(iteration, max(1, int(config.lambda_u_rampup * config.iterations)), "rampup", 1.0)
+        lam_u *= losses.lambda_c(iteration, max(1, int(config.lambda_u_rampup * total)), "rampup", 1.0)
     return lam_u, lam_c
 
 
@@ -88,6 +95,9 @@ def _filtered_targets(config: TrainConfig, num_classes: int, source_probs: torch
             lambda e: losses.reliable_mask(e, config.reliable_fraction), entropy)
     if config.reliable_confidence > 0:
         reliable = reliable & (source_probs.amax(dim=1) >= config.reliable_confidence)
+    if config.contrastive_pull == "negatives":  # no voxel pulled; the unreliable ones are negatives only
+        return PseudoTargets(pseudo, reliable, torch.zeros_like(reliable), mdiff,
+                             losses.negative_classes(source_probs, ~reliable))
     pulled = ~reliable if agreed is None else ~reliable & agreed
     return PseudoTargets(pseudo, reliable, pulled, mdiff)
 
@@ -165,6 +175,10 @@ def network_terms(config: TrainConfig, iteration: int, num_classes: int, labeled
         stats[f"contrast_{name}"] = losses.contrastive_loss(
             feat[n:], targets.pseudo, targets.pulled, prototypes, present, config.contrastive_temperature,
             config.contrastive_max_voxels, config.prototype_margin, generator, reduce)
+        if targets.negatives is not None:
+            stats[f"contrast_{name}"] = stats[f"contrast_{name}"] + losses.negative_loss(
+                feat[n:], targets.negatives, prototypes, present, config.contrastive_temperature,
+                config.contrastive_max_voxels, generator, reduce)
         total_c = stats[f"contrast_{name}"]
     return lam_u * total_u + lam_c * total_c, stats
 
