@@ -7,8 +7,8 @@ import numpy as np
 import SimpleITK as sitk
 
 from .config import DEFAULT_OVERLAP
-from .data import (Geometry, read_sitk_image, require_3d_scalar, is_segmentation_file, read_image, read_label,
-                   read_segmentation_file)
+from .fileio import is_segmentation_file, read_image, read_label, read_segmentation_file, read_sitk_image, require_3d_scalar
+from .geometry import Geometry
 from .errors import InputError
 from .infer import Segmenter
 from .manifest import CaseEntry, ClassInfo, default_classes, load_manifest
@@ -82,7 +82,7 @@ def score_cases(segmenter: Segmenter, entries: List[CaseEntry], classes: List[Cl
                 output_dir: Optional[str] = None, keep_largest: bool = False,
                 on_case: Optional[Callable[[str, object, np.ndarray, object], None]] = None) -> List[dict]:
     """Segments each case (it has a label) and compares: ``[{"id", "image", "classes": metrics per class}]``."""
-    from .data import write_label_image
+    from .fileio import write_label_image
 
     cases = []
     for entry in entries:

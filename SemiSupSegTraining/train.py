@@ -14,9 +14,10 @@ from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
 import numpy as np
 import torch
 
-from . import distributed, geometry, losses, objectives
+from . import distributed, fileio, geometry, losses, objectives
 from .config import TrainConfig, preset_config, zyx
-from .data import PatchSampler, load_training_cases, normalization_for
+from .data import load_training_cases, PatchSampler
+from .geometry import normalization_for
 from .devices import autocast, autocast_dtype, memory_format, select_device
 from .errors import Cancelled, DistributedError, InputError, is_out_of_memory
 from .manifest import CaseEntry, Manifest, class_color, hold_out, load_manifest, manifest_to_dict
@@ -560,7 +561,8 @@ def _train_from(start: Dict[str, Any], output_dir: str, group: "distributed.Cont
     device = select_device(distributed.training_device(config.device))
     # The held-out cases (--validate) are out of everything training reads, the target spacing included.
     training_manifest, held_out = hold_out(manifest, config.validate_cases)
-    spacing, geometry_meta = geometry.training_spacing(config.target_spacing, _image_paths(training_manifest))
+    spacing, geometry_meta = geometry.training_spacing(config.target_spacing,
+                                                       fileio.read_headers(_image_paths(training_manifest)))
     labeled, unlabeled = load_training_cases(
         training_manifest, normalization_for(manifest.modality, config.normalization), config.ct_window,
         canonical=True, target_spacing=spacing)
