@@ -10,6 +10,10 @@
     cases = api.choose_labeled(api.read_folder("Task02_Heart", use_test_images=True), count=4, seed=0)
     api.train(cases, "runs/heart", config)                          # a dataset folder as it is on disk
 
+    # The safety net (``--validate 2``): the last 2 labeled cases kept out of training, the model scored on them
+    checked = api.train("cases/manifest.json", "runs/la-check", api.preset_config("cpu-fast", {"validate_cases": 2}))
+    print(api.read_metadata(checked)["validation"]["mean_dice"])   # also in runs/la-check/validation.json
+
 (Kept out of the package's ``__init__`` so that importing the light modules, as the Slicer module does,
 never imports torch.)
 """

@@ -72,6 +72,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--iterations", type=int, help="number of training iterations (overrides the preset)")
     _device_argument(p, None, "; with --resume: the device to continue on (default: the one it was started with)")
     p.add_argument("--seed", type=int, help="random seed (overrides the preset; default 0)")
+    p.add_argument("--validate", type=int, metavar="K",
+                   help="hold the last K labeled cases of the manifest out of training, then segment them with the "
+                        "trained model and report their Dice (validation.json, the model file): compare methods "
+                        "on your own cases (same as --set validate_cases=K)")
     p.add_argument("--init-model", metavar="FILE",
                    help="start from this model file's weights (retrain after correcting segmentations)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -227,6 +231,8 @@ def _train(args) -> None:
     from .train import train
 
     if args.resume:  # only how it runs may change (config.RUN_SETTINGS)
+        if args.validate is not None:
+            raise InputError("A resumed training holds out the cases its folder records; drop --validate.")
         run = dict(parse_override(s) for s in args.set)
         if args.device is not None:
             run["device"] = args.device
@@ -235,9 +241,9 @@ def _train(args) -> None:
     if not args.manifest or not args.output:
         raise InputError("Give --manifest and --output (or --resume DIR to continue a stopped training).")
     overrides = dict(parse_override(s) for s in args.set)
-    for key in ("iterations", "seed"):
+    for key, setting in (("iterations", "iterations"), ("seed", "seed"), ("validate", "validate_cases")):
         if getattr(args, key) is not None:
-            overrides[key] = getattr(args, key)
+            overrides[setting] = getattr(args, key)
     overrides["device"] = args.device or "auto"
     config = preset_config(args.preset, overrides)
     from .layouts import load_cases

@@ -76,9 +76,14 @@ class TrainConfig:
     # each network learns the other's argmax, filtered by the other's entropy (no network learns its own).
     pseudo_label: str = "lower-loss"
     reliable_confidence: float = 0.0     # > 0: a reliable voxel also needs a top probability at least this high
-    # The unreliable voxels L_c pulls to their pseudo class: "unreliable" (all of them, Eq. 7) or "agreed"
-    # (only those where both networks' argmax agree: elsewhere the pseudo class is a coin toss).
+    # The unreliable voxels L_c pulls to their pseudo class: "unreliable" (all of them, Eq. 7), "agreed"
+    # (only those where both networks' argmax agree: elsewhere the pseudo class is a coin toss) or "negatives"
+    # (none: each is pushed only from the prototypes of the classes it most surely is not, as U2PL uses them;
+    # with two classes there are none, so L_c keeps only its prototype push).
     contrastive_pull: str = "unreliable"
+    # Issue 21: the share of the budget that trains on the labeled terms only (λu = λc = 0) before λu and λc
+    # ramp up as usual over the rest (the pseudo labels of an untrained network are poor). 0: from the start.
+    unlabeled_start: float = 0.0
     regularization_average: str = "voxels"  # L_reg averaged over all voxels, or "mdiff": over M_diff only
     threshold_start: float = 0.7         # T of Eq. 4, linear from start to end over training
     threshold_end: float = 0.95
@@ -95,6 +100,9 @@ class TrainConfig:
     input_noise: float = 0.1             # std of the Gaussian noise on the unlabeled crops (clipped at ±2 std)
     mc_samples: int = 8                  # ua-mt: Monte-Carlo dropout passes of the teacher
     cps_weight: float = 1.5              # cps: weight λ of the cross pseudo supervision (CPS paper)
+    # The safety net (--validate K): the last K labeled cases of the manifest are kept out of training and
+    # segmented by the trained model; their Dice goes to validation.json and the model file. 0: off.
+    validate_cases: int = 0
     # Running
     seed: int = 0
     device: str = "auto"
@@ -160,8 +168,12 @@ class TrainConfig:
             raise InputError(f"reliability is {self.reliability!r}; use 'batch' or 'class'.")
         if self.pseudo_label not in ("lower-loss", "ensemble", "cross"):
             raise InputError(f"pseudo_label is {self.pseudo_label!r}; use 'lower-loss', 'ensemble' or 'cross'.")
-        if self.contrastive_pull not in ("unreliable", "agreed"):
-            raise InputError(f"contrastive_pull is {self.contrastive_pull!r}; use 'unreliable' or 'agreed'.")
+        if self.contrastive_pull not in ("unreliable", "agreed", "negatives"):
+            raise InputError(f"contrastive_pull is {self.contrastive_pull!r}; use 'unreliable', 'agreed' or "
+                             f"'negatives'.")
+        if not 0.0 <= self.unlabeled_start < 1.0:
+            raise InputError(f"unlabeled_start is {self.unlabeled_start!r}; use a share of the iterations in [0, 1), "
+                             f"e.g. 0.25.")
         if not 0.0 <= self.reliable_confidence <= 1.0:
             raise InputError("reliable_confidence must lie between 0 and 1 (0 switches it off).")
         if self.lambda_c_schedule not in ("rampup", "printed"):
@@ -170,6 +182,10 @@ class TrainConfig:
             raise InputError(f"normalization is {self.normalization!r}; use 'zscore' or 'window'.")
         if not (isinstance(self.projection_channels, int) and self.projection_channels >= 0):
             raise InputError(f"projection_channels is {self.projection_channels!r}; use 0 or a positive whole number.")
+        if not (isinstance(self.validate_cases, int) and not isinstance(self.validate_cases, bool)
+                and self.validate_cases >= 0):
+            raise InputError(f"validate_cases is {self.validate_cases!r}; use 0 (off) or the number of labeled "
+                             f"cases to hold out, e.g. 2.")
         if self.checkpoint_every < 1 or self.checkpoint_minutes < 0:
             raise InputError("checkpoint_every must be at least 1 and checkpoint_minutes at least 0.")
         if not 0.0 <= self.reliable_fraction <= 1.0:

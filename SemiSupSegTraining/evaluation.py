@@ -12,7 +12,7 @@ from .geometry import Geometry
 from .errors import InputError
 from .infer import Segmenter
 from .layouts import load_cases
-from .manifest import ClassInfo, default_classes
+from .manifest import CaseEntry, ClassInfo, default_classes
 from .metrics import evaluate, summarize
 
 
@@ -66,32 +66,61 @@ def evaluate_model(model_path: str, manifest_path: str, device: str = "auto", ov
 
     ``on_case(case_id, volume, reference_indices, segmentation)`` sees each case's arrays (for pictures).
     """
-    from .fileio import write_label_image
 
     manifest = load_cases(manifest_path)
     segmenter = Segmenter(model_path, device, overlap)
     if [c.value for c in segmenter.classes] != manifest.class_values:
         raise InputError(f"The manifest {manifest_path} has other classes than the model {model_path}; "
                          f"evaluate with a manifest of the model's classes.")
-    cases = []
-    for entry in manifest.cases:
-        if entry.label is None:
-            continue
-        volume = read_image(entry.image)
-        reference = read_label(entry.label, manifest.classes, volume.geometry)
-        result = segmenter.segment(volume, keep_largest=keep_largest)
-        if output_dir:
-            write_label_image(result.labels, manifest.classes, volume.geometry,
-                              os.path.join(output_dir, f"{entry.id}.nii.gz"))
-        metrics = evaluate(result.labels, reference, volume.geometry.spacing, range(1, len(manifest.classes)),
-                           manifest.class_names[1:])
-        cases.append({"id": entry.id, "image": entry.image, "classes": metrics})
-        if on_case is not None:
-            on_case(entry.id, volume, reference, result)
+    cases = score_cases(segmenter, [e for e in manifest.cases if e.label is not None], manifest.classes,
+                        output_dir, keep_largest, on_case)
     if not cases:
         raise InputError(f"The manifest {manifest_path} has no case with a label to evaluate against.")
     return {"model": model_path, "manifest": manifest_path, "cases": cases,
             "mean": summarize([c["classes"] for c in cases])}
+
+
+def score_cases(segmenter: Segmenter, entries: List[CaseEntry], classes: List[ClassInfo],
+                output_dir: Optional[str] = None, keep_largest: bool = False,
+                on_case: Optional[Callable[[str, object, np.ndarray, object], None]] = None) -> List[dict]:
+    """Segments each case (it has a label) and compares: ``[{"id", "image", "classes": metrics per class}]``."""
+    from .fileio import write_label_image
+
+    cases = []
+    for entry in entries:
+        volume = read_image(entry.image)
+        reference = read_label(entry.label, classes, volume.geometry)
+        result = segmenter.segment(volume, keep_largest=keep_largest)
+        if output_dir:
+            write_label_image(result.labels, classes, volume.geometry, os.path.join(output_dir, f"{entry.id}.nii.gz"))
+        metrics = evaluate(result.labels, reference, volume.geometry.spacing, range(1, len(classes)),
+                           [c.name for c in classes[1:]])
+        cases.append({"id": entry.id, "image": entry.image, "classes": metrics})
+        if on_case is not None:
+            on_case(entry.id, volume, reference, result)
+    return cases
+
+
+def validate_held_out(model_path: str, entries: List[CaseEntry], classes: List[ClassInfo],
+                      device: str = "auto") -> Dict[str, object]:
+    """The trained model's Dice on the labeled cases that training held out (``--validate K``): per case (per
+    class and their mean) and the mean over the cases, as ``validation.json`` and the model file keep it."""
+    cases = score_cases(Segmenter(model_path, device), entries, classes)
+    rows = [{"id": c["id"], "dice": {name: m["dice"] for name, m in c["classes"].items()},
+             "mean_dice": float(np.mean([m["dice"] for m in c["classes"].values()]))} for c in cases]
+    names = [c.name for c in classes[1:]]
+    return {"rule": "the last labeled cases of the manifest, in manifest order, held out of training",
+            "cases": rows,
+            "per_class_dice": {n: float(np.mean([r["dice"][n] for r in rows])) for n in names},
+            "mean_dice": float(np.mean([r["mean_dice"] for r in rows]))}
+
+
+def describe_validation(validation: Dict[str, object]) -> str:
+    """One line: ``Held-out validation on 2 labeled cases kept out of training: mean Dice 0.912 (a 0.901, b 0.923).``"""
+    cases = validation["cases"]
+    each = ", ".join(f"{c['id']} {c['mean_dice']:.3f}" for c in cases)
+    return (f"Held-out validation on {len(cases)} labeled case(s) kept out of training: mean Dice "
+            f"{validation['mean_dice']:.3f} ({each}).")
 
 
 def format_table(report: Dict[str, object]) -> str:

@@ -475,6 +475,59 @@ def contrastive_loss(
     return pull + push
 
 
+#: An unreliable voxel is a negative for the classes below this rank of its own probabilities (0 = its argmax).
+#: Rank 1 would be the pull itself: with two present prototypes, -log(1 - q_other) = -log q_own.
+NEGATIVE_RANK = 2
+
+
+def negative_classes(probs: torch.Tensor, unreliable: torch.Tensor, rank: int = NEGATIVE_RANK) -> torch.Tensor:
+    """(B, K, *spatial) bool: unreliable voxel v is a negative for class k when at least ``rank`` classes have a
+    higher probability than k at v (U2PL's rule that an unreliable pixel is evidence only against the classes it
+    most surely is not). Two classes leave no negatives with the default rank."""
+    above = (probs.unsqueeze(1) > probs.unsqueeze(2)).sum(dim=2)  # [b, k, s]: classes j with p_j > p_k
+    return (above >= rank) & unreliable.unsqueeze(1)
+
+
+def negative_loss(
+    features: torch.Tensor,
+    negatives: torch.Tensor,
+    prototypes: torch.Tensor,
+    present: torch.Tensor,
+    temperature: float = 0.1,
+    max_voxels: int = 4096,
+    generator: Optional[torch.Generator] = None,
+    reduce: Reduce = None,
+) -> torch.Tensor:
+    """L_c's pull with unreliable voxels as negatives only (``contrastive_pull="negatives"``, not the paper's).
+
+    A uniform sample of at most ``max_voxels`` voxels with a negative class (:func:`_sample_voxels`); for each,
+    q = softmax over the PRESENT prototypes (detached) of ``-||f - c_k||^2 / temperature`` as in the pull of
+    :func:`contrastive_loss`, and the loss is ``-log(1 - q_k)`` averaged over the (voxel, present negative class
+    k) pairs: the voxel moves away from the classes it is not, never toward its own pseudo class. Zero (connected
+    to the graph) without such pairs or with fewer than two present prototypes.
+
+    Args:
+        features: (B, C, *spatial) features of one network on the unlabeled batch.
+        negatives: (B, K, *spatial) bool from :func:`negative_classes`.
+        prototypes, present: from :func:`class_prototypes`.
+    """
+    batch, channels, num_classes = features.shape[0], features.shape[1], negatives.shape[1]
+    spatial = math.prod(features.shape[2:])
+    indices, valid = _sample_voxels(negatives.any(dim=1), max_voxels, generator)
+    voxel, where = indices // spatial, indices % spatial
+    f = F.normalize(features.reshape(batch, channels, spatial)[voxel, :, where].float(), dim=1)  # (k, C)
+    pairs = negatives.reshape(batch, num_classes, spatial)[voxel, :, where] & present.unsqueeze(0)  # (k, K)
+    pairs = pairs & (valid & (present.sum() >= 2)).unsqueeze(1)
+    dist = ((f.unsqueeze(1) - prototypes.float().detach().unsqueeze(0)) ** 2).sum(dim=2) / temperature
+    scores = (-dist).masked_fill(~present.unsqueeze(0), float("-inf"))
+    # rows without a pair may hold only -inf scores: finite stand-ins keep NaN out of the forward and backward
+    scores = torch.where(pairs.any(dim=1, keepdim=True), scores, torch.zeros_like(scores))
+    term = -torch.log1p(-torch.softmax(scores, dim=1).clamp(max=1.0 - 1e-6))
+    sums = _total(torch.stack([torch.where(pairs, term, torch.zeros_like(term)).sum(), pairs.sum().to(term.dtype)]),
+                  reduce)
+    return sums[0] / sums[1].clamp_min(1)
+
+
 def lambda_c(iteration: int, max_iterations: int, schedule: str = "rampup", maximum: float = 0.1) -> float:
     """Weight lambda_c of the contrastive loss in Eq. 3, with t clipped to [0, t_max].
 

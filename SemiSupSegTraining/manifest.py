@@ -21,7 +21,7 @@ import it cheaply.
 import json
 import os
 from dataclasses import dataclass, field
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 from .errors import InputError
 
@@ -84,6 +84,21 @@ class Manifest:
     @property
     def class_names(self) -> List[str]:
         return [c.name for c in self.classes]
+
+
+def hold_out(manifest: Manifest, count: int) -> Tuple[Manifest, List[CaseEntry]]:
+    """(the manifest training sees, the labeled cases kept out of it to validate the trained model): the last
+    ``count`` labeled cases in manifest order, so that a resumed or repeated training holds out the same ones.
+    The held-out cases are out of training entirely, neither labeled nor unlabeled."""
+    if count <= 0:
+        return manifest, []
+    labeled = manifest.labeled_cases
+    if count >= len(labeled):
+        raise InputError(f"Manifest {manifest.path}: {count} labeled case(s) to hold out for validation leave none "
+                         f"of its {len(labeled)} labeled case(s) to train on; hold out fewer than {len(labeled)}.")
+    held = labeled[-count:]
+    kept = [c for c in manifest.cases if all(c is not h for h in held)]
+    return Manifest(manifest.classes, kept, manifest.modality, manifest.path, dict(manifest.extra)), held
 
 
 def class_color(classes: List[ClassInfo], index: int) -> List[float]:

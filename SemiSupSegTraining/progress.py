@@ -1,8 +1,10 @@
 """Progress events of long jobs: a bar on a terminal, or one JSON object per line for the Slicer module.
 
-Every event is a dict with ``event`` ("start", "progress", "checkpoint", "done", "error", "cancelled")
-and ``phase`` ("train", "segment", ...). Progress events carry ``iteration``, ``total``, ``elapsed_s``,
-``eta_s`` and, in training, ``losses`` and ``lr``. The JSON mode writes to stdout and flushes each line.
+Every event is a dict with ``event`` ("start", "progress", "checkpoint", "validation", "done", "error",
+"cancelled") and ``phase`` ("train", "validate", "segment", ...). A training with ``--validate K`` sends
+"validation" (the held-out cases' Dice: ``cases``, ``per_class_dice``, ``mean_dice``) before "done".
+Progress events carry ``iteration``, ``total``, ``elapsed_s``, ``eta_s`` and, in training, ``losses`` and
+``lr``. The JSON mode writes to stdout and flushes each line.
 """
 
 import json

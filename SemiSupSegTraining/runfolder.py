@@ -28,6 +28,7 @@ except ImportError:  # Windows
     fcntl = None
 
 MODEL_NAME = "model.pt"
+VALIDATION_NAME = "validation.json"  # --validate K: the held-out cases' Dice
 CHECKPOINT_NAME = "checkpoint.pt"
 PREVIOUS_CHECKPOINT_NAME = "checkpoint.prev.pt"
 LOCK_NAME = ".lock"
@@ -277,7 +278,7 @@ def write_checkpoint(folder: str, payload: Dict[str, Any]) -> str:
 def remove_partial_files(folder: str) -> None:
     """Temporary files of a training that was killed mid-write (we hold the folder's lock)."""
     for name in os.listdir(folder):
-        if PARTIAL_MARK in name and (name.startswith(("checkpoint", "model", CONFIG_NAME, RUN_NAME, LOG_NAME))):
+        if PARTIAL_MARK in name and (name.startswith(("checkpoint", "model", CONFIG_NAME, RUN_NAME, LOG_NAME, VALIDATION_NAME))):
             try:
                 os.remove(os.path.join(folder, name))
             except OSError:

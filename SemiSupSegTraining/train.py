@@ -9,7 +9,7 @@ import datetime
 import json
 import os
 import threading
-from typing import Any, Callable, Dict, NamedTuple, Optional, Tuple, Union
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -21,15 +21,16 @@ from .geometry import normalization_for
 from .devices import autocast, autocast_dtype, memory_format, precision_name, select_device
 from .errors import Cancelled, DistributedError, InputError, is_out_of_memory
 from .layouts import load_cases
-from .manifest import Manifest, class_color, manifest_to_dict
+from .manifest import CaseEntry, Manifest, class_color, hold_out, manifest_to_dict
 from .modelfile import load_trusted_data, save_model
 from .networks import ProjectionHead, build_networks
 from .prefetch import Prefetcher
 from .progress import Reporter
 from .runfolder import (CHECKPOINT_FORMAT, CHECKPOINT_NAME, CONFIG_NAME, LOCK_NAME, LOG_NAME, MODEL_NAME,  # noqa: F401
-                        PREVIOUS_CHECKPOINT_NAME,
+                        PREVIOUS_CHECKPOINT_NAME, VALIDATION_NAME,
                         CheckpointClock, StopRequest, TrainingLock, disk_errors, load_checkpoint, remove_if_empty,
-                        remove_partial_files, resume_point, trim_log, write_checkpoint, write_run_record)
+                        remove_partial_files, resume_point, trim_log, write_checkpoint, write_run_record,
+                        write_text_atomic)
 from .views import intensity_view
 
 # Logged beside the losses, but not losses: progress events carry them under "stats".
@@ -52,11 +53,13 @@ def learning_rate(config: TrainConfig, iteration: int) -> float:
 
 class PseudoTargets(NamedTuple):
     """What both networks learn from on the unlabeled crops (all detached): the pseudo label, the reliable
-    voxels of the entropy filter, the unreliable voxels L_c pulls, and M_diff (None without L_reg)."""
+    voxels of the entropy filter, the unreliable voxels L_c pulls, M_diff (None without L_reg) and, with
+    ``contrastive_pull="negatives"``, the (voxel, class) pairs L_c pushes apart (else None)."""
     pseudo: torch.Tensor
     reliable: torch.Tensor
     pulled: torch.Tensor
     mdiff: Optional[torch.Tensor]
+    negatives: Optional[torch.Tensor] = None
 
 
 def uses_unlabeled_terms(config: TrainConfig) -> bool:
@@ -65,11 +68,16 @@ def uses_unlabeled_terms(config: TrainConfig) -> bool:
 
 
 def loss_weights(config: TrainConfig, iteration: int) -> Tuple[float, float]:
-    """(λu, λc) of Eq. 3 at this iteration."""
-    lam_c = losses.lambda_c(iteration, config.iterations, config.lambda_c_schedule, config.lambda_c_max)
+    """(λu, λc) of Eq. 3 at this iteration: 0 before ``unlabeled_start`` of the budget, then the schedules run
+    over the iterations left as they would over a whole training."""
+    start = int(config.unlabeled_start * config.iterations)
+    if iteration < start:
+        return 0.0, 0.0
+    iteration, total = iteration - start, config.iterations - start
+    lam_c = losses.lambda_c(iteration, total, config.lambda_c_schedule, config.lambda_c_max)
     lam_u = config.lambda_u
     if config.lambda_u_rampup > 0:  # the same sigmoid ramp-up as λc, over the first share of training
-        lam_u *= losses.lambda_c(iteration, max(1, int(config.lambda_u_rampup * config.iterations)), "rampup", 1.0)
+        lam_u *= losses.lambda_c(iteration, max(1, int(config.lambda_u_rampup * total)), "rampup", 1.0)
     return lam_u, lam_c
 
 
@@ -90,6 +98,9 @@ def _filtered_targets(config: TrainConfig, num_classes: int, source_probs: torch
             lambda e: losses.reliable_mask(e, config.reliable_fraction), entropy)
     if config.reliable_confidence > 0:
         reliable = reliable & (source_probs.amax(dim=1) >= config.reliable_confidence)
+    if config.contrastive_pull == "negatives":  # no voxel pulled; the unreliable ones are negatives only
+        return PseudoTargets(pseudo, reliable, torch.zeros_like(reliable), mdiff,
+                             losses.negative_classes(source_probs, ~reliable))
     pulled = ~reliable if agreed is None else ~reliable & agreed
     return PseudoTargets(pseudo, reliable, pulled, mdiff)
 
@@ -167,6 +178,10 @@ def network_terms(config: TrainConfig, iteration: int, num_classes: int, labeled
         stats[f"contrast_{name}"] = losses.contrastive_loss(
             feat[n:], targets.pseudo, targets.pulled, prototypes, present, config.contrastive_temperature,
             config.contrastive_max_voxels, config.prototype_margin, generator, reduce)
+        if targets.negatives is not None:
+            stats[f"contrast_{name}"] = stats[f"contrast_{name}"] + losses.negative_loss(
+                feat[n:], targets.negatives, prototypes, present, config.contrastive_temperature,
+                config.contrastive_max_voxels, generator, reduce)
         total_c = stats[f"contrast_{name}"]
     return lam_u * total_u + lam_c * total_c, stats
 
@@ -495,6 +510,23 @@ def model_metadata(config: TrainConfig, manifest: Manifest, labeled: list, unlab
     }
 
 
+def _validate(trainer: Trainer, manifest: Manifest, held_out: List[CaseEntry], metadata: Dict[str, Any],
+              model_path: str, output_dir: str, reporter: Reporter) -> None:
+    """Segments the held-out cases with the model file just written and reports their Dice: a ``validation``
+    event, ``validation.json`` and the model file's metadata (``semisupseg info`` shows it)."""
+    from .evaluation import describe_validation, validate_held_out
+
+    reporter.emit("start", "validate", message=f"Segmenting the {len(held_out)} held-out case(s) to validate...")
+    validation = validate_held_out(model_path, held_out, manifest.classes, str(trainer.device))
+    validation.update(method=trainer.config.method, iterations=trainer.iteration)
+    with disk_errors(output_dir, "the validation"):
+        write_text_atomic(os.path.join(output_dir, VALIDATION_NAME), json.dumps(validation, indent=2))
+        save_model(model_path, trainer.net_a.state_dict(), trainer.net_b.state_dict(),
+                   dict(metadata, validation=validation))
+    reporter.emit("validation", "train", path=os.path.join(output_dir, VALIDATION_NAME),
+                  message=describe_validation(validation), **validation)
+
+
 def _image_paths(manifest: Manifest) -> list:
     """The images training reads (their headers decide the target spacing)."""
     return [e.image for e in manifest.labeled_cases + manifest.unlabeled_cases]
@@ -577,6 +609,7 @@ def _open_run_folder(output_dir: str, hold: contextlib.ExitStack, manifest_path:
             start = {"config": config or preset_config("paper"), "manifest": manifest,
                      "checkpoint": None, "init_model": init_model, "note": ""}
         start["config"].validate()
+        hold_out(start["manifest"], start["config"].validate_cases)  # enough labeled cases left to train on?
     except BaseException:
         hold.close()  # the lock goes before the folder it lives in
         if created:
@@ -590,9 +623,12 @@ def _train_from(start: Dict[str, Any], output_dir: str, group: "distributed.Cont
                 stop: StopRequest, log_every: int) -> str:
     config, manifest, checkpoint = start["config"], start["manifest"], start["checkpoint"]
     device = select_device(distributed.training_device(config.device))
-    spacing, geometry_meta = geometry.training_spacing(config.target_spacing, fileio.read_headers(_image_paths(manifest)))
+    # The held-out cases (--validate) are out of everything training reads, the target spacing included.
+    training_manifest, held_out = hold_out(manifest, config.validate_cases)
+    spacing, geometry_meta = geometry.training_spacing(config.target_spacing,
+                                                       fileio.read_headers(_image_paths(training_manifest)))
     labeled, unlabeled = load_training_cases(
-        manifest, normalization_for(manifest.modality, config.normalization), config.ct_window,
+        training_manifest, normalization_for(manifest.modality, config.normalization), config.ct_window,
         canonical=True, target_spacing=spacing)
     trainer = Trainer(config, len(manifest.classes), labeled, unlabeled, device)
     note = start["note"]
@@ -615,10 +651,12 @@ def _train_from(start: Dict[str, Any], output_dir: str, group: "distributed.Cont
         if resumed:
             trim_log(log_path, trainer.iteration)
         else:  # a new training, or one restarted from iteration 0: a new log, and the record of its start
-            if os.path.exists(log_path):
-                os.remove(log_path)
+            for stale in (log_path, os.path.join(output_dir, VALIDATION_NAME)):
+                if os.path.exists(stale):
+                    os.remove(stale)
             write_run_record(output_dir, config, manifest, init_model)
-    return _run(trainer, manifest, labeled, unlabeled, geometry_meta, output_dir, reporter, stop, log_every, note)
+    return _run(trainer, manifest, labeled, unlabeled, geometry_meta, output_dir, reporter, stop, log_every, note,
+                held_out)
 
 
 def _load_rank_random_state(trainer: "Trainer", checkpoint: Dict[str, Any]) -> str:
@@ -676,11 +714,12 @@ def _init_from_model(trainer: Trainer, path: str, manifest: Manifest) -> None:
 
 
 def _run(trainer: Trainer, manifest: Manifest, labeled: list, unlabeled: list, geometry_meta: Dict[str, Any],
-         output_dir: str, reporter: Reporter, stop: StopRequest, log_every: int, note: str = "") -> str:
+         output_dir: str, reporter: Reporter, stop: StopRequest, log_every: int, note: str = "",
+         held_out: Optional[list] = None) -> str:
     group = trainer.dist
     try:
         return _loop(trainer, manifest, labeled, unlabeled, geometry_meta, output_dir, reporter, stop, log_every,
-                     note)
+                     note, held_out or [])
     except Exception as e:
         if group.enabled and distributed.is_peer_failure(e):
             raise distributed.peer_failure(group, e) from None
@@ -688,7 +727,8 @@ def _run(trainer: Trainer, manifest: Manifest, labeled: list, unlabeled: list, g
 
 
 def _loop(trainer: Trainer, manifest: Manifest, labeled: list, unlabeled: list, geometry_meta: Dict[str, Any],
-          output_dir: str, reporter: Reporter, stop: StopRequest, log_every: int, note: str) -> str:
+          output_dir: str, reporter: Reporter, stop: StopRequest, log_every: int, note: str,
+          held_out: list) -> str:
     config, group = trainer.config, trainer.dist
     first = trainer.iteration
     log_path = os.path.join(output_dir, LOG_NAME)
@@ -716,7 +756,8 @@ def _loop(trainer: Trainer, manifest: Manifest, labeled: list, unlabeled: list, 
     reporter.emit("start", "train", iteration=first, total=config.iterations, device=str(trainer.device),
                   precision=precision,
                   message=f"{what} on {trainer.device} in {precision} ({len(labeled)} labeled, {len(unlabeled)} "
-                          f"unlabeled cases, preset {config.preset}, {config.iterations} iterations).{note}")
+                          f"unlabeled cases, preset {config.preset}, {config.iterations} iterations).{note}"
+                          + (f" Held out to validate: {', '.join(e.id for e in held_out)}." if held_out else ""))
     with (open(log_path, "a") if group.is_main else contextlib.nullcontext()) as log:
         while trainer.iteration < config.iterations:
             # One all-reduce: a stop asked of any process, or any process's clock, acts on all of them here.
@@ -756,11 +797,13 @@ def _loop(trainer: Trainer, manifest: Manifest, labeled: list, unlabeled: list, 
                 checkpoint()
     model_path = os.path.join(output_dir, MODEL_NAME)
     if group.is_main:
+        metadata = model_metadata(config, manifest, labeled, unlabeled, trainer.iteration, trainer.device,
+                                  geometry_meta, group.world_size)
         with disk_errors(output_dir, "the model file"):
-            save_model(model_path, trainer.net_a.state_dict(), trainer.net_b.state_dict(),
-                       model_metadata(config, manifest, labeled, unlabeled, trainer.iteration, trainer.device,
-                                      geometry_meta, group.world_size))
+            save_model(model_path, trainer.net_a.state_dict(), trainer.net_b.state_dict(), metadata)
     checkpoint()
+    if held_out and group.is_main:  # after the final checkpoint: a kill here resumes straight into validation
+        _validate(trainer, manifest, held_out, metadata, model_path, output_dir, reporter)
     reporter.emit("done", "train", iteration=trainer.iteration, total=config.iterations, model=model_path,
                   message=f"Model file written: {model_path}")
     return model_path

@@ -107,9 +107,11 @@ def _check_device(device: Optional[str]) -> None:
 def train_command(python: str, manifest: Optional[str] = None, output: Optional[str] = None,
                   preset: Optional[str] = None, iterations: Optional[int] = None,
                   device: Optional[str] = None, init_model: Optional[str] = None,
-                  resume: Optional[str] = None, progress: str = "json", stop_file: Optional[str] = None) -> List[str]:
+                  resume: Optional[str] = None, progress: str = "json", stop_file: Optional[str] = None,
+                  validate: int = 0) -> List[str]:
     """``python -m SemiSupSegTraining train ...``; either ``manifest`` and ``output`` or ``resume``.
-    ``stop_file``: the engine stops cleanly (checkpoint, exit code 3) once this file exists."""
+    ``stop_file``: the engine stops cleanly (checkpoint, exit code 3) once this file exists. ``validate``: hold
+    the last that many labeled cases out of training and report their Dice (a resumed training keeps its own)."""
     _check_choice(preset, PRESETS, "Preset")
     _check_device(device)
     command = [python, "-m", ENGINE_PACKAGE, "train"]
@@ -125,6 +127,8 @@ def train_command(python: str, manifest: Optional[str] = None, output: Optional[
             command += ["--preset", preset]
         if init_model:
             command += ["--init-model", str(init_model)]
+        if validate and int(validate) > 0:
+            command += ["--validate", str(int(validate))]
     if iterations is not None and int(iterations) > 0:
         command += ["--iterations", str(int(iterations))]
     if device:

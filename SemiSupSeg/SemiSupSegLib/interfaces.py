@@ -44,8 +44,10 @@ class SemiSupSegLogicProtocol(Protocol):
     def train(self, cases: Any, modelFolder: str, preset: str = "cpu-fast", iterations: Optional[int] = None,
               device: str = "auto", modality: str = "MRI", structureNames: str = "", manifestClasses: str = "",
               initModel: Optional[str] = None, waitForCompletion: bool = True,
-              onEvent: EventCallback = None, onState: EventCallback = None, onLog: EventCallback = None) -> Any:
-        """Trains on the cases; returns the model file path (or the running Job). Cancel keeps a checkpoint."""
+              onEvent: EventCallback = None, onState: EventCallback = None, onLog: EventCallback = None,
+              validateCases: int = 0) -> Any:
+        """Trains on the cases; returns the model file path (or the running Job). Cancel keeps a checkpoint.
+        ``validateCases``: the last that many labeled cases are held out and scored (a ``validation`` event)."""
 
     def resume(self, runFolder: str, workFolder: str = "", device: str = "auto", waitForCompletion: bool = True,
                onEvent: EventCallback = None, onState: EventCallback = None, onLog: EventCallback = None) -> Any:

@@ -205,7 +205,12 @@ class SemiSupSegLogic(ScriptedLoadableModuleLogic):
         except Exception as e:
             return _("Not a usable model file: {error}").format(error=e)
         names = ", ".join(c["name"] for c in meta["classes"] if c["value"] != 0)
-        return _("Structures: {names} · preset {preset}").format(names=names, preset=meta.get("preset", "?"))
+        text = _("Structures: {names} · preset {preset}").format(names=names, preset=meta.get("preset", "?"))
+        validation = meta.get("validation")  # trained with held-out cases (--validate)
+        if isinstance(validation, dict) and isinstance(validation.get("mean_dice"), (int, float)):
+            text += _(" · held-out Dice {dice:.3f} ({count} cases)").format(
+                dice=validation["mean_dice"], count=len(validation.get("cases") or []))
+        return text
 
     # -- cases -------------------------------------------------------------------------------------------
 
@@ -294,11 +299,13 @@ class SemiSupSegLogic(ScriptedLoadableModuleLogic):
     def train(self, cases, modelFolder: str, preset: str = commands.DEFAULT_PRESET, iterations: Optional[int] = None,
               device: str = "auto", modality: str = "MRI", structureNames: str = "", manifestClasses: str = "",
               initModel: Optional[str] = None, waitForCompletion: bool = True,
-              onEvent=None, onState=None, onLog=None):
+              onEvent=None, onState=None, onLog=None, validateCases: int = 0):
         """Trains on ``cases`` (a CaseTable, a list of volume nodes / (volume, segmentation) pairs, or the
         path of a manifest file) and writes ``<modelFolder>/run-DATE-TIME/model.pt``.
 
         :param initModel: start from this model file's weights and classes ("Retrain").
+        :param validateCases: hold the last that many labeled cases out of training; the engine's ``validation``
+          event then carries their Dice.
         :return: the model file path; with ``waitForCompletion=False`` the running Job (its ``result``
           is the model file path once it is done).
         """
@@ -328,7 +335,7 @@ class SemiSupSegLogic(ScriptedLoadableModuleLogic):
         stopFile = commands.stop_file_in(workFolder)
         command = commands.train_command(python, manifestPath, runFolder, preset=preset,
                                          iterations=iterations, device=device, init_model=initModel,
-                                         stop_file=stopFile)
+                                         stop_file=stopFile, validate=validateCases)
         return self._startTraining(command, runFolder, workFolder, stopFile, device, onEvent, onState, onLog,
                                    waitForCompletion)
 

@@ -9,7 +9,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
-EVENTS = ("start", "progress", "checkpoint", "done", "error", "cancelled")
+EVENTS = ("start", "progress", "checkpoint", "validation", "done", "error", "cancelled")
 
 
 @dataclass
@@ -36,6 +36,11 @@ class ProgressEvent:
 
     def get(self, key: str, default=None):
         return self.data.get(key, default)
+
+    @property
+    def validation_dice(self) -> Optional[float]:
+        """A ``validation`` event's mean Dice over the held-out cases (``train --validate K``), else None."""
+        return _number(self.data.get("mean_dice")) if self.event == "validation" else None
 
 
 def _number(value) -> Optional[float]:
@@ -114,7 +119,7 @@ def format_losses(losses: Dict[str, float], max_items: int = 4) -> str:
     return ", ".join(f"{name} {losses[name]:.3f}" for name in loss_names(losses)[:max_items])
 
 
-_PHASE_WORDS = {"train": "Training", "segment": "Segmenting", "suggest": "Scoring cases"}
+_PHASE_WORDS = {"train": "Training", "validate": "Validating", "segment": "Segmenting", "suggest": "Scoring cases"}
 _UNIT_WORDS = {"train": "iteration", "segment": "window", "suggest": "case"}
 
 
@@ -138,6 +143,11 @@ def describe(event: ProgressEvent) -> str:
         return " · ".join(parts)
     if event.event == "checkpoint":
         return f"{phase}: checkpoint saved"
+    if event.event == "validation":
+        cases = event.get("cases")
+        count = f" on {len(cases)} held-out case(s)" if isinstance(cases, list) else ""
+        dice = event.validation_dice
+        return event.message or (f"Validation{count}: mean Dice {dice:.3f}" if dice is not None else "Validation")
     if event.event == "done":
         return f"{phase}: done"
     if event.event == "error":

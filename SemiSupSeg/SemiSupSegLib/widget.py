@@ -53,6 +53,7 @@ class SemiSupSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.lossHistory = LossHistory()
         self._plotNodes = {}
         self._lastPlotTime = 0.0
+        self._validation = ""  # the held-out cases' Dice of the current training (--validate), shown when done
         self._updatingTable = False
         self._forgetPending = False
         self._pollTimer = None
@@ -401,6 +402,7 @@ class SemiSupSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def startTraining(self, initModel: Optional[str]) -> None:
         with slicer.util.tryWithErrorDisplay(_("Failed to start the training."), waitCursor=True):
             self.lossHistory.clear()
+            self._validation = ""
             self._plotNodes = {}  # a new chart for each training
             self.ui.modelFolderPathLineEdit.addCurrentPathToHistory()
             self.cases.set_status(_("exporting"))
@@ -411,7 +413,7 @@ class SemiSupSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self.logic.train(
                     self.cases, self.ui.modelFolderPathLineEdit.currentPath, preset=self._parameterNode.preset,
                     iterations=self._parameterNode.iterations or None, device=self._parameterNode.device,
-                    initModel=initModel, waitForCompletion=False,
+                    initModel=initModel, waitForCompletion=False, validateCases=self._parameterNode.validateCases,
                     onEvent=self.onTrainEvent, onState=self.onTrainState, onLog=self.addLog, **self._classArguments())
             except Exception:
                 self.cases.set_status("")
@@ -423,7 +425,9 @@ class SemiSupSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self._showEvent(event, self.ui.trainStatusLabel, self.ui.trainProgressBar):
             if self.lossHistory.add(event) and self._parameterNode.showLossCurve:
                 self.updateLossPlot()
-        elif event.event in ("start", "checkpoint", "error", "cancelled"):
+        elif event.event in ("start", "checkpoint", "validation", "error", "cancelled"):
+            if event.event == "validation":
+                self._validation = describe(event)
             self.addLog(describe(event))
 
     def onTrainState(self, job) -> None:
@@ -442,7 +446,7 @@ class SemiSupSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.modelFilePathLineEdit.currentPath = model
             self.ui.modelFilePathLineEdit.addCurrentPathToHistory()
             self.ui.trainStatusLabel.text = _("Done in {time}: {model}").format(
-                time=self._elapsed(self.trainJob), model=model)
+                time=self._elapsed(self.trainJob), model=model) + (f"\n{self._validation}" if self._validation else "")
             self.cases.set_status(_("trained"))
         elif state == jobs.FAILED:
             self.ui.trainStatusLabel.text = _("Failed: {message}").format(message=self.trainJob.error_message)

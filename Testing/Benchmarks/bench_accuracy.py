@@ -68,6 +68,18 @@ unlabeled, and 8 separate test cases. Methods:
   as ``ours-ensemble-confidence``; not kept: ``ours-cross-pseudo`` (−1.1 ± 3.3), ``ours-agreed-pull`` (−0.2 ± 0.8).
   Together they scored −2.2 ± 6.3 there (seed 1 fell 9 points), so each kept change is run on Colin27 on
   its own (``ours-confidence-0.9``, the better of the two there, first).
+* not in the default list, issue 21's two switches: ``ours-negatives-only`` (``contrastive_pull=negatives``:
+  L_c never pulls an unreliable voxel toward its pseudo class; it only pushes it from the prototypes of the
+  classes it most surely is not, in the spirit of U2PL) and ``ours-late-unlabeled`` (``unlabeled_start=0.25``:
+  the first quarter of the budget trains on the labeled crops' terms only, then λu and λc ramp up as usual over
+  the rest). Rule fixed before either was run (2026-12-03, before any run of them): each is judged on the
+  headroom benchmark's 18 UNLABELED training cases (``diagnose_pseudo_labels.py``, ``dice_both``: Dice of the
+  averaged softmax against their hidden labels), seeds 0-2, paired by seed against ``ours`` trained by the same
+  code in the same output folder, never on the test cases; a switch is kept when its mean gain over ``ours``
+  there is ≥ +0.5 points; if both are kept they are run together (``ours-negatives-late``) and judged the same
+  way; every variant's test Dice is reported whatever the outcome. Choosing the product's default is not part
+  of this rule: that is issue 21's rule (best mean rank across headroom, phantoms and Colin27, never below
+  supervised-only on any of them), applied to the fair table of issue 20.
 
 Every run is one ``train(...)`` call into ``OUT/runs/<dataset>/<fraction>/<method>/seed<k>/`` followed by
 ``evaluate_model`` on the test cases; ``result.json`` there holds the per-case metrics (the run's
@@ -106,7 +118,7 @@ for _path in (HERE, REPO):  # benchmark the working tree, not an installed copy
 
 import torch  # noqa: E402
 
-from SemiSupSegTraining.config import preset_config  # noqa: E402
+from SemiSupSegTraining.config import TrainConfig, preset_config  # noqa: E402
 from SemiSupSegTraining.devices import select_device  # noqa: E402
 from SemiSupSegTraining.errors import Cancelled, InputError  # noqa: E402
 from SemiSupSegTraining.evaluation import evaluate_model  # noqa: E402
@@ -155,6 +167,10 @@ METHODS: Dict[str, Dict[str, object]] = {
     "ours-ensemble-confidence": {"method": "ours", "pseudo_label": "ensemble", "reliable_confidence": 0.9},
     "ours-v0.1": {"method": "ours", "unlabeled_views": False, "reliability": "batch", "lambda_u_rampup": 0.0,
                   "projection_channels": 0},
+    # Issue 21's switches (the rule in the docstring was committed before they ran).
+    "ours-negatives-only": {"method": "ours", "contrastive_pull": "negatives"},
+    "ours-late-unlabeled": {"method": "ours", "unlabeled_start": 0.25},
+    "ours-negatives-late": {"method": "ours", "contrastive_pull": "negatives", "unlabeled_start": 0.25},
 }
 METHOD_LABELS = {
     "supervised": "supervised only",
@@ -176,6 +192,9 @@ METHOD_LABELS = {
     "ours-agreed-pull": "ours, L_c pulls only the unreliable voxels both networks agree on",
     "ours-ensemble-confidence": "ours, ensemble pseudo label and reliable voxels ≥ 0.9 (the two kept changes)",
     "ours-v0.1": "ours as in version 0.1 (all four of the above)",
+    "ours-negatives-only": "ours, L_c with the unreliable voxels as negatives only (U2PL-style)",
+    "ours-late-unlabeled": "ours, unlabeled terms held back for the first 25 % of the budget",
+    "ours-negatives-late": "ours, negatives-only L_c and unlabeled terms from 25 % of the budget",
 }
 DATASET_LABELS = {
     "phantoms": "synthetic phantoms (left-atrium-like, binary, 1 mm)",
@@ -438,7 +457,8 @@ SUMMARY_METRICS = ("dice", "jaccard", "hd95_mm", "asd_mm")
 
 def benchmark_summary(dataset: str, results: List[dict], settings: dict, command: str) -> Dict[str, object]:
     """One benchmark's summary for ``Testing/Benchmarks/results/``: per labeled fraction, the methods as keys
-    (supervised-only with every case labeled as "all-labeled"), each with Dice, Jaccard (%), HD95 and ASD (mm)
+    (supervised-only with every case labeled as "all-labeled"; the product's default marked ``"default": true``),
+    each with Dice, Jaccard (%), HD95 and ASD (mm)
     per seed and mean ± std over the seeds, the count of empty predictions per seed ("empty": left out of HD95
     and ASD), and each method's Dice gain over supervised-only paired by seed."""
     runs = [r for r in results if r["dataset"] == dataset]
@@ -483,7 +503,30 @@ def benchmark_summary(dataset: str, results: List[dict], settings: dict, command
                     "mean": None if mean is None else round(mean, 3), "std": None if std is None else round(std, 3)}
         out["fractions"][fraction] = {"labeled": labeled_count(int(fraction[:-3]) / 100), "training_cases": TRAIN_CASES,
                                       "test_cases": test_cases(dataset), "methods": methods}
-    return out
+    return mark_default(out)
+
+
+def default_methods(default: Optional[TrainConfig] = None) -> List[str]:
+    """The method of :data:`METHODS` that trains what the product trains by default (``TrainConfig()``, i.e.
+    config.py, so a new default moves the mark): its settings leave the default configuration unchanged, and of
+    several such, the one that spells out the most of them (``ours`` sets only the method: after a default
+    changes, the entry naming the new setting is the default's, and ``ours`` should then name the paper's)."""
+    base = (default or TrainConfig()).to_dict()
+    same = [m for m, settings in METHODS.items() if all(base.get(k) == v for k, v in settings.items())]
+    most = max((len(METHODS[m]) for m in same), default=0)
+    return [m for m in same if len(METHODS[m]) == most]
+
+
+def mark_default(summary: Dict[str, object], default: Optional[TrainConfig] = None) -> Dict[str, object]:
+    """Puts ``"default": true`` on the entry of the product's default method in every fraction (and removes
+    an older mark), so that anyone reading the summary sees how the default fares."""
+    chosen = default_methods(default)
+    for fraction in summary["fractions"].values():
+        for method, entry in fraction["methods"].items():
+            entry.pop("default", None)
+            if method in chosen:
+                entry["default"] = True
+    return summary
 
 
 def fmt(value, std=None, digits=1) -> str:
@@ -704,10 +747,22 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--report-only", action="store_true", help="write the tables from existing results")
     parser.add_argument("--results", help="also write each dataset's summary as FOLDER/accuracy-DATASET.json "
                                           "(the repository keeps them in Testing/Benchmarks/results)")
+    parser.add_argument("--mark-default", nargs="+", metavar="SUMMARY",
+                        help="only re-mark the product's default method (\"default\": true) in these summaries "
+                             "(e.g. Testing/Benchmarks/results/accuracy-*.json) after the default changed")
     parser.add_argument("--no-ceiling", dest="ceiling", action="store_false",
                         help="skip supervised-only with every training case labeled (the ceiling that labels "
                              "alone reach; trained by default alongside supervised)")
     args = parser.parse_args(argv)
+    if args.mark_default:
+        for path in args.mark_default:
+            with open(path) as f:
+                summary = mark_default(json.load(f))
+            with open(path + ".tmp", "w") as f:
+                json.dump(summary, f, indent=1)
+            os.replace(path + ".tmp", path)
+            say(f"Marked {', '.join(default_methods())} as the default in {path}.")
+        return 0
     defaults = QUICK if args.quick else FULL
     for key, value in defaults.items():
         if getattr(args, key) is None:

@@ -524,3 +524,57 @@ def test_confidence_threshold_schedule():
     assert L.confidence_threshold(3000, 6000) == pytest.approx(0.825)
     assert L.confidence_threshold(12000, 6000) == pytest.approx(0.95)
     assert L.confidence_threshold(0, 100, start=0.5, end=0.9) == pytest.approx(0.5)
+
+
+# ---------------------------------------------------------------- negatives-only L_c (issue 21, not the paper's)
+
+
+def test_negative_classes_are_those_below_the_second_rank_of_an_unreliable_voxel():
+    # voxel 0: p = 0.5, 0.3, 0.2 -> class 2 has two classes above it; voxel 1: 0.2, 0.2, 0.6 -> the tied
+    # classes 0 and 1 each have one class above them: no negative
+    probs = torch.tensor([[0.5, 0.2], [0.3, 0.2], [0.2, 0.6]]).view(1, 3, 2, 1, 1)
+    unreliable = torch.tensor([True, True]).view(1, 2, 1, 1)
+    negatives = L.negative_classes(probs, unreliable)
+    assert negatives.reshape(3, 2).T.tolist() == [[False, False, True], [False, False, False]]
+    assert not L.negative_classes(probs, ~unreliable).any()  # reliable voxels are never negatives
+    binary = torch.tensor([[0.55, 0.9], [0.45, 0.1]]).view(1, 2, 2, 1, 1)
+    assert not L.negative_classes(binary, unreliable).any()  # two classes: none (rank 1 would be the pull)
+
+
+def _negative_case():
+    prototypes = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]])
+    # three voxels: (0.6, 0.8) negative for class 2; (0, -1) negative for classes 0 and 1; (1, 0) for none
+    features = torch.tensor([[0.6, 0.0, 1.0], [0.8, -1.0, 0.0]]).view(1, 2, 3, 1, 1).requires_grad_(True)
+    negatives = torch.tensor([[False, True, False], [False, True, False], [True, False, False]]).view(1, 3, 3, 1, 1)
+    return features, negatives, prototypes
+
+
+def test_negative_loss_by_hand():
+    features, negatives, prototypes = _negative_case()
+    loss = L.negative_loss(features, negatives, prototypes, torch.tensor([True, True, True]), temperature=1.0)
+    # voxel 0: squared distances 0.8, 0.4, 3.2; voxel 1: 2, 4, 2; q = softmax(-d); pairs (0, 2), (1, 0), (1, 1)
+    q0 = [math.exp(-d) / sum(math.exp(-x) for x in (0.8, 0.4, 3.2)) for d in (0.8, 0.4, 3.2)]
+    q1 = [math.exp(-d) / sum(math.exp(-x) for x in (2.0, 4.0, 2.0)) for d in (2.0, 4.0, 2.0)]
+    expected = -(math.log(1 - q0[2]) + math.log(1 - q1[0]) + math.log(1 - q1[1])) / 3
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
+    loss.backward()
+    grad = features.grad.reshape(2, 3)
+    assert torch.equal(grad[:, 2], torch.zeros(2))  # the voxel with no negative class does not move
+    moved = features.detach().reshape(2, 3)[:, 0] - 0.1 * grad[:, 0]
+    before = ((features.detach().reshape(2, 3)[:, 0] - prototypes[2]) ** 2).sum()
+    assert ((torch.nn.functional.normalize(moved, dim=0) - prototypes[2]) ** 2).sum() > before  # away from c2
+
+
+def test_negative_loss_leaves_out_absent_classes_and_is_zero_without_pairs():
+    features, negatives, prototypes = _negative_case()
+    present = torch.tensor([True, True, False])
+    loss = L.negative_loss(features, negatives, prototypes, present, temperature=1.0)
+    # voxel 0's only negative (class 2) is absent; voxel 1 over the present c0, c1: distances 2 and 4
+    q = [math.exp(-2.0) / (math.exp(-2.0) + math.exp(-4.0)), math.exp(-4.0) / (math.exp(-2.0) + math.exp(-4.0))]
+    assert loss.item() == pytest.approx(-(math.log(1 - q[0]) + math.log(1 - q[1])) / 2, rel=1e-5)
+    none = L.negative_loss(features, torch.zeros_like(negatives), prototypes, torch.tensor([True, True, True]))
+    one = L.negative_loss(features, negatives, prototypes, torch.tensor([True, False, False]))
+    for zero in (none, one):
+        assert zero.item() == 0.0 and zero.requires_grad
+        zero.backward()
+        assert torch.isfinite(features.grad).all()

@@ -2,6 +2,8 @@
 paper is silent: the pseudo label's source, a confidence floor on reliable voxels, and which unreliable voxels
 L_c pulls. Four voxels, two classes, values worked out by hand in the comments."""
 
+import math
+
 import pytest
 import torch
 
@@ -75,7 +77,7 @@ def test_contrastive_pull_takes_every_unreliable_voxel_or_only_the_agreed_ones()
 
 
 @pytest.mark.parametrize("setting", [{"pseudo_label": "best"}, {"contrastive_pull": "all"},
-                                     {"reliable_confidence": 1.5}])
+                                     {"reliable_confidence": 1.5}, {"unlabeled_start": -0.1}])
 def test_bad_pseudo_label_settings_are_one_sentence(setting):
     with pytest.raises(InputError) as error:
         TrainConfig(**setting).validate()
@@ -99,3 +101,45 @@ def test_a_training_step_with_every_switch_pulls_fewer_voxels_than_it_leaves_unr
     assert all(torch.isfinite(torch.tensor(v)) for v in last.values())
     assert 0.0 <= last["pulled_fraction"] <= 1.0 - last["reliable_fraction"] + 1e-6
     assert last["contrast_a"] > 0  # L_c trains (an untrained network may have no voxel above the floor yet)
+
+
+def test_negatives_only_pulls_no_voxel_and_two_classes_leave_no_negatives():
+    targets, stats = _targets(reliable_confidence=0.8, contrastive_pull="negatives")
+    assert _flat(targets.reliable) == [True, False, False, True]
+    assert not targets.pulled.any() and stats["pulled_fraction"].item() == 0.0
+    assert targets.negatives.shape == (1, 2, 4, 1, 1) and not targets.negatives.any()
+    assert _targets(reliable_confidence=0.8)[0].negatives is None  # the paper's pull: no negatives
+
+
+def test_unlabeled_start_holds_both_weights_at_zero_then_ramps_over_the_rest():
+    from SemiSupSegTraining.train import loss_weights
+
+    config = TrainConfig(iterations=100, unlabeled_start=0.25, lambda_u_rampup=0.4)
+    assert loss_weights(config, 0) == (0.0, 0.0) and loss_weights(config, 24) == (0.0, 0.0)
+    # from iteration 25 the schedules run over the 75 iterations left; λu's ramp is 0.4 · 75 = 30 long
+    assert loss_weights(config, 25) == pytest.approx((math.exp(-5), 0.1 * math.exp(-5)))
+    assert loss_weights(config, 40) == pytest.approx((math.exp(-5 * 0.25), 0.1 * math.exp(-5 * 0.8 ** 2)))
+    assert loss_weights(config, 55) == pytest.approx((1.0, 0.1 * math.exp(-5 * 0.6 ** 2)))
+    assert loss_weights(config, 100) == pytest.approx((1.0, 0.1))
+    # 0 keeps the schedules as they were: ramps over the whole budget from the first iteration
+    assert loss_weights(TrainConfig(iterations=100), 20) == pytest.approx((math.exp(-5 * 0.5 ** 2),
+                                                                          0.1 * math.exp(-5 * 0.8 ** 2)))
+    with pytest.raises(InputError):
+        TrainConfig(unlabeled_start=1.0).validate()
+
+
+def test_a_training_step_with_negatives_only_and_a_late_start(phantom_dataset):
+    from SemiSupSegTraining.config import preset_config
+    from SemiSupSegTraining.data import load_training_cases
+    from SemiSupSegTraining.manifest import load_manifest
+    from SemiSupSegTraining.train import Trainer
+
+    manifest = load_manifest(phantom_dataset["train"])
+    labeled, unlabeled = load_training_cases(manifest, "zscore", (-120.0, 240.0))
+    settings = {"device": "cpu", "contrastive_pull": "negatives", "unlabeled_start": 0.5}
+    trainer = Trainer(preset_config("tiny", settings), len(manifest.classes), labeled, unlabeled,
+                      torch.device("cpu"))
+    terms = [{k: float(v) for k, v in trainer.step().items()} for _ in range(4)]  # tiny: 4 iterations
+    assert [t["lambda_u"] > 0 for t in terms] == [False, False, True, True]
+    assert all(t["pulled_fraction"] == 0.0 for t in terms)
+    assert all(math.isfinite(v) for t in terms for v in t.values())

@@ -21,6 +21,13 @@ def test_train_command_leaves_out_what_is_not_given():
                    "--progress", "json"]
 
 
+def test_train_command_holds_out_cases_to_validate():
+    cmd = commands.train_command("py", manifest="m.json", output="out", validate=2)
+    assert cmd[-4:] == ["--validate", "2", "--progress", "json"]
+    assert "--validate" not in commands.train_command("py", manifest="m.json", output="out", validate=0)
+    assert "--validate" not in commands.train_command("py", resume="run1", validate=2)  # the folder keeps its own
+
+
 def test_train_resume_command():
     assert commands.train_command("py", resume="run1", device="cuda") == [
         "py", "-m", "SemiSupSegTraining", "train", "--resume", "run1", "--device", "cuda", "--progress", "json"]

@@ -32,6 +32,20 @@ def test_other_events():
     assert done.get("model") == "out/model.pt" and progress.describe(done) == "Training: done"
 
 
+def test_validation_event():
+    """``train --validate K``: the held-out cases' Dice, with the engine's sentence or a fallback without one."""
+    line = ('{"event": "validation", "phase": "train", "mean_dice": 0.9125, "message": "Held-out validation on 2 '
+            'labeled case(s) kept out of training: mean Dice 0.912 (a 0.900, b 0.925).", '
+            '"cases": [{"id": "a", "mean_dice": 0.9}, {"id": "b", "mean_dice": 0.925}]}')
+    e = progress.parse_line(line)
+    assert e.validation_dice == 0.9125
+    assert progress.describe(e).startswith("Held-out validation on 2 labeled case(s)")
+    bare = progress.parse_line('{"event": "validation", "mean_dice": 0.5, "cases": [{"id": "a"}]}')
+    assert progress.describe(bare) == "Validation on 1 held-out case(s): mean Dice 0.500"
+    assert progress.parse_line('{"event": "validation", "mean_dice": "high"}').validation_dice is None
+    assert progress.parse_line('{"event": "done", "mean_dice": 0.5}').validation_dice is None
+
+
 def test_losses_are_shown_in_the_engines_order_without_statistics():
     losses = {"reliable_fraction": 0.8, "unsup_b": 0.4, "mdiff_voxels": 1200.0, "sup_b": 0.3, "loss": 1.5,
               "sup_a": 0.2, "lambda_c": 0.1, "lambda_u": 0.7, "contrast_a": 0.05, "new_term": 0.01}
