@@ -131,6 +131,17 @@ def uncertainty_threshold(iteration: int, iterations: int, num_classes: int) -> 
     return (0.75 + 0.25 * sigmoid_rampup(iteration, iterations)) * math.log(num_classes)
 
 
+def mean_teacher_loss(logits: torch.Tensor, labels: torch.Tensor, teacher_probs: Optional[torch.Tensor],
+                      mask: Optional[torch.Tensor], weight: float, supervised_weight: float,
+                      num_classes: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(loss, supervised, consistency) of the student: ``supervised_weight``·(CE + Dice) on its labeled crops
+    (``logits``' first ``len(labels)``) + ``weight``·softmax MSE to the teacher on the rest (UA-MT's code)."""
+    n = labels.shape[0]
+    sup = supervised_weight * losses.supervised_loss(logits[:n], labels, num_classes)
+    consistency = logits.sum() * 0.0 if teacher_probs is None else softmax_mse(logits[n:], teacher_probs, mask)
+    return sup + weight * consistency, sup, consistency
+
+
 def cross_pseudo_loss(logits: torch.Tensor, other_logits: torch.Tensor) -> torch.Tensor:
     """Cross-entropy of ``logits`` against the other network's argmax (a hard pseudo label, no gradient)."""
     return F.cross_entropy(logits, other_logits.detach().argmax(1))
@@ -241,27 +252,24 @@ def after_step(trainer) -> None:
 def _mean_teacher_step(trainer, inputs, labels, uncertainty: bool) -> Dict[str, torch.Tensor]:
     config, n, k = trainer.config, labels.shape[0], trainer.num_classes
     sigma, generator = config.input_noise, trainer.generator
-    logits = trainer._forward(0, inputs[0], project=False)[0]  # the student: no noise (UA-MT's code)
-    sup = config.mt_supervised_weight * losses.supervised_loss(logits[:n].float(), labels, k)
+    logits = trainer._forward(0, inputs[0], project=False)[0].float()  # the student: no noise (UA-MT's code)
     stats: Dict[str, torch.Tensor] = {}
     weight = config.consistency_weight * consistency_rampup(trainer.iteration, config.iterations,
                                                             config.consistency_rampup)
-    consistency = logits.sum() * 0.0
+    target, mask = None, None
     unlabeled = inputs[1][n:]
     if len(unlabeled):
         trainer.net_b.train()  # dropout on: the teacher's predictions are noisy too (and MC samples differ)
         with torch.no_grad():
             target = torch.softmax(trainer._forward(1, noisy(unlabeled, sigma, generator), project=False)[0].float(), 1)
-            mask = None
             if uncertainty:
                 samples = _mc_samples(trainer, unlabeled, config.mc_samples, sigma)
                 threshold = uncertainty_threshold(trainer.iteration, config.iterations, k)
                 mask = mc_uncertainty(samples) < threshold
                 stats["certain_fraction"] = mask.float().mean()
-        consistency = softmax_mse(logits[n:].float(), target, mask)
+    loss, sup, consistency = mean_teacher_loss(logits, labels, target, mask, weight, config.mt_supervised_weight, k)
     stats["consistency"] = consistency
     stats["consistency_weight"] = torch.tensor(weight)
-    loss = sup + weight * consistency
     trainer._backward(loss)
     return {"loss": loss.detach(), "sup_a": sup.detach(), **{key: v.detach() for key, v in stats.items()}}
 
