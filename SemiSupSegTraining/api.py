@@ -13,7 +13,8 @@ never imports torch.)
 """
 
 from .config import TrainConfig, preset_config
-from .data import Geometry, Volume, read_image, read_label, write_label_image
+from .fileio import read_image, read_label, Volume, write_label_image
+from .geometry import Geometry
 from .errors import Cancelled, InputError
 from .evaluation import evaluate_files, evaluate_model
 from .infer import Segmentation, Segmenter, segment_file

@@ -103,7 +103,7 @@ class TrainConfig:
     checkpoint_minutes: float = 10.0     # and at least this often (wall clock; 0: by iterations only)
     # Several processes (torchrun): batch norm over the global batch (torch has it on GPUs only; per process
     # on CPUs). The default: a step then equals one step of the global batch, and 2 + 2 crops per GPU give
-    # noisy statistics (README, "Training on several GPUs or machines").
+    # noisy statistics (docs/distributed.md).
     sync_batchnorm: bool = True
     num_workers: int = 0
     extra: Dict[str, Any] = field(default_factory=dict)

@@ -48,7 +48,7 @@ def autocast_dtype(device: torch.device, enabled: bool = True, training: bool = 
 
 def memory_format(device: torch.device) -> torch.memory_format:
     """Channels-last 3D on CPUs, where oneDNN's convolutions run faster on it (about 1.4× for a training
-    step, README "Training step"); PyTorch's default elsewhere (untested on GPUs)."""
+    step, docs/performance.md "Training step"); PyTorch's default elsewhere (untested on GPUs)."""
     return torch.channels_last_3d if device.type == "cpu" else torch.contiguous_format
 
 
@@ -63,7 +63,7 @@ def keep_freed_memory() -> bool:
 
     PyTorch takes CPU tensors straight from malloc. glibc serves blocks above 32 MiB with fresh pages from
     mmap and unmaps them on free, so each of a training step's large tensors page-faults its whole size in
-    again, every step (README "Training step": 37.5 s → 23.4 s a paper-scale step). With mmap and trimming off,
+    again, every step (docs/performance.md "Training step": 37.5 s → 23.4 s a paper-scale step). With mmap and trimming off,
     a block freed in one step is reused by the next. For the engine's own processes (the command line):
     memory is not given back to the system until the process ends. Returns whether glibc took the settings.
     """

@@ -6,7 +6,7 @@ trainer asks for with :func:`current`. Without those variables (or with one proc
 no-op, so a single-process training runs exactly the code it ran before.
 
 Which quantities of the method are global (over every process's crops) and which stay per process is
-decided here and in :mod:`.train`; the README's section "Training on several GPUs or machines" lists them.
+decided here and in :mod:`.train`; docs/distributed.md lists them.
 """
 
 import contextlib

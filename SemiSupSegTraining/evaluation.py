@@ -7,8 +7,8 @@ import numpy as np
 import SimpleITK as sitk
 
 from .config import DEFAULT_OVERLAP
-from .data import (Geometry, read_sitk_image, require_3d_scalar, is_segmentation_file, read_image, read_label,
-                   read_segmentation_file)
+from .fileio import is_segmentation_file, read_image, read_label, read_segmentation_file, read_sitk_image, require_3d_scalar
+from .geometry import Geometry
 from .errors import InputError
 from .infer import Segmenter
 from .manifest import ClassInfo, default_classes, load_manifest
@@ -65,7 +65,7 @@ def evaluate_model(model_path: str, manifest_path: str, device: str = "auto", ov
 
     ``on_case(case_id, volume, reference_indices, segmentation)`` sees each case's arrays (for pictures).
     """
-    from .data import write_label_image
+    from .fileio import write_label_image
 
     manifest = load_manifest(manifest_path)
     segmenter = Segmenter(model_path, device, overlap)

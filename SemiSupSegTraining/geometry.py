@@ -1,7 +1,7 @@
 """The geometry stage: voxel grids, one canonical orientation, the training set's target spacing, and the
 way back onto the input's exact grid.
 
-    read (array + grid) → normalise → :func:`to_canonical` (orient, resample) → networks
+    read (array + grid) → :func:`normalize` → :func:`to_canonical` (orient, resample) → networks
     → :func:`to_grid` (class probabilities back onto the input grid) → argmax → the user's grid
 
 * **Orientation.** Every image and label is brought to ITK's identity direction, ``LPS``
@@ -24,8 +24,6 @@ Model files without ``geometry`` metadata (engine 0.x before this stage) are use
 grid, as before. This module does not import torch.
 """
 
-import functools
-import os
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -273,33 +271,8 @@ class Fingerprint:
                 "max_spacing": [round(float(s), 6) for s in self.spacings.max(0)]}
 
 
-def read_header(path: str) -> Geometry:
-    """An image's grid from its header only (a DICOM folder is read whole: GDCM orders and measures its
-    slices)."""
-    from .data import read_sitk_image  # lazily: data imports this module
-
-    if os.path.isdir(path):
-        return Geometry.of(read_sitk_image(path, "image"))
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(path)
-    try:
-        reader.ReadImageInformation()
-    except RuntimeError:
-        return Geometry.of(read_sitk_image(path, "image"))  # its own error message
-    if reader.GetDimension() != 3:
-        return Geometry.of(read_sitk_image(path, "image"))
-    return Geometry(tuple(reader.GetSize()), tuple(reader.GetSpacing()), tuple(reader.GetOrigin()),
-                    tuple(reader.GetDirection()))
-
-
-@functools.lru_cache(maxsize=4096)
-def _header(path: str, modified: float) -> Geometry:
-    return read_header(path)
-
-
-def fingerprint(paths: Sequence[str]) -> Fingerprint:
-    """The training set's spacings and sizes, from the headers (each read once while the file is unchanged)."""
-    grids = [_header(p, os.path.getmtime(p)) for p in paths]
+def fingerprint(grids: Sequence[Geometry]) -> Fingerprint:
+    """The training set's spacings and sizes, from its images' grids (``fileio.read_headers``)."""
     return Fingerprint(np.array([canonical_spacing(g.spacing, g.direction) for g in grids], float),
                        np.array([canonical_size(g.size, g.direction) for g in grids], int))
 
@@ -314,10 +287,10 @@ def resolve_target_spacing(setting: Any, prints: Fingerprint) -> Optional[Spacin
     return value
 
 
-def training_spacing(setting: Any, image_paths: Sequence[str]) -> Tuple[Optional[Spacing], Dict[str, Any]]:
+def training_spacing(setting: Any, grids: Sequence[Geometry]) -> Tuple[Optional[Spacing], Dict[str, Any]]:
     """The spacing a training set is resampled to (None: native grids) and the model file's ``geometry``
-    metadata, from the images' headers."""
-    prints = fingerprint(image_paths)
+    metadata, from its images' grids (``fileio.read_headers``)."""
+    prints = fingerprint(grids)
     spacing = resolve_target_spacing(setting, prints)
     return spacing, model_geometry(spacing, setting, prints)
 
@@ -338,3 +311,21 @@ def geometry_of_model(meta: Dict[str, Any]) -> Optional[Tuple[str, Optional[Spac
         return None
     spacing = geometry.get("target_spacing")
     return geometry["orientation"], None if spacing is None else parse_target_spacing(spacing)
+
+
+# ------------------------------------------------------------------------------------- normalisation
+
+def normalization_for(modality: str, override: Optional[str] = None) -> str:
+    return override or ("window" if modality == "CT" else "zscore")
+
+
+def normalize(array: np.ndarray, method: str, ct_window: Tuple[float, float] = (-120.0, 240.0)) -> np.ndarray:
+    """MRI: z-score over the volume. CT: clip to the HU window and scale it to 0..1 (the paper: -120..240)."""
+    array = array.astype(np.float32, copy=False)
+    if method == "window":
+        low, high = ct_window
+        return ((np.clip(array, low, high) - low) / (high - low)).astype(np.float32)
+    if method == "zscore":
+        std = float(array.std())
+        return ((array - float(array.mean())) / (std if std > 1e-8 else 1.0)).astype(np.float32)
+    raise ValueError(f"unknown normalisation {method!r}")

@@ -17,7 +17,8 @@ from monai.inferers import sliding_window_inference
 from scipy import ndimage
 
 from .config import DEFAULT_OVERLAP, DEFAULT_WINDOW_BATCH, zyx
-from .data import Volume, normalize, read_image, write_image_atomic, write_label_image
+from .fileio import read_image, Volume, write_image_atomic, write_label_image
+from .geometry import normalize
 from .devices import autocast, autocast_dtype, memory_format, select_device
 from .errors import Cancelled, InputError, is_out_of_memory
 from .geometry import geometry_of_model, to_canonical, to_grid

@@ -293,7 +293,7 @@ def regularization_loss(probs_a: torch.Tensor, probs_b: torch.Tensor, mdiff: tor
     voxel loss here: each disagreeing voxel gets the same gradient as a voxel of L_u. ``average="mdiff"``
     divides by the number of M_diff voxels (../shared/REFERENCE.md's default): when only a handful of
     voxels disagree, each gets a gradient ~10^5 times that of a voxel of L_u, and on the phantoms that
-    spike cost 11 Dice points (Testing/Benchmarks/bench_accuracy.py; the README has the figures).
+    spike cost 11 Dice points (Testing/Benchmarks/bench_accuracy.py; docs/benchmarks.md has the figures).
     Nothing is detached: the gradient reaches both networks, so each is pulled towards the other.
 
     Args:

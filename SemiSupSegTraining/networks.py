@@ -141,7 +141,7 @@ class ProjectionHead(nn.Sequential):
     prototype contrastive loss (Eq. 6-7) works on: 1³ conv, batch norm, ReLU, 1³ conv.
 
     Training only (inference never needs it), so model files do not hold it. Without it L_c pulls on the
-    very features the classifier reads, and on our benchmark that cost Dice (README, "The method").
+    very features the classifier reads, and on our benchmark that cost Dice (docs/method.md).
     """
 
     def __init__(self, in_channels: int, out_channels: int):

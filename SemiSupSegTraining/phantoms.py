@@ -14,7 +14,8 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
-from .data import Geometry, write_image_atomic, write_label_image
+from .fileio import write_image_atomic, write_label_image
+from .geometry import Geometry
 from .geometry import canonical_axes
 from .manifest import CaseEntry, ClassInfo, Manifest, write_manifest
 

@@ -38,7 +38,8 @@ import numpy as np
 import SimpleITK as sitk
 
 from .config import PANCREAS_OVERLAP
-from .data import Geometry, read_sitk_image, require_3d_scalar, normalize, read_image, write_image_atomic
+from .fileio import read_image, read_sitk_image, require_3d_scalar, write_image_atomic
+from .geometry import Geometry, normalize
 from .errors import InputError
 from .manifest import CaseEntry, Manifest, default_classes, write_manifest
 from .progress import Reporter

@@ -77,7 +77,7 @@ def suggest_cases(model_path: str, manifest_path: str, device: str = "auto", rep
     """Scores every unlabeled case of the manifest with the model; returns them best first (rank 1 = label
     this one next). One progress event per case; the ``done`` event carries the ranking. When
     ``stop_file`` appears, sends a ``cancelled`` event and raises :class:`Cancelled`."""
-    from .data import read_image
+    from .fileio import read_image
 
     reporter = reporter or Reporter("none")
     manifest = load_manifest(manifest_path)

@@ -14,9 +14,10 @@ from typing import Any, Callable, Dict, NamedTuple, Optional, Tuple
 import numpy as np
 import torch
 
-from . import distributed, geometry, losses, objectives
+from . import distributed, fileio, geometry, losses, objectives
 from .config import TrainConfig, preset_config, zyx
-from .data import PatchSampler, load_training_cases, normalization_for
+from .data import load_training_cases, PatchSampler
+from .geometry import normalization_for
 from .devices import autocast, autocast_dtype, memory_format, select_device
 from .errors import Cancelled, DistributedError, InputError, is_out_of_memory
 from .manifest import Manifest, class_color, load_manifest, manifest_to_dict
@@ -525,7 +526,7 @@ def _train_from(start: Dict[str, Any], output_dir: str, group: "distributed.Cont
                 stop: StopRequest, log_every: int) -> str:
     config, manifest, checkpoint = start["config"], start["manifest"], start["checkpoint"]
     device = select_device(distributed.training_device(config.device))
-    spacing, geometry_meta = geometry.training_spacing(config.target_spacing, _image_paths(manifest))
+    spacing, geometry_meta = geometry.training_spacing(config.target_spacing, fileio.read_headers(_image_paths(manifest)))
     labeled, unlabeled = load_training_cases(
         manifest, normalization_for(manifest.modality, config.normalization), config.ct_window,
         canonical=True, target_spacing=spacing)

@@ -60,7 +60,7 @@ def _grid(code, spacing):
 
 
 def _write(folder, name, grid, seed):
-    from SemiSupSegTraining.data import write_image_atomic, write_label_image
+    from SemiSupSegTraining.fileio import write_image_atomic, write_label_image
     from SemiSupSegTraining.phantoms import phantom_classes, physical_phantom
 
     image, label = physical_phantom(grid, seed)

@@ -369,7 +369,7 @@ def child_agreement(task: Dict[str, Any]) -> Dict[str, Any]:
     import torch
 
     from SemiSupSegTraining.config import preset_config
-    from SemiSupSegTraining.data import normalize
+    from SemiSupSegTraining.geometry import normalize
     from SemiSupSegTraining.modelfile import load_model, read_metadata
     from SemiSupSegTraining.phantoms import make_phantom, write_phantom_dataset
     from SemiSupSegTraining.train import train
@@ -468,7 +468,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
 
 
 def run_all(args, settings: Dict[str, Any], machine: Dict[str, Any], work: str) -> Dict[str, Any]:
-    from SemiSupSegTraining.data import normalize
+    from SemiSupSegTraining.geometry import normalize
     from SemiSupSegTraining.phantoms import make_phantom
 
     device = args.device

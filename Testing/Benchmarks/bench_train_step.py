@@ -172,7 +172,8 @@ def child_step(task: Dict[str, Any]) -> Dict[str, Any]:
     import torch
 
     from SemiSupSegTraining.config import preset_config
-    from SemiSupSegTraining.data import load_training_cases, normalization_for
+    from SemiSupSegTraining.data import load_training_cases
+    from SemiSupSegTraining.geometry import normalization_for
     from SemiSupSegTraining.devices import keep_freed_memory
     from SemiSupSegTraining.manifest import load_manifest
     from SemiSupSegTraining.train import Trainer

@@ -39,7 +39,7 @@ from monai.inferers import sliding_window_inference  # noqa: E402
 
 from SemiSupSegTraining import losses  # noqa: E402
 from SemiSupSegTraining.config import zyx  # noqa: E402
-from SemiSupSegTraining.data import load_case  # noqa: E402
+from SemiSupSegTraining.data import load_case# noqa: E402
 from SemiSupSegTraining.manifest import load_manifest  # noqa: E402
 from SemiSupSegTraining.metrics import overlap  # noqa: E402
 from SemiSupSegTraining.modelfile import load_model  # noqa: E402

@@ -45,7 +45,7 @@ _REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__
 if _REPO not in sys.path:  # run from a checkout without installing the engine
     sys.path.insert(0, _REPO)
 
-from SemiSupSegTraining.data import Geometry  # noqa: E402
+from SemiSupSegTraining.geometry import Geometry# noqa: E402
 from SemiSupSegTraining.manifest import ClassInfo  # noqa: E402
 from SemiSupSegTraining.phantoms import write_case_dataset  # noqa: E402
 

@@ -19,18 +19,9 @@ from helpers import (
     write_seg_nrrd,
 )
 
-from SemiSupSegTraining.data import (
-    Case,
-    Geometry,
-    PatchSampler,
-    load_training_cases,
-    normalize,
-    read_image,
-    read_label,
-    read_segmentation_file,
-    values_to_indices,
-    write_label_image,
-)
+from SemiSupSegTraining.data import Case, load_training_cases, PatchSampler
+from SemiSupSegTraining.fileio import read_image, read_label, read_segmentation_file, values_to_indices, write_label_image
+from SemiSupSegTraining.geometry import Geometry, normalize
 from SemiSupSegTraining.errors import InputError
 from SemiSupSegTraining.manifest import ClassInfo, load_manifest
 

@@ -21,7 +21,7 @@ from SemiSupSegTraining import runfolder
 from SemiSupSegTraining import train as training
 from SemiSupSegTraining.cli import main
 from SemiSupSegTraining.config import preset_config
-from SemiSupSegTraining.data import read_image
+from SemiSupSegTraining.fileio import read_image
 from SemiSupSegTraining.errors import EXIT_BAD_INPUT, EXIT_CANCELLED, EXIT_FAILED, EXIT_OK, Cancelled
 from SemiSupSegTraining.modelfile import read_metadata
 

@@ -23,7 +23,8 @@ from helpers import (
 )
 
 from SemiSupSegTraining.cli import main
-from SemiSupSegTraining.data import Geometry, Volume
+from SemiSupSegTraining.fileio import Volume
+from SemiSupSegTraining.geometry import Geometry
 from SemiSupSegTraining.infer import Segmenter
 
 SHAPE = (20, 40, 36)  # z, y, x: not a multiple of the 32×32×16 window, so windows overlap and pad

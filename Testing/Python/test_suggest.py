@@ -10,7 +10,8 @@ import pytest
 pytest.importorskip("torch")
 from SemiSupSegTraining.cli import main  # noqa: E402
 from SemiSupSegTraining.config import preset_config  # noqa: E402
-from SemiSupSegTraining.data import Geometry, write_image_atomic, write_label_image  # noqa: E402
+from SemiSupSegTraining.fileio import write_image_atomic, write_label_image# noqa: E402
+from SemiSupSegTraining.geometry import Geometry# noqa: E402
 from SemiSupSegTraining.manifest import CaseEntry, Manifest, default_classes, write_manifest  # noqa: E402
 from SemiSupSegTraining.suggest import score_probabilities, suggest_cases  # noqa: E402
 
