@@ -117,6 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="with --manifest: segment the manifest's labeled cases with this model")
     p.add_argument("--manifest", help="with --model: the cases to segment and compare (a manifest file or a "
                                       "dataset folder)")
+    p.add_argument("--overlap", type=float, default=DEFAULT_OVERLAP,
+                   help=f"with --model: sliding-window overlap, 0..0.9 (default {DEFAULT_OVERLAP})")
     _device_argument(p)
     p.add_argument("--json", action="store_true", help="print the metrics as JSON instead of a table")
 
@@ -275,7 +277,7 @@ def _evaluate(args) -> None:
             print(format_table({"cases": [case], "mean": summarize([result["classes"]])}))
         return
     if args.model and args.manifest:
-        report = evaluate_model(args.model, args.manifest, device=args.device)
+        report = evaluate_model(args.model, args.manifest, device=args.device, overlap=args.overlap)
         print(json.dumps(report, indent=2) if args.json else format_table(report))
         return
     raise InputError("Give --prediction and --reference, or --model and --manifest.")

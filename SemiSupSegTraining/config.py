@@ -11,7 +11,7 @@ from typing import Any, Dict, List, Optional, Tuple
 from .errors import InputError
 
 
-METHODS = ("ours", "supervised", "reference", "mean-teacher", "ua-mt", "cps")
+METHODS = ("ours", "supervised", "reference", "mean-teacher", "ua-mt", "cps", "bcp")
 
 #: ``amp`` settings: ``auto`` (by the device, :func:`precision_for`), or one precision for every device.
 AMP_CHOICES = ("auto", "bf16", "fp16", "fp32")
@@ -55,7 +55,7 @@ class TrainConfig:
     lr_gamma: float = 0.1
     # "ours": the paper's method with gradient through every term; "supervised": labeled crops only;
     # "reference": what the released reference code trains (supervised + its labeled-data correction);
-    # the baselines "mean-teacher", "ua-mt", "cps" (objectives.py).
+    # the baselines "mean-teacher", "ua-mt", "cps", "bcp" (objectives.py).
     method: str = "ours"
     # Semi-supervised terms (paper Eq. 2-7; defaults where the paper is silent: ../shared/REFERENCE.md)
     use_unsupervised: bool = True        # L_u
@@ -91,15 +91,26 @@ class TrainConfig:
     contrastive_max_voxels: int = 4096
     prototype_margin: float = 1.0
     prototypes_from_labeled: bool = True
-    unlabeled_views: bool = True         # each network sees its own intensity view of the unlabeled crops
+    # Each network sees its own intensity view of the unlabeled crops (every semi-supervised method: ours and
+    # CPS each network, Mean Teacher / UA-MT / BCP the student and the teacher).
+    unlabeled_views: bool = True
     projection_channels: int = 16        # L_c on a projection head of this width; 0: on the decoder features
-    # The baselines (objectives.py); their weights ramp up over the share lambda_u_rampup of training.
+    # The baselines (objectives.py); defaults are their authors' code (yulequan/UA-MT, DeepMed-Lab-ECNU/BCP).
     consistency_weight: float = 0.1      # mean-teacher, ua-mt: weight of the softmax MSE (UA-MT's code)
-    ema_decay: float = 0.99              # the teacher's EMA decay while the weight ramps up...
-    ema_decay_after: float = 0.999       # ... and after
-    input_noise: float = 0.1             # std of the Gaussian noise on the unlabeled crops (clipped at ±2 std)
+    # mean-teacher, ua-mt: the weight ramps up over this share of training in 40 steps (UA-MT's code:
+    # sigmoid_rampup(iteration // 150, 40) over its 6000 iterations, i.e. the whole run).
+    consistency_rampup: float = 1.0
+    mt_supervised_weight: float = 0.5    # mean-teacher, ua-mt: the student's loss is this × (CE + Dice)
+    ema_decay: float = 0.99              # the teacher's EMA decay while the weight ramps up (bcp: throughout)...
+    ema_decay_after: float = 0.99        # ... and after (UA-MT's code: 0.99 throughout)
+    teacher_segments: bool = False       # mean-teacher, ua-mt: the teacher, not the student, segments
+    input_noise: float = 0.1             # std of the Gaussian noise on the teacher's input (clipped at ±2 std)
     mc_samples: int = 8                  # ua-mt: Monte-Carlo dropout passes of the teacher
-    cps_weight: float = 1.5              # cps: weight λ of the cross pseudo supervision (CPS paper)
+    cps_weight: float = 1.5              # cps: weight λ of the cross pseudo supervision (CPS paper), ramped
+                                         # up over the share lambda_u_rampup of training
+    bcp_pretrain: float = 2.0 / 17.0     # bcp: share of the iterations spent on labeled copy-paste (2000/17000)
+    bcp_box: float = 2.0 / 3.0           # bcp: the pasted box's share of each axis of the crop
+    bcp_pseudo_weight: float = 0.5       # bcp: weight of the pseudo-labelled region of each mixed crop
     # The safety net (--validate K): the last K labeled cases of the manifest are kept out of training and
     # segmented by the trained model; their Dice goes to validation.json and the model file. 0: off.
     validate_cases: int = 0
@@ -191,11 +202,20 @@ class TrainConfig:
         if not 0.0 <= self.reliable_fraction <= 1.0:
             raise InputError("reliable_fraction must lie between 0 and 1.")
         if not (0.0 <= self.ema_decay < 1.0 and 0.0 <= self.ema_decay_after < 1.0):
-            raise InputError("ema_decay and ema_decay_after must lie in [0, 1), e.g. 0.99 and 0.999.")
+            raise InputError("ema_decay and ema_decay_after must lie in [0, 1), e.g. 0.99 (UA-MT's code).")
         if not (isinstance(self.mc_samples, int) and self.mc_samples >= 2):
             raise InputError(f"mc_samples is {self.mc_samples!r}; use a whole number of at least 2, e.g. 8.")
-        if self.input_noise < 0 or self.consistency_weight < 0 or self.cps_weight < 0:
-            raise InputError("input_noise, consistency_weight and cps_weight must not be negative.")
+        if self.input_noise < 0 or self.consistency_weight < 0 or self.cps_weight < 0 or self.mt_supervised_weight < 0:
+            raise InputError("input_noise, consistency_weight, mt_supervised_weight and cps_weight must not be "
+                             "negative.")
+        if not 0.0 <= self.consistency_rampup <= 1.0:
+            raise InputError("consistency_rampup is a share of training: use a value between 0 and 1, e.g. 1.")
+        if not (0.0 <= self.bcp_pretrain < 1.0 and 0.0 < self.bcp_box < 1.0 and self.bcp_pseudo_weight >= 0):
+            raise InputError("bcp_pretrain must lie in [0, 1), bcp_box in (0, 1) and bcp_pseudo_weight be at least "
+                             "0 (BCP's code: 2/17, 2/3, 0.5).")
+        if self.method == "bcp" and self.batch_unlabeled != self.batch_labeled:
+            raise InputError(f"method bcp pastes each labeled crop into an unlabeled one: batch_unlabeled "
+                             f"({self.batch_unlabeled}) must equal batch_labeled ({self.batch_labeled}).")
         self.amp = amp_choice(self.amp)
         for name in ("sequential_backward", "prefetch"):
             if getattr(self, name) not in (True, False, "auto"):
@@ -214,6 +234,8 @@ DEFAULT_WINDOW_BATCH = 2
 # On a CUDA GPU: four 112×112×80 windows of both paper networks take well under 2 GB in bf16 (an estimate:
 # no GPU has run it yet, docs/performance.md).
 CUDA_WINDOW_BATCH = 4
+# The paper's pancreas inference: 96³ windows every 16 voxels (MONAI's step int(96 × (1 − 0.83)) = 16).
+PANCREAS_OVERLAP = 0.83
 
 PRESETS: Dict[str, Dict[str, Any]] = {
     # The paper's networks, crops and schedule (a GPU job).
@@ -224,6 +246,9 @@ PRESETS: Dict[str, Dict[str, Any]] = {
     # The built-in demo on synthetic phantoms: minutes on two CPU cores.
     "demo": {"patch_size": (48, 48, 32), "base_filters": 8, "resnet_blocks": (1, 1, 1, 1),
              "iterations": 300, "lr_step": 200, "lr": 0.03, "checkpoint_every": 100},
+    # The paper's pancreas protocol: 96×96×96 crops (segment with --overlap 0.83: windows every 16 voxels,
+    # PANCREAS_OVERLAP).
+    "pancreas": {"patch_size": (96, 96, 96)},
     # Seconds: for tests and the Slicer self-test.
     "tiny": {"patch_size": (32, 32, 16), "base_filters": 4, "resnet_blocks": (1, 1, 1, 1),
              "iterations": 4, "batch_labeled": 1, "batch_unlabeled": 1, "lr_step": 1000,

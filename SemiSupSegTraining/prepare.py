@@ -40,6 +40,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import SimpleITK as sitk
 
+from .config import PANCREAS_OVERLAP
 from .fileio import header_reader, read_image, read_sitk_image, require_3d_scalar, write_image_atomic
 from .geometry import Geometry, normalize
 from .errors import InputError
@@ -522,12 +523,19 @@ def prepare_la(input_dir: str, output_dir: str, labeled: Sequence[int] = (8, 16)
     return str(written["manifest"])
 
 
-def _summary(output_dir: str, count: int, written: Dict[str, object]) -> str:
+# The paper's protocol per dataset beyond the defaults: the pancreas trains on 96³ crops and segments with
+# windows every 16 voxels.
+PROTOCOL = {"pancreas": (" --preset pancreas", f" and segment with --overlap {PANCREAS_OVERLAP} (the paper's "
+                         f"96×96×96 crops, windows every 16 voxels)")}
+
+
+def _summary(output_dir: str, count: int, written: Dict[str, object], dataset: str = "la") -> str:
     first = written["fold_manifests"][0]
     n = sorted(first["manifests"]["train"], key=int)[0]
+    preset, segment = PROTOCOL.get(dataset, ("", ""))
     return (f"Wrote {count} cases, manifest.json, folds.json and {len(written['fold_manifests'])} folds of "
             f"manifests to {output_dir}; train with e.g. 'semisupseg train --manifest "
-            f"{os.path.join(output_dir, first['manifests']['train'][n])} --output model-fold0'.")
+            f"{os.path.join(output_dir, first['manifests']['train'][n])} --output model-fold0{preset}'{segment}.")
 
 
 # ----------------------------------------------------------------------------------------- pancreas
@@ -693,7 +701,7 @@ def prepare_pancreas(images_dir: str, labels_dir: str, output_dir: str, labeled:
     written = write_outputs(output_dir, entries, default_classes(["pancreas"]), "CT", "pancreas", description,
                             folds, labeled, provenance, fold_lists)
     reporter.emit("done", "prepare", manifest=written["manifest"], folds=written["folds"],
-                  message=_summary(output_dir, len(entries), written))
+                  message=_summary(output_dir, len(entries), written, "pancreas"))
     return str(written["manifest"])
 
 
@@ -753,7 +761,8 @@ def prepare_decathlon(task_dir: str, output_dir: str, labeled: Sequence[int], fo
     written = write_outputs(output_dir, entries, classes, manifest.modality, name, description, folds, labeled,
                             provenance)
     reporter.emit("done", "prepare", manifest=written["manifest"], folds=written["folds"],
-                  message=_summary(output_dir, len(entries), written))
+                  message=_summary(output_dir, len(entries), written,
+                                   "pancreas" if "pancreas" in name.lower() else "decathlon"))
     return str(written["manifest"])
 
 
@@ -770,13 +779,15 @@ _OUTPUTS = ("Writes into OUTPUT: images/<case>.nii.gz and labels/<case>.nii.gz (
             "the blocks before them from the start (or --fold-lists).")
 
 
-def _description(*paragraphs: str, example_labeled: Optional[int] = None) -> str:
+def _description(*paragraphs: str, example_labeled: Optional[int] = None, dataset: str = "la") -> str:
     """Paragraphs wrapped for the terminal, then the outputs and a train/evaluate example."""
     text = "\n\n".join(textwrap.fill(p, 100) for p in paragraphs + (_OUTPUTS,))
     n = example_labeled if example_labeled is not None else "N"
+    preset = PROTOCOL[dataset][0] if dataset in PROTOCOL else ""
+    overlap = f" --overlap {PANCREAS_OVERLAP}" if dataset == "pancreas" else ""
     return (text + "\n\nTrain and evaluate fold 0:\n"
-            f"  semisupseg train --manifest OUTPUT/fold0_labeled{n}_train.json --output model-fold0\n"
-            "  semisupseg evaluate --model model-fold0/model.pt --manifest OUTPUT/fold0_test.json")
+            f"  semisupseg train --manifest OUTPUT/fold0_labeled{n}_train.json --output model-fold0{preset}\n"
+            f"  semisupseg evaluate --model model-fold0/model.pt --manifest OUTPUT/fold0_test.json{overlap}")
 
 
 def add_prepare_parser(subparsers) -> argparse.ArgumentParser:
@@ -842,7 +853,9 @@ def add_prepare_parser(subparsers) -> argparse.ArgumentParser:
             "the volumes are cropped as in the paper, to the pancreas + 25 voxels; that crop uses the "
             "label, which a new scan does not have: it reproduces the paper's numbers, while --no-crop "
             "keeps whole scans for a model meant for new ones. Class 'pancreas'. Four folds by "
-            "default; 12 labeled training cases (~20%).", example_labeled=12))
+            "default; 12 labeled training cases (~20%). Train with --preset pancreas: the paper's 96×96×96 "
+            f"crops; segment and evaluate with --overlap {PANCREAS_OVERLAP}: its windows every 16 voxels.",
+            example_labeled=12, dataset="pancreas"))
     p.add_argument("--images", required=True, metavar="DIR",
                    help="the folder with the DICOM cases (PANCREAS_0001, ...), e.g. the download's "
                         "Pancreas-CT")

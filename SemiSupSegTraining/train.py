@@ -306,14 +306,14 @@ class Trainer:
         n = labels.shape[0]
         self.net_a.train()
         self.net_b.train()
-        if self.baseline:
-            terms = objectives.baseline_step(self, images, labels)
-            self._optimizer_step()
-            objectives.after_step(self)
-            return terms
         inputs = [images, images]
         if config.unlabeled_views and images.shape[0] > n:  # same labeled crops, own view of the unlabeled
             inputs = [torch.cat([images[:n], intensity_view(images[n:], self.generator)]) for _ in range(2)]
+        if self.baseline:
+            terms = objectives.baseline_step(self, inputs, labels)
+            self._optimizer_step()
+            objectives.after_step(self)
+            return terms
         semi = uses_unlabeled_terms(config) and images.shape[0] > n
         sequential = semi and self.sequential_backward
         measure = semi and self._backward_chooser is not None
@@ -503,7 +503,7 @@ def model_metadata(config: TrainConfig, manifest: Manifest, labeled: list, unlab
         "config": config.to_dict(),
         "networks": dict(zip("ab", objectives.network_kinds(config.method)), base_filters=config.base_filters,
                          resnet_blocks=list(config.resnet_blocks), in_channels=1),
-        "inference": objectives.inference_networks(config.method),
+        "inference": objectives.inference_networks(config),
         "training": {"iterations": iteration, "labeled_cases": len(labeled), "unlabeled_cases": len(unlabeled),
                      "device": str(device), "processes": processes,
                      "finished_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")},

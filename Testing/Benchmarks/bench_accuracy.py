@@ -49,7 +49,9 @@ unlabeled, and 8 separate test cases. Methods:
 * ``ours``: the paper's method with gradient through every term (``method="ours"``);
 * ``ours-no-reg``: ours without L_reg (``use_regularization=False``);
 * ``ours-no-c``: ours without L_c (``use_contrastive=False``); ``ours-no-u``: without L_u;
-* the baselines ``mean-teacher``, ``ua-mt`` and ``cps`` (``SemiSupSegTraining/objectives.py``);
+* the baselines ``mean-teacher``, ``ua-mt``, ``cps`` and ``bcp`` (``SemiSupSegTraining/objectives.py``), as their
+  authors' code runs them; every semi-supervised method gets the same intensity views of the unlabeled crops
+  (``unlabeled_views``, the default), and ``ours-same-input`` is ours without them (issue 20's fair table);
 * with every supervised run, supervised-only with all 20 training cases labeled (``--no-ceiling`` skips
   it): the ceiling that labels alone reach, so the table shows how much there is for unlabeled data to add;
 * not in the default list, each choice the paper leaves open switched back to version 0.1's: ``ours-same-input``
@@ -150,6 +152,7 @@ METHODS: Dict[str, Dict[str, object]] = {
     "mean-teacher": {"method": "mean-teacher"},
     "ua-mt": {"method": "ua-mt"},
     "cps": {"method": "cps"},
+    "bcp": {"method": "bcp"},
     "ours": {"method": "ours"},
     "ours-no-reg": {"method": "ours", "use_regularization": False},
     "ours-no-c": {"method": "ours", "use_contrastive": False},
@@ -178,6 +181,7 @@ METHOD_LABELS = {
     "mean-teacher": "Mean Teacher",
     "ua-mt": "UA-MT",
     "cps": "cross pseudo supervision (CPS)",
+    "bcp": "bidirectional copy-paste (BCP)",
     "ours": "ours (full)",
     "ours-no-reg": "ours without L_reg",
     "ours-no-c": "ours without L_c",

@@ -216,13 +216,16 @@ def test_a_lost_peer_is_told_apart_from_a_bug():
     assert message.startswith("Process 1 of 2: another process") and "pair.cc" not in message and "\n" not in message
 
 
-def test_a_mean_teacher_trains_on_two_processes(phantom_dataset, tmp_path):
+@pytest.mark.parametrize("method", ["mean-teacher", "bcp"])
+def test_a_teacher_method_trains_on_two_processes(phantom_dataset, tmp_path, method):
     """The baselines run under torchrun too: the student is DDP-wrapped, the EMA teacher (no optimiser, no
-    gradient) is not, and the model file says the teacher segments."""
-    folder = str(tmp_path / "mt")
-    proc = _launch(_train(phantom_dataset["train"], folder, iterations=4) + ["--set", "method=mean-teacher"])
+    gradient) is not, and the model file says the student segments. BCP: 2 of 4 iterations pre-train, so both
+    stages run (one DDP forward for its two mixed batches)."""
+    folder = str(tmp_path / method)
+    proc = _launch(_train(phantom_dataset["train"], folder, iterations=4)
+                   + ["--set", f"method={method}", "--set", "bcp_pretrain=0.5"])
     out, err = _finish(proc)
     assert proc.returncode == 0, err
     meta = read_metadata(os.path.join(folder, runfolder.MODEL_NAME))
-    assert meta["inference"] == "b" and meta["training"]["processes"] == 2
+    assert meta["inference"] == "a" and meta["training"]["processes"] == 2
     assert [e["event"] for e in _events(out)].count("done") == 1

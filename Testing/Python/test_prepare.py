@@ -14,6 +14,7 @@ from SemiSupSegTraining import prepare as P
 from SemiSupSegTraining.data import load_case
 from SemiSupSegTraining.errors import InputError
 from SemiSupSegTraining.manifest import load_manifest
+from SemiSupSegTraining.progress import Reporter
 
 SIZE = (32, 32, 16)                                   # x, y, z
 LA_SPACING = (0.625, 0.625, 1.25)
@@ -452,3 +453,21 @@ def test_fold_manifest_trains(pancreas_prepared, tmp_path):
     finally:
         torch.set_num_threads(threads)
     assert os.path.isfile(model)
+
+
+def test_pancreas_names_its_preset_and_overlap(pancreas, tmp_path, capsys):
+    from SemiSupSegTraining.config import PANCREAS_OVERLAP, preset_config
+    from SemiSupSegTraining.infer import window_count
+
+    events = []
+    P.prepare_pancreas(str(pancreas[0]), str(pancreas[1]), str(tmp_path / "out"), labeled=[2], margin=2,
+                       min_crop_size=(0, 0, 0), reporter=Reporter("none", events.append))
+    done = events[-1]["message"]
+    assert "--preset pancreas" in done and f"--overlap {PANCREAS_OVERLAP}" in done
+    assert preset_config("pancreas").patch_size == (96, 96, 96)
+    # The paper's windows every 16 voxels: 128 voxels take 96-voxel windows at 0 and 32 via 16 (3 a side);
+    # 1 - 16/96 = 0.8333 would give MONAI's int(96 · 0.1667) = 15 and 4 windows a side.
+    assert window_count((128, 128, 128), (96, 96, 96), PANCREAS_OVERLAP) == 3 ** 3
+    with pytest.raises(SystemExit):
+        _parser().parse_args(["prepare", "pancreas", "--help"])
+    assert "--preset pancreas" in capsys.readouterr().out
