@@ -16,7 +16,7 @@ from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 ENGINE_PACKAGE = "SemiSupSegTraining"
 
 #: Presets of ``train --preset`` (SemiSupSegTraining.config.PRESETS), cheapest first.
-PRESETS = ("tiny", "demo", "cpu-fast", "paper")
+PRESETS = ("tiny", "demo", "cpu-fast", "paper", "pancreas")
 DEFAULT_PRESET = "cpu-fast"
 #: Devices of ``--device``.
 DEVICES = ("auto", "cuda", "cpu", "mps")
