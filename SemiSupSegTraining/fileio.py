@@ -308,12 +308,10 @@ def read_header(path: str) -> Geometry:
     slices)."""
     if os.path.isdir(path):
         return Geometry.of(read_sitk_image(path, "image"))
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(path)
     try:
-        reader.ReadImageInformation()
-    except RuntimeError:
-        return Geometry.of(read_sitk_image(path, "image"))  # its own error message
+        reader = header_reader(path)
+    except InputError:
+        return Geometry.of(read_sitk_image(path, "image"))  # its own, more specific, error message
     if reader.GetDimension() != 3:
         return Geometry.of(read_sitk_image(path, "image"))
     return Geometry(tuple(reader.GetSize()), tuple(reader.GetSpacing()), tuple(reader.GetOrigin()),
