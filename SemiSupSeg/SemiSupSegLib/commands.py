@@ -18,6 +18,10 @@ ENGINE_PACKAGE = "SemiSupSegTraining"
 #: Presets of ``train --preset`` (SemiSupSegTraining.config.PRESETS), cheapest first.
 PRESETS = ("tiny", "demo", "cpu-fast", "paper", "pancreas")
 DEFAULT_PRESET = "cpu-fast"
+#: Methods of ``train --set method=...`` (SemiSupSegTraining.config.METHODS without the reference code's
+#: training): the paper's first, then labels alone, then the baselines. The default is the engine's.
+METHODS = ("ours", "supervised", "ua-mt", "mean-teacher", "cps", "bcp")
+DEFAULT_METHOD = "ours"
 #: Devices of ``--device``.
 DEVICES = ("auto", "cuda", "cpu", "mps")
 MODALITIES = ("MRI", "CT")
@@ -108,11 +112,13 @@ def train_command(python: str, manifest: Optional[str] = None, output: Optional[
                   preset: Optional[str] = None, iterations: Optional[int] = None,
                   device: Optional[str] = None, init_model: Optional[str] = None,
                   resume: Optional[str] = None, progress: str = "json", stop_file: Optional[str] = None,
-                  validate: int = 0) -> List[str]:
+                  validate: int = 0, method: Optional[str] = None) -> List[str]:
     """``python -m SemiSupSegTraining train ...``; either ``manifest`` and ``output`` or ``resume``.
     ``stop_file``: the engine stops cleanly (checkpoint, exit code 3) once this file exists. ``validate``: hold
-    the last that many labeled cases out of training and report their Dice (a resumed training keeps its own)."""
+    the last that many labeled cases out of training and report their Dice (a resumed training keeps its own).
+    ``method``: what trains (``--set method=...``); a resumed training keeps its own."""
     _check_choice(preset, PRESETS, "Preset")
+    _check_choice(method, METHODS, "Method")
     _check_device(device)
     command = [python, "-m", ENGINE_PACKAGE, "train"]
     if resume:
@@ -129,6 +135,8 @@ def train_command(python: str, manifest: Optional[str] = None, output: Optional[
             command += ["--init-model", str(init_model)]
         if validate and int(validate) > 0:
             command += ["--validate", str(int(validate))]
+        if method:
+            command += ["--set", f"method={method}"]
     if iterations is not None and int(iterations) > 0:
         command += ["--iterations", str(int(iterations))]
     if device:

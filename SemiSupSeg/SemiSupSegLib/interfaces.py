@@ -45,9 +45,10 @@ class SemiSupSegLogicProtocol(Protocol):
               device: str = "auto", modality: str = "MRI", structureNames: str = "", manifestClasses: str = "",
               initModel: Optional[str] = None, waitForCompletion: bool = True,
               onEvent: EventCallback = None, onState: EventCallback = None, onLog: EventCallback = None,
-              validateCases: int = 0) -> Any:
+              validateCases: int = 0, method: Optional[str] = None) -> Any:
         """Trains on the cases; returns the model file path (or the running Job). Cancel keeps a checkpoint.
-        ``validateCases``: the last that many labeled cases are held out and scored (a ``validation`` event)."""
+        ``validateCases``: the last that many labeled cases are held out and scored (a ``validation`` event).
+        ``method``: what trains (commands.METHODS; None: the engine's default)."""
 
     def resume(self, runFolder: str, workFolder: str = "", device: str = "auto", waitForCompletion: bool = True,
                onEvent: EventCallback = None, onState: EventCallback = None, onLog: EventCallback = None) -> Any:

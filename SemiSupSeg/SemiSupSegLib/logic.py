@@ -299,13 +299,15 @@ class SemiSupSegLogic(ScriptedLoadableModuleLogic):
     def train(self, cases, modelFolder: str, preset: str = commands.DEFAULT_PRESET, iterations: Optional[int] = None,
               device: str = "auto", modality: str = "MRI", structureNames: str = "", manifestClasses: str = "",
               initModel: Optional[str] = None, waitForCompletion: bool = True,
-              onEvent=None, onState=None, onLog=None, validateCases: int = 0):
+              onEvent=None, onState=None, onLog=None, validateCases: int = 0, method: Optional[str] = None):
         """Trains on ``cases`` (a CaseTable, a list of volume nodes / (volume, segmentation) pairs, or the
         path of a manifest file) and writes ``<modelFolder>/run-DATE-TIME/model.pt``.
 
         :param initModel: start from this model file's weights and classes ("Retrain").
         :param validateCases: hold the last that many labeled cases out of training; the engine's ``validation``
           event then carries their Dice.
+        :param method: what trains (``commands.METHODS``: the paper's method, labels alone, a baseline); None:
+          the engine's default.
         :return: the model file path; with ``waitForCompletion=False`` the running Job (its ``result``
           is the model file path once it is done).
         """
@@ -335,7 +337,7 @@ class SemiSupSegLogic(ScriptedLoadableModuleLogic):
         stopFile = commands.stop_file_in(workFolder)
         command = commands.train_command(python, manifestPath, runFolder, preset=preset,
                                          iterations=iterations, device=device, init_model=initModel,
-                                         stop_file=stopFile, validate=validateCases)
+                                         stop_file=stopFile, validate=validateCases, method=method)
         return self._startTraining(command, runFolder, workFolder, stopFile, device, onEvent, onState, onLog,
                                    waitForCompletion)
 

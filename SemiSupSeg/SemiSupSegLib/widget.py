@@ -414,6 +414,7 @@ class SemiSupSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                     self.cases, self.ui.modelFolderPathLineEdit.currentPath, preset=self._parameterNode.preset,
                     iterations=self._parameterNode.iterations or None, device=self._parameterNode.device,
                     initModel=initModel, waitForCompletion=False, validateCases=self._parameterNode.validateCases,
+                    method=self._parameterNode.method,
                     onEvent=self.onTrainEvent, onState=self.onTrainState, onLog=self.addLog, **self._classArguments())
             except Exception:
                 self.cases.set_status("")

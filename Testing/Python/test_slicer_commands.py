@@ -28,6 +28,12 @@ def test_train_command_holds_out_cases_to_validate():
     assert "--validate" not in commands.train_command("py", resume="run1", validate=2)  # the folder keeps its own
 
 
+def test_train_command_sets_the_method_the_engine_trains():
+    cmd = commands.train_command("py", manifest="m.json", output="out", method="supervised")
+    assert cmd[-4:] == ["--set", "method=supervised", "--progress", "json"]
+    assert "--set" not in commands.train_command("py", resume="run1", method="supervised")  # the folder keeps its own
+
+
 def test_train_resume_command():
     assert commands.train_command("py", resume="run1", device="cuda") == [
         "py", "-m", "SemiSupSegTraining", "train", "--resume", "run1", "--device", "cuda", "--progress", "json"]
@@ -35,7 +41,8 @@ def test_train_resume_command():
         commands.train_command("py", manifest="m.json", resume="run1")
 
 
-@pytest.mark.parametrize("kwargs", [dict(preset="huge"), dict(device="tpu"), dict(output=None)])
+@pytest.mark.parametrize("kwargs", [dict(preset="huge"), dict(device="tpu"), dict(output=None),
+                                    dict(method="reference"), dict(method="nnunet")])
 def test_train_command_rejects_bad_choices(kwargs):
     args = dict(manifest="m.json", output="out")
     args.update(kwargs)
@@ -146,5 +153,7 @@ def test_presets_and_devices_match_the_engine():
     config = pytest.importorskip("SemiSupSegTraining.config")
     assert set(commands.PRESETS) == set(config.PRESETS)
     assert commands.DEFAULT_PRESET in config.PRESETS
+    assert set(commands.METHODS) == set(config.METHODS) - {"reference"}  # the reference code's step: benchmarks only
+    assert commands.DEFAULT_METHOD == config.TrainConfig().method  # the module trains the engine's default
     devices = pytest.importorskip("SemiSupSegTraining.devices")
     assert set(commands.DEVICES) == set(devices.DEVICES)

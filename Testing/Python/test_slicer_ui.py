@@ -70,7 +70,7 @@ def test_parameter_names_of_the_form_are_parameter_node_fields(plain_form):
     fields = _parameter_node_fields()
     bound = {o.objectName(): o.property("SlicerParameterName") for o in plain_form.findChildren(QObject)
              if o.property("SlicerParameterName")}
-    assert {"preset", "iterations", "device", "inputVolume", "outputSegmentation", "roi"} <= set(bound.values())
+    assert {"preset", "method", "iterations", "device", "inputVolume", "outputSegmentation", "roi"} <= set(bound.values())
     assert set(bound.values()) <= fields, sorted(set(bound.values()) - fields)
 
 
@@ -80,6 +80,7 @@ def test_choices_of_the_form_match_the_module(plain_form):
         return [combo.itemText(i) for i in range(combo.count())]
 
     assert items("presetComboBox") == list(commands.PRESETS)
+    assert items("methodComboBox") == list(commands.METHODS)
     assert items("deviceComboBox") == list(commands.DEVICES)
     assert items("modalityComboBox") == list(commands.MODALITIES)
 
