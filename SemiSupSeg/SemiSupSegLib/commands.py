@@ -19,9 +19,9 @@ ENGINE_PACKAGE = "SemiSupSegTraining"
 PRESETS = ("tiny", "demo", "cpu-fast", "paper", "pancreas")
 DEFAULT_PRESET = "cpu-fast"
 #: Methods of ``train --set method=...`` (SemiSupSegTraining.config.METHODS without the reference code's
-#: training): the paper's first, then labels alone, then the baselines. The default is the engine's.
-METHODS = ("ours", "supervised", "ua-mt", "mean-teacher", "cps", "bcp")
-DEFAULT_METHOD = "ours"
+#: training): labels alone, the paper's, then the baselines. The default is the engine's.
+METHODS = ("supervised", "ours", "ua-mt", "mean-teacher", "cps", "bcp")
+DEFAULT_METHOD = "supervised"
 #: Devices of ``--device``.
 DEVICES = ("auto", "cuda", "cpu", "mps")
 MODALITIES = ("MRI", "CT")

@@ -31,7 +31,9 @@ def _methods(benchmark: str, results: str) -> Dict[str, dict]:
 def _cell(entry: Optional[dict]) -> str:
     if entry is None:
         return "–"
-    text = f"{entry['dice']['mean']:.1f} ± {entry['dice']['std']:.1f}"
+    seeds = len(entry.get("seeds", {})) or None
+    text = (f"{entry['dice']['mean']:.1f} (1 seed)" if seeds == 1  # no spread to show
+            else f"{entry['dice']['mean']:.1f} ± {entry['dice']['std']:.1f}")
     return f"**{text}**" if entry.get("default") else text
 
 

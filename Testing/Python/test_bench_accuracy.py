@@ -29,21 +29,21 @@ def _marked(summary):
 
 def test_the_summary_marks_the_method_that_trains_the_default_configuration():
     summary = bench_accuracy.benchmark_summary("phantoms", RESULTS, {}, "cmd")
-    assert _marked(summary) == ["ours"]  # TrainConfig's defaults: method "ours" with the paper's settings
+    assert _marked(summary) == ["supervised"]  # TrainConfig's default method: labels alone (issue 21's rule)
     assert "default" not in summary["fractions"]["10pct"]["methods"]["ours-confidence-0.9"]
 
 
 def test_the_mark_follows_the_configuration_default():
     summary = bench_accuracy.benchmark_summary("phantoms", RESULTS, {}, "cmd")
-    assert _marked(bench_accuracy.mark_default(summary, TrainConfig(method="supervised"))) == ["supervised"]
-    moved = TrainConfig(reliable_confidence=0.9)  # a new default setting: the plain "ours" no longer trains it
+    assert _marked(bench_accuracy.mark_default(summary, TrainConfig(method="ours"))) == ["ours"]
+    moved = TrainConfig(method="ours", reliable_confidence=0.9)  # a new setting: the plain "ours" no longer trains it
     assert _marked(bench_accuracy.mark_default(summary, moved)) == ["ours-confidence-0.9"]
 
 
 def test_mark_default_rewrites_a_committed_summary(tmp_path):
     summary = bench_accuracy.benchmark_summary("phantoms", RESULTS, {}, "cmd")
-    bench_accuracy.mark_default(summary, TrainConfig(method="supervised"))
+    bench_accuracy.mark_default(summary, TrainConfig(method="ours"))
     path = tmp_path / "accuracy-phantoms.json"
     path.write_text(json.dumps(summary))
     assert bench_accuracy.main(["--mark-default", str(path)]) == 0
-    assert _marked(json.loads(path.read_text())) == ["ours"]
+    assert _marked(json.loads(path.read_text())) == ["supervised"]

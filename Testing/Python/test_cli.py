@@ -289,3 +289,28 @@ def test_module_entry_point_reports_bad_input(tmp_path):
     line = only_line(result.stderr)
     assert line.startswith("semisupseg: error:") and model in line
     assert not os.path.exists(output)
+
+
+# --------------------------------------------------------------------------------------- which method trains
+
+def test_the_default_trains_labels_alone_and_the_papers_presets_and_the_demo_train_the_paper(tmp_path, monkeypatch):
+    from SemiSupSegTraining import demo
+    from SemiSupSegTraining.config import TrainConfig, preset_config
+
+    assert TrainConfig().method == "supervised"  # issue 21's rule (docs/benchmarks.md)
+    assert [preset_config(p).method for p in ("cpu-fast", "demo")] == ["supervised", "supervised"]
+    assert [preset_config(p).method for p in ("paper", "pancreas", "tiny")] == ["ours", "ours", "ours"]
+    assert preset_config("paper", {"method": "supervised"}).method == "supervised"  # --set wins over the preset
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def record(manifest, output, config, progress=None):
+        seen.append(config)
+        raise Stop
+
+    monkeypatch.setattr(demo, "train", record)
+    with pytest.raises(Stop):
+        demo.run_demo(str(tmp_path / "demo"), iterations=1, device="cpu", progress="none")
+    assert seen[0].method == "ours" and seen[0].preset == "demo"

@@ -89,12 +89,14 @@ def test_the_headline_table_bolds_the_default_and_marks_missing_methods(tmp_path
     import json
     summary = {"fractions": {"10pct": {"methods": {
         "supervised": {"dice": {"mean": 60.04, "std": 1.0}},
-        "ours": {"dice": {"mean": 70.26, "std": 0.55}, "default": True}}}}}
+        "ours": {"dice": {"mean": 70.26, "std": 0.55}, "default": True},
+        "cps": {"dice": {"mean": 65.0, "std": 0.0}, "seeds": {"0": {"dice": 65.0}}}}}}}
     (tmp_path / "accuracy-headroom.json").write_text(json.dumps(summary))
     lines = headline.table(str(tmp_path)).splitlines()
     assert lines[2] == "| supervised only | 60.0 ± 1.0 | – | – |"
-    assert lines[3] == "| ours (the paper) | **70.3 ± 0.6** | – | – |"
-    assert len(lines) == 4
+    assert lines[3] == "| CPS | 65.0 (1 seed) | – | – |"  # one seed: no spread to show
+    assert lines[4] == "| ours (the paper) | **70.3 ± 0.6** | – | – |"
+    assert len(lines) == 5
 
 
 @pytest.mark.parametrize("folder", ["SemiSupSegTraining", os.path.join("SemiSupSeg", "SemiSupSegLib")])
