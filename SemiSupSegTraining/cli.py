@@ -15,7 +15,7 @@ import traceback
 from typing import List, Optional
 
 from . import __version__
-from .config import CUDA_WINDOW_BATCH, DEFAULT_OVERLAP, DEFAULT_WINDOW_BATCH, list_presets, parse_override, preset_config
+from .config import CUDA_WINDOW_BATCH, DEFAULT_OVERLAP, DEFAULT_PRESET, DEFAULT_WINDOW_BATCH, list_presets, parse_override, preset_config
 from .errors import EXIT_BAD_INPUT, EXIT_CANCELLED, EXIT_FAILED, EXIT_OK, Cancelled, DistributedError, InputError
 from .prepare import add_prepare_parser, run_prepare
 from .progress import Reporter
@@ -66,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", metavar="DIR",
                    help="continue the stopped training in DIR from its last checkpoint (settings and manifest "
                         "come from the checkpoint)")
-    p.add_argument("--preset", default="cpu-fast", choices=list_presets(),
+    p.add_argument("--preset", default=DEFAULT_PRESET, choices=list_presets(),
                    help="settings to start from: paper (the paper's networks, 112x112x80 crops, 6000 "
                         "iterations; a GPU job), cpu-fast (a laptop CPU; default), demo, tiny (tests)")
     p.add_argument("--iterations", type=int, help="number of training iterations (overrides the preset)")

@@ -12,6 +12,12 @@ from .errors import InputError
 
 
 METHODS = ("ours", "supervised", "reference", "mean-teacher", "ua-mt", "cps", "bcp")
+#: The one default method: the command line, the Python API, the presets that do not name another and the
+#: Slicer module all read it from here. Chosen by Testing/Benchmarks/choose_default.py's rule on the fair
+#: tables (docs/benchmarks.md): no semi-supervised method reached labels alone on the Colin27 pseudo-subjects.
+DEFAULT_METHOD = "supervised"
+#: The one default preset (``semisupseg train`` without ``--preset``, ``api.train`` without a config, the module).
+DEFAULT_PRESET = "cpu-fast"
 
 #: ``amp`` settings: ``auto`` (by the device, :func:`precision_for`), or one precision for every device.
 AMP_CHOICES = ("auto", "bf16", "fp16", "fp32")
@@ -55,10 +61,8 @@ class TrainConfig:
     lr_gamma: float = 0.1
     # "ours": the paper's method with gradient through every term; "supervised": labeled crops only;
     # "reference": what the released reference code trains (supervised + its labeled-data correction);
-    # the baselines "mean-teacher", "ua-mt", "cps", "bcp" (objectives.py). The default is issue 21's rule's
-    # choice (docs/benchmarks.md#choosing-the-default-issue-21): no semi-supervised method reached labels alone
-    # on the Colin27 pseudo-subjects. The paper and pancreas presets and the demo train "ours".
-    method: str = "supervised"
+    # the baselines "mean-teacher", "ua-mt", "cps", "bcp". Every preset names its method (PRESETS).
+    method: str = DEFAULT_METHOD
     # Semi-supervised terms (paper Eq. 2-7; defaults where the paper is silent: ../shared/REFERENCE.md)
     use_unsupervised: bool = True        # L_u
     use_regularization: bool = True      # L_reg
@@ -243,10 +247,10 @@ PRESETS: Dict[str, Dict[str, Any]] = {
     # The paper's networks, crops and schedule (a GPU job).
     "paper": {"method": "ours"},
     # A laptop CPU: 64×64×48 crops, 8 base filters (~15× cheaper per step than the paper's).
-    "cpu-fast": {"patch_size": (64, 64, 48), "base_filters": 8, "iterations": 1500, "lr_step": 600,
+    "cpu-fast": {"method": DEFAULT_METHOD, "patch_size": (64, 64, 48), "base_filters": 8, "iterations": 1500, "lr_step": 600,
                  "checkpoint_every": 100},
     # The built-in demo on synthetic phantoms: minutes on two CPU cores.
-    "demo": {"patch_size": (48, 48, 32), "base_filters": 8, "resnet_blocks": (1, 1, 1, 1),
+    "demo": {"method": "ours", "patch_size": (48, 48, 32), "base_filters": 8, "resnet_blocks": (1, 1, 1, 1),
              "iterations": 300, "lr_step": 200, "lr": 0.03, "checkpoint_every": 100},
     # The paper's pancreas protocol: 96×96×96 crops (segment with --overlap 0.83: windows every 16 voxels,
     # PANCREAS_OVERLAP).
@@ -266,6 +270,13 @@ def preset_config(name: str, overrides: Optional[Dict[str, Any]] = None) -> Trai
     data["preset"] = name
     data.update(overrides or {})
     return TrainConfig.from_dict(data)
+
+
+def preset_method(name: str) -> str:
+    """The method preset ``name`` trains unless ``--set method=`` overrides it."""
+    if name not in PRESETS:
+        raise InputError(f"Unknown preset {name!r}; choose one of {', '.join(PRESETS)}.")
+    return PRESETS[name].get("method", DEFAULT_METHOD)
 
 
 def parse_override(text: str) -> Tuple[str, Any]:

@@ -27,8 +27,7 @@ def run_demo(output_dir: str, iterations: Optional[int] = None, device: str = "a
                                       f"({DEMO_CASES['labeled']} labeled, {DEMO_CASES['unlabeled']} unlabeled, "
                                       f"{DEMO_CASES['test']} held out).")
     train_manifest, test_manifest = write_phantom_dataset(data_dir, seed=seed, **DEMO_CASES)
-    # the demo shows the paper's method (the product's default is labels alone: config.TrainConfig.method)
-    overrides = {"method": "ours", "device": device, "seed": seed}
+    overrides = {"device": device, "seed": seed}  # the demo preset trains the paper's method
     if iterations:
         overrides["iterations"] = iterations
     config = preset_config("demo", overrides)

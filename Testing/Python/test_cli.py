@@ -295,11 +295,13 @@ def test_module_entry_point_reports_bad_input(tmp_path):
 
 def test_the_default_trains_labels_alone_and_the_papers_presets_and_the_demo_train_the_paper(tmp_path, monkeypatch):
     from SemiSupSegTraining import demo
-    from SemiSupSegTraining.config import TrainConfig, preset_config
+    from SemiSupSegTraining.config import DEFAULT_METHOD, TrainConfig, preset_config, preset_method
 
-    assert TrainConfig().method == "supervised"  # issue 21's rule (docs/benchmarks.md)
-    assert [preset_config(p).method for p in ("cpu-fast", "demo")] == ["supervised", "supervised"]
-    assert [preset_config(p).method for p in ("paper", "pancreas", "tiny")] == ["ours", "ours", "ours"]
+    assert DEFAULT_METHOD == "supervised"  # the rule's choice on the fair tables (docs/benchmarks.md)
+    assert TrainConfig().method == DEFAULT_METHOD
+    assert preset_config("cpu-fast").method == preset_method("cpu-fast") == DEFAULT_METHOD
+    assert [preset_config(p).method for p in ("paper", "pancreas", "tiny", "demo")] == ["ours"] * 4
+    assert [preset_method(p) for p in ("paper", "pancreas", "tiny", "demo")] == ["ours"] * 4
     assert preset_config("paper", {"method": "supervised"}).method == "supervised"  # --set wins over the preset
     seen = []
 
