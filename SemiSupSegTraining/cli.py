@@ -41,6 +41,22 @@ def _device_argument(parser: argparse.ArgumentParser, default: Optional[str] = "
                         help=f"auto (CUDA, then Apple MPS, then CPU; default), cuda, cuda:N, mps or cpu{extra}")
 
 
+def _stride_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--stride", type=int, nargs=3, metavar=("SX", "SY", "SZ"),
+                        help="step the windows this many voxels along x, y, z instead of --overlap (the paper's "
+                             "left atrium: 18 18 4; pancreas: 16 16 16)")
+
+
+def _overlap(args) -> object:
+    """--overlap, or the per-axis overlap that steps the model's windows by --stride."""
+    if not args.stride:
+        return args.overlap
+    from .infer import overlap_for_stride
+    from .modelfile import read_metadata
+
+    return overlap_for_stride(read_metadata(args.model)["patch_size"], args.stride)
+
+
 def _stop_file_argument(parser: argparse.ArgumentParser, what: str) -> None:
     parser.add_argument("--stop-file", metavar="PATH",
                         help=f"stop as SIGTERM would when this file appears ({what}; exit code 3); the file is "
@@ -101,6 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="segment only this voxel box (start inclusive, end exclusive); outside it is background")
     p.add_argument("--overlap", type=float, default=DEFAULT_OVERLAP,
                    help=f"sliding-window overlap, 0..0.9 (default {DEFAULT_OVERLAP})")
+    _stride_argument(p)
     p.add_argument("--window-batch", type=int,
                    help=f"windows per forward pass (default {DEFAULT_WINDOW_BATCH}, {CUDA_WINDOW_BATCH} on a CUDA GPU)")
     p.add_argument("--keep-largest", action="store_true",
@@ -119,6 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
                                       "dataset folder)")
     p.add_argument("--overlap", type=float, default=DEFAULT_OVERLAP,
                    help=f"with --model: sliding-window overlap, 0..0.9 (default {DEFAULT_OVERLAP})")
+    _stride_argument(p)
     _device_argument(p)
     p.add_argument("--json", action="store_true", help="print the metrics as JSON instead of a table")
 
@@ -258,7 +276,7 @@ def _segment(args) -> None:
     from .infer import segment_file
 
     segment_file(args.model, args.input, args.output, args.probabilities, args.uncertainty, args.disagreement,
-                 device=args.device, overlap=args.overlap, window_batch=args.window_batch, roi=args.roi,
+                 device=args.device, overlap=_overlap(args), window_batch=args.window_batch, roi=args.roi,
                  keep_largest=args.keep_largest, reporter=Reporter(args.progress), stop_file=args.stop_file)
 
 
@@ -277,7 +295,7 @@ def _evaluate(args) -> None:
             print(format_table({"cases": [case], "mean": summarize([result["classes"]])}))
         return
     if args.model and args.manifest:
-        report = evaluate_model(args.model, args.manifest, device=args.device, overlap=args.overlap)
+        report = evaluate_model(args.model, args.manifest, device=args.device, overlap=_overlap(args))
         print(json.dumps(report, indent=2) if args.json else format_table(report))
         return
     raise InputError("Give --prediction and --reference, or --model and --manifest.")

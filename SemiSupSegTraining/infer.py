@@ -65,13 +65,27 @@ def argmax_labels(probabilities: np.ndarray) -> np.ndarray:
     return labels
 
 
-def window_count(shape: Sequence[int], window: Sequence[int], overlap: float) -> int:
+def per_axis(overlap: Any, dims: int = 3) -> Tuple[float, ...]:
+    """The overlap per axis (z, y, x): one value for every axis, or one per axis."""
+    return tuple(float(o) for o in overlap) if isinstance(overlap, (tuple, list)) else (float(overlap),) * dims
+
+
+def overlap_for_stride(window_xyz: Sequence[int], stride_xyz: Sequence[int]) -> Tuple[float, float, float]:
+    """The per-axis overlap (z, y, x) at which MONAI steps ``stride_xyz`` voxels (it steps int(window × (1 −
+    overlap))): the paper's 112×112×80 windows every 18×18×4 voxels give (0.944, 0.835, 0.835)."""
+    if len(stride_xyz) != 3 or not all(1 <= int(s) <= int(w) for s, w in zip(stride_xyz, window_xyz)):
+        raise InputError(f"The stride {tuple(stride_xyz)} needs three steps of 1 voxel up to the model's window "
+                         f"{tuple(window_xyz)}, e.g. 18 18 4 for the paper's 112×112×80 windows.")
+    return tuple(1.0 - (int(s) + 0.5) / int(w) for s, w in zip(stride_xyz, window_xyz))[::-1]
+
+
+def window_count(shape: Sequence[int], window: Sequence[int], overlap: Any) -> int:
     """How many windows MONAI's sliding window places over ``shape`` (for progress)."""
     count = 1
-    for size, roi in zip(shape, window):
+    for size, roi, share in zip(shape, window, per_axis(overlap, len(window))):
         if size <= roi:
             continue
-        interval = max(int(roi * (1 - overlap)), 1)
+        interval = max(int(roi * (1 - share)), 1)
         count *= math.ceil((size - roi) / interval) + 1
     return count
 
@@ -89,7 +103,7 @@ class Segmenter:
                  amp: Any = "auto", on_message: Optional[Callable[[str], None]] = None,
                  disagreement: bool = True, blend_on_device: Any = "auto", buffer_steps: int = 4,
                  cudnn_benchmark: bool = True):
-        if not 0.0 <= overlap < 1.0:
+        if not all(0.0 <= share < 1.0 for share in per_axis(overlap)):
             raise InputError(f"Overlap {overlap} must lie in [0, 1); {DEFAULT_OVERLAP} is a good choice.")
         self.device = select_device(device)
         if window_batch is None:
