@@ -1,3 +1,3 @@
 """SemiSupSeg engine: semi-supervised 3D segmentation with two networks (no Slicer imports here)."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -1,4 +1,4 @@
-"""Orientation and spacing (issue 13): one model, one physical phantom stored in other orientations, spacings
+"""Orientation and spacing: one model, one physical phantom stored in other orientations, spacings
 and an oblique direction, segmented with and without the geometry stage; and what the stage costs.
 
 1. **Dice per variant.** Trains the ``demo`` preset (or takes ``--model``) on physical phantoms

@@ -1,4 +1,4 @@
-"""Whole-volume segmentation speed: the reference procedure against the engine's (issue 5).
+"""Whole-volume segmentation speed: the reference procedure against the engine's.
 
 The **reference procedure** is written here as the released reference code tests a case (its
 ``test_single_case``): windows of 112×112×80 voxels at stride 18×18×4, one window at a time, fp32, autograd

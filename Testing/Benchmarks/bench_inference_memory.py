@@ -1,4 +1,4 @@
-"""Peak memory of whole-volume segmentation as the volume grows (issue 6: bounded memory).
+"""Peak memory of whole-volume segmentation as the volume grows (bounded memory).
 
 Segments synthetic volumes of growing size (64³, 128³, 192³, 256³ by default) with a small model file
 (random weights: memory does not depend on what the weights learned) through the same path as
@@ -19,7 +19,7 @@ What should hold, and what this shows:
 
 Figures on a 2-core AMD EPYC (torch 2.13 CPU, window 64³, window batch 4, overlap 0.25), peak RSS above
 resting: 64³ 19 MiB, 128³ 178 MiB, 192³ 290 MiB, 256³ 404 MiB; fit 88 MiB + 21.5 B/voxel (before the
-issue-6 changes: 21, 193, 330, 583 MiB; fit 77 MiB + 32.8 B/voxel).
+bounded-memory changes: 21, 193, 330, 583 MiB; fit 77 MiB + 32.8 B/voxel).
 
 With ``--target-spacing`` the model carries the geometry stage's metadata, so each volume (at
 ``--spacing``) is resampled to the model's spacing, segmented there, and its class probabilities come back

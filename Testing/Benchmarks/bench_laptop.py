@@ -20,10 +20,11 @@ Every command runs with ``OMP_NUM_THREADS`` threads (``--threads``, default 1) a
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import time
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 
@@ -65,72 +66,98 @@ def realistic_case(seed: int, slab: int = 8):
     return np.concatenate(images), np.concatenate(labels), grid
 
 
-def run(command: List[str], threads: int) -> subprocess.CompletedProcess:
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads),
-               PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    result = subprocess.run([sys.executable, "-m", "SemiSupSegTraining"] + command, env=env, cwd=ROOT,
-                            capture_output=True, text=True)
-    if result.returncode != 0:
-        raise SystemExit(f"semisupseg {' '.join(command)} failed ({result.returncode}):\n{result.stderr[-3000:]}")
-    return result
+def _env(threads: int) -> Dict[str, str]:
+    return dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads),
+                PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
 
 
-def seconds_per_iteration(progress_lines: str, warmup: int) -> float:
-    """The mean time of the iterations after ``warmup`` from ``--progress json`` training events."""
-    points = []
-    for line in progress_lines.splitlines():
-        try:
+def _cpu_seconds(pid: int) -> Optional[float]:
+    """User + system CPU time of a running process (Linux /proc), else None."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def run(command: List[str], threads: int) -> Dict[str, Any]:
+    """Runs ``semisupseg COMMAND``; returns its output, wall and CPU seconds and, for ``--progress json``, each
+    progress event's (iteration, wall seconds, CPU seconds of the process so far). CPU time is what a quiet
+    machine would take with this many threads: other work on the cores inflates the wall time only."""
+    start, before = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
+    process = subprocess.Popen([sys.executable, "-m", "SemiSupSegTraining"] + command, env=_env(threads), cwd=ROOT,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines, events = [], []
+    for line in process.stdout:
+        lines.append(line)
+        if line.startswith("{") and '"event": "progress"' in line:
             event = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(event, dict) and event.get("event") == "progress" and event.get("phase") == "train":
-            points.append((int(event["iteration"]), float(event["elapsed_s"])))
-    after = [p for p in points if p[0] >= warmup]
+            events.append((int(event["iteration"]), time.perf_counter() - start, _cpu_seconds(process.pid)))
+    error = process.stderr.read()
+    if process.wait() != 0:
+        raise SystemExit(f"semisupseg {' '.join(command)} failed ({process.returncode}):\n{error[-3000:]}")
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return {"stdout": "".join(lines), "wall_s": time.perf_counter() - start, "cpu_s": cpu, "events": events}
+
+
+def per_iteration(events: List[tuple], warmup: int) -> Dict[str, float]:
+    """Wall and CPU seconds per iteration after the first ``warmup`` iterations."""
+    after = [e for e in events if e[0] >= warmup and e[2] is not None]
     if len(after) < 2:
-        raise SystemExit(f"Too few progress events after iteration {warmup} to time an iteration: {points[-5:]}")
-    (i0, t0), (i1, t1) = after[0], after[-1]
-    return (t1 - t0) / (i1 - i0)
+        raise SystemExit(f"Too few progress events after iteration {warmup} to time an iteration.")
+    (i0, w0, c0), (i1, w1, c1) = after[0], after[-1]
+    return {"wall_s": (w1 - w0) / (i1 - i0), "cpu_s": (c1 - c0) / (i1 - i0)}
+
+
+def relative(work: str, path: str) -> str:
+    """A path inside the work folder as WORK/..., so that no machine's folders end up in the results."""
+    return "WORK/" + os.path.relpath(path, work).replace(os.sep, "/")
 
 
 def stage_volume(work: str) -> Dict[str, Any]:
     from SemiSupSegTraining.phantoms import phantom_classes, write_case_dataset
 
     start = time.perf_counter()
-    train, test = write_case_dataset(os.path.join(work, "realistic"), lambda i: realistic_case(1000 * i),
-                                     phantom_classes(), "mr", labeled=2, unlabeled=0, test=1)
-    return {"train_manifest": train, "test_manifest": test, "size_xyz": list(REALISTIC_SIZE),
+    write_case_dataset(os.path.join(work, "realistic"), lambda i: realistic_case(1000 * i), phantom_classes(), "mr",
+                       labeled=2, unlabeled=0, test=1)
+    return {"cases": "2 labeled for training, 1 to segment", "size_xyz": list(REALISTIC_SIZE),
             "spacing_mm": list(REALISTIC_SPACING), "seconds_to_make": round(time.perf_counter() - start, 1)}
 
 
-def stage_train(work: str, results: Dict[str, Any], args) -> Dict[str, Any]:
+def _command_text(work: str, command: List[str]) -> str:
+    return "semisupseg " + " ".join(relative(work, c) if c.startswith(work) else c for c in command)
+
+
+def stage_train(work: str, args) -> Dict[str, Any]:
     from SemiSupSegTraining.config import PRESETS
 
     output = os.path.join(work, "realistic-run")
-    command = ["train", "--progress", "json", "--manifest", results["volume"]["train_manifest"], "--output", output,
-               "--preset", "cpu-fast", "--iterations", str(args.time_iterations), "--device", "cpu"]
-    start = time.perf_counter()
+    command = ["train", "--progress", "json", "--manifest", os.path.join(work, "realistic", "train.json"),
+               "--output", output, "--preset", "cpu-fast", "--iterations", str(args.time_iterations), "--device", "cpu"]
     result = run(command, args.threads)
-    per_iteration = seconds_per_iteration(result.stdout + result.stderr, args.warmup)
+    pace = per_iteration(result["events"], args.warmup)
     iterations = int(PRESETS["cpu-fast"]["iterations"])
-    return {"command": "semisupseg " + " ".join(command), "wall_s": round(time.perf_counter() - start, 1),
-            "timed_iterations": args.time_iterations - args.warmup, "seconds_per_iteration": round(per_iteration, 3),
-            "preset_iterations": iterations, "extrapolated_training_min": round(per_iteration * iterations / 60, 1),
-            "model": os.path.join(output, "model.pt")}
+    return {"command": _command_text(work, command), "wall_s": round(result["wall_s"], 1),
+            "cpu_s": round(result["cpu_s"], 1), "timed_iterations": args.time_iterations - args.warmup,
+            "warmup_iterations": args.warmup,
+            "cpu_s_per_iteration": round(pace["cpu_s"], 3), "wall_s_per_iteration": round(pace["wall_s"], 3),
+            "preset_iterations": iterations,
+            "extrapolated_training_min": round(pace["cpu_s"] * iterations / 60, 1)}
 
 
-def stage_segment(work: str, results: Dict[str, Any], args) -> Dict[str, Any]:
-    from SemiSupSegTraining.manifest import load_manifest
-
-    case = load_manifest(results["volume"]["test_manifest"]).cases[0]
-    output = os.path.join(work, "realistic-seg.nii.gz")
-    command = ["segment", "--progress", "none", "--model", results["train"]["model"], "--input", case.image,
-               "--output", output, "--device", "cpu"]
-    start = time.perf_counter()
-    run(command, args.threads)
-    return {"command": "semisupseg " + " ".join(command), "wall_s": round(time.perf_counter() - start, 1)}
+def stage_segment(work: str, args) -> Dict[str, Any]:
+    command = ["segment", "--progress", "none", "--model", os.path.join(work, "realistic-run", "model.pt"),
+               "--input", os.path.join(work, "realistic", "images", "mr002.nii.gz"),
+               "--output", os.path.join(work, "realistic-seg.nii.gz"), "--device", "cpu"]
+    result = run(command, args.threads)
+    return {"command": _command_text(work, command), "wall_s": round(result["wall_s"], 1),
+            "cpu_s": round(result["cpu_s"], 1)}
 
 
 def stage_dice(work: str, labeled: int, args) -> Dict[str, Any]:
+    from SemiSupSegTraining.config import PRESETS
     from SemiSupSegTraining.manifest import Manifest, load_manifest, write_manifest
     from SemiSupSegTraining.phantoms import write_phantom_dataset
 
@@ -142,17 +169,64 @@ def stage_dice(work: str, labeled: int, args) -> Dict[str, Any]:
     subset = write_manifest(Manifest(full.classes, full.cases[:labeled], full.modality),
                             os.path.join(folder, f"train-{labeled}.json"))
     output = os.path.join(work, f"phantoms-{labeled}")
-    train = ["train", "--progress", "none", "--manifest", subset, "--output", output, "--preset", "cpu-fast",
-             "--iterations", str(args.iterations), "--device", "cpu"]
-    start = time.perf_counter()
-    run(train, args.threads)
-    train_s = time.perf_counter() - start
+    preset = PRESETS["cpu-fast"]
+    # A shortened run keeps the preset's schedule in proportion (the learning rate falls at the same share).
+    lr_step = max(1, round(preset["lr_step"] * args.iterations / preset["iterations"]))
+    train = ["train", "--progress", "json", "--manifest", subset, "--output", output, "--preset", "cpu-fast",
+             "--iterations", str(args.iterations), "--set", f"lr_step={lr_step}", "--device", "cpu"]
+    trained = run(train, args.threads)
     evaluate = ["evaluate", "--model", os.path.join(output, "model.pt"), "--manifest",
                 os.path.join(folder, "test.json"), "--json", "--device", "cpu"]
-    report = json.loads(run(evaluate, args.threads).stdout)
+    report = json.loads(run(evaluate, args.threads)["stdout"])
     dice = [float(np.mean([m["dice"] for m in case["classes"].values()])) for case in report["cases"]]
-    return {"command": "semisupseg " + " ".join(train), "iterations": args.iterations, "train_wall_s": round(train_s, 1),
-            "test_cases": len(dice), "dice_per_case": [round(d, 4) for d in dice], "mean_dice": round(float(np.mean(dice)), 4)}
+    return {"command": _command_text(work, train), "iterations": args.iterations,
+            "train_wall_s": round(trained["wall_s"], 1), "train_cpu_s": round(trained["cpu_s"], 1),
+            "test_cases": len(dice), "dice_per_case": [round(d, 4) for d in dice],
+            "mean_dice": round(float(np.mean(dice)), 4)}
+
+
+START, END = "<!-- laptop:start -->", "<!-- laptop:end -->"
+
+
+def table(results: Dict[str, Any]) -> str:
+    """The tutorial's short table: time to train and to segment, Dice by labeled cases; machine and commands."""
+    train, segment = results["train"], results["segment"]
+    dice = [results.get(f"dice-{n}") for n in LABELED_COUNTS]
+    done = [d for d in dice if d]
+    size = " × ".join(str(n) for n in results["volume"]["size_xyz"])
+    spacing = " × ".join(f"{s:g}" for s in results["volume"]["spacing_mm"])
+    flags = ", ".join(f for f in results["machine"].get("cpu_flags", []) if f.startswith("avx512"))
+    rows = ["| question | answer | measured how |", "|---|---|---|",
+            f"| how long does `cpu-fast` train? | **{train['extrapolated_training_min']:.0f} min** "
+            f"({train['preset_iterations']} iterations × {train['cpu_s_per_iteration']:.2f} s) | "
+            f"{train['timed_iterations']} iterations timed after the first "
+            f"{train['warmup_iterations']} on 2 labeled {size} volumes, times the preset's iterations |",
+            f"| how long does segmenting one volume take? | **{segment['cpu_s']:.0f} s** | the whole "
+            f"`semisupseg segment` command: start, reading, windows, writing |"]
+    if done:
+        iterations = done[0]["iterations"]
+        cells = " / ".join("–" if d is None else f"{100 * d['mean_dice']:.1f}" for d in dice)
+        counts = " / ".join(str(n) for n in LABELED_COUNTS)
+        rows.append(f"| Dice % with {counts} labeled cases | **{cells}** | phantoms of 64 × 64 × 48 voxels, "
+                    f"{iterations} iterations" + ("" if iterations == train["preset_iterations"] else
+                                                  f" (`cpu-fast` shortened from {train['preset_iterations']}, "
+                                                  "its schedule scaled)") + f", {done[0]['test_cases']} test phantoms |")
+    machine = (f"One thread of a {results['machine']['cpu_count']}-core {results['machine']['cpu']}"
+               + (f" ({flags})" if flags else "") + f", torch CPU; the volume {size} voxels of {spacing} mm "
+               "(a left-atrium MRI's grid) made by the phantom generator. Times are CPU time: on a machine "
+               "shared with other jobs the wall time is longer, on a quiet core it is the same.")
+    return "\n".join(rows + ["", machine, "", "```console",
+                              "nice -n 10 python Testing/Benchmarks/bench_laptop.py --iterations "
+                              f"{done[0]['iterations'] if done else 1500}", "```"])
+
+
+def replace_block(text: str, block: str) -> str:
+    start, end = text.index(START) + len(START), text.index(END)
+    return text[:start] + "\n" + block + "\n" + text[end:]
+
+
+def current_block(text: str) -> str:
+    return text[text.index(START) + len(START):text.index(END)].strip("\n")
 
 
 def main() -> None:
@@ -162,9 +236,20 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--time-iterations", type=int, default=40, help="iterations timed on the realistic volume")
     parser.add_argument("--warmup", type=int, default=10, help="first iterations left out of the timing")
-    parser.add_argument("--iterations", type=int, default=1500, help="iterations of each Dice run (cpu-fast: 1500)")
+    parser.add_argument("--iterations", type=int, default=1500,
+                        help="iterations of each Dice run (cpu-fast: 1500; fewer scale its schedule)")
     parser.add_argument("--stages", default="volume,train,segment,dice", help="the stages to run")
+    parser.add_argument("--write", metavar="DOC", help="only renew the table between its markers in DOC "
+                                                        "(docs/tutorial-command-line.md) from --json")
     args = parser.parse_args()
+    if args.write:
+        with open(args.json, encoding="utf-8") as f:
+            block = table(json.load(f))
+        with open(args.write, encoding="utf-8") as f:
+            text = replace_block(f.read(), block)
+        with open(args.write, "w", encoding="utf-8") as f:
+            f.write(text)
+        return
     os.makedirs(args.work, exist_ok=True)
     results: Dict[str, Any] = {}
     if os.path.exists(args.json):
@@ -173,8 +258,8 @@ def main() -> None:
     results.setdefault("machine", machine_info())
     results["threads"] = args.threads
     wanted = args.stages.split(",")
-    steps = [("volume", lambda: stage_volume(args.work)), ("train", lambda: stage_train(args.work, results, args)),
-             ("segment", lambda: stage_segment(args.work, results, args))]
+    steps = [("volume", lambda: stage_volume(args.work)), ("train", lambda: stage_train(args.work, args)),
+             ("segment", lambda: stage_segment(args.work, args))]
     if "dice" in wanted:
         wanted += [f"dice-{n}" for n in LABELED_COUNTS]
     steps += [(f"dice-{n}", lambda n=n: stage_dice(args.work, n, args)) for n in LABELED_COUNTS]

@@ -1,5 +1,4 @@
-"""One semi-supervised training iteration: the engine's ``Trainer.step`` against a reference-style step
-(issue 5).
+"""One semi-supervised training iteration: the engine's ``Trainer.step`` against a reference-style step.
 
 Both procedures train the same two networks (``build_networks``: V-Net + ResNet34-encoder V-Net, 16 base
 filters at paper scale) from the same seed on the same batches (``Trainer.next_batch``: 2 labeled + 2
@@ -10,7 +9,7 @@ unlabeled crops of 112×112×80 voxels from LA-sized phantoms), each in a fresh 
   CUDA), channels-last weights on a CPU, one network back-propagated at a time (``sequential_backward``),
   and glibc told to keep freed memory (``devices.keep_freed_memory``, which the command line calls).
   ``--ablation`` adds ours with the joint backward and ours with glibc's default settings.
-* **reference-style**: the released reference code's iteration (REFERENCE.md §2), written here: fp32,
+* **reference-style**: the released reference code's iteration (docs/method.md, its reference facts), written here: fp32,
   PyTorch's default memory layout and allocator; CE
   on logits + Dice on the foreground channel for the labeled crops; its labeled-data correction (squared
   error where exactly one network is confident, weight 0.5); the unlabeled terms on detached softmax

@@ -1,4 +1,4 @@
-"""Issue 21's rule for the product's default method, applied to committed accuracy summaries.
+"""The rule for the product's default method, applied to committed accuracy summaries.
 
     python Testing/Benchmarks/choose_default.py Testing/Benchmarks/results/accuracy-headroom.json \
         Testing/Benchmarks/results/accuracy-phantoms.json Testing/Benchmarks/results/accuracy-colin27.json \

@@ -29,7 +29,7 @@ def _marked(summary):
 
 def test_the_summary_marks_the_method_that_trains_the_default_configuration():
     summary = bench_accuracy.benchmark_summary("phantoms", RESULTS, {}, "cmd")
-    assert _marked(summary) == ["supervised"]  # TrainConfig's default method: labels alone (issue 21's rule)
+    assert _marked(summary) == ["supervised"]  # TrainConfig's default method: labels alone (choose_default.py's rule)
     assert "default" not in summary["fractions"]["10pct"]["methods"]["ours-confidence-0.9"]
 
 

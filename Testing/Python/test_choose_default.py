@@ -1,4 +1,4 @@
-"""Issue 21's rule for the default (Testing/Benchmarks/choose_default.py) on hand-written summaries whose
+"""The rule for the default (Testing/Benchmarks/choose_default.py) on hand-written summaries whose
 ranks, gains and outcome are worked out by hand."""
 
 import os

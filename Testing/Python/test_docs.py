@@ -1,5 +1,7 @@
 """The documentation stays true: links and images resolve, every code file has its line in the layout, the
-README's results table is the committed benchmarks' table, and the engine's imports run one way."""
+README's results table, docs/benchmarks.md and the tutorial's timing table are made from the committed
+results, every term the README uses is defined or linked, nothing names a file outside the repository or a
+tracker's issue, and the engine's imports run one way."""
 
 import ast
 import os
@@ -11,9 +13,11 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.join(ROOT, "Testing", "Benchmarks"))
+import bench_laptop  # noqa: E402
+import benchmarks_doc  # noqa: E402
 import headline  # noqa: E402
 
-DOCS = ["README.md"] + sorted(os.path.join("docs", f) for f in os.listdir(os.path.join(ROOT, "docs"))
+DOCS = ["README.md", "CHANGELOG.md"] + sorted(os.path.join("docs", f) for f in os.listdir(os.path.join(ROOT, "docs"))
                               if f.endswith(".md"))
 LINK = re.compile(r"(!?)\[[^\]]*\]\(([^)\s]+)\)")
 
@@ -75,14 +79,132 @@ def test_every_image_is_a_readable_png(doc):
 def test_the_readme_stays_short_and_keeps_both_quick_start_commands():
     readme = _read("README.md")
     assert len(readme.splitlines()) <= 250
-    assert ('python3 -m venv .venv && . .venv/bin/activate && pip install torch==2.13.0 && '
-            'pip install -e ".[pictures]" && semisupseg demo --output demo-output') in readme
+    assert ('python3 -m venv .venv && . .venv/bin/activate && pip install torch==2.13.0 --index-url '
+            'https://download.pytorch.org/whl/cpu && pip install -e ".[pictures]" && semisupseg demo --output '
+            'demo-output') in readme
     assert "\nbash .ci/run\n" in readme
 
 
 def test_the_readme_results_table_is_made_from_the_committed_results():
     assert headline.current_block(_read("README.md")) == headline.table(), \
         "run: python Testing/Benchmarks/headline.py --write README.md"
+
+
+def test_benchmarks_md_is_the_generated_page_and_stays_short():
+    page = benchmarks_doc.page()
+    assert _read(os.path.join("docs", "benchmarks.md")) == page, \
+        "run: python Testing/Benchmarks/benchmarks_doc.py --write docs/benchmarks.md"
+    assert len(page.splitlines()) <= 150
+
+
+def test_the_benchmarks_page_shows_every_seed_and_the_rules_choice(tmp_path):
+    import json
+    import shutil
+    for name in os.listdir(benchmarks_doc.RESULTS):
+        shutil.copy(os.path.join(benchmarks_doc.RESULTS, name), tmp_path / name)
+    path = tmp_path / "accuracy-phantoms.json"
+    summary = json.loads(path.read_text())
+    ours = summary["fractions"]["10pct"]["methods"]["ours"]
+    ours["dice_gain_over_supervised"]["by_seed"] = {"0": 1.25, "1": -0.5, "2": 0.75}
+    for seed, dice in (("0", 99.9), ("1", 99.8), ("2", 99.7)):
+        ours["seeds"][seed]["dice"] = dice
+    ours["dice"]["mean"] = 99.8
+    path.write_text(json.dumps(summary))
+    page = benchmarks_doc.page(str(tmp_path))
+    phantoms = page.split("### The phantoms")[1].split("###")[0]
+    assert "(+1.2, −0.5, +0.8)" in phantoms or "(+1.3, −0.5, +0.8)" in phantoms
+    assert "Ahead of every other method on every seed: ours (the paper's method)." in phantoms
+    assert "| ours | 76.4, 1, +11.1 | 99.8, 1," in page  # the rule re-ranks from the summaries it is given
+
+
+def test_the_tutorials_timing_table_is_made_from_the_committed_measurement():
+    import json
+    with open(os.path.join(ROOT, "Testing", "Benchmarks", "results", "laptop.json"), encoding="utf-8") as f:
+        results = json.load(f)
+    tutorial = _read(os.path.join("docs", "tutorial-command-line.md"))
+    assert bench_laptop.current_block(tutorial) == bench_laptop.table(results), \
+        "run: python Testing/Benchmarks/bench_laptop.py --write docs/tutorial-command-line.md"
+    assert "AMD EPYC" in tutorial and "bench_laptop.py" in tutorial  # the machine and the command
+
+
+#: Words a newcomer meets in the README that need a definition where they first appear, or a link there.
+GLOSSARY = ["labeled case", "unlabeled case", "semi-supervised", "pseudo label", "contrastive", "ours",
+            "phantom", "Dice", "Jaccard", "HD95", "ASD", "preset", "checkpoint", "manifest", "nnU-Net",
+            "Decathlon", "seed", "seeds' spread", "benchmark", "headroom", "Colin27", "Mean Teacher", "UA-MT",
+            "CPS", "BCP", "ceiling", "torchrun", "method"]
+
+
+def _first_block(text, term):
+    """The paragraph (a table: the row) where ``term`` first appears in prose: not in code, not in a picture."""
+    for block in re.split(r"\n\s*\n", _without_code(text)):
+        if block.lstrip().startswith("!["):
+            continue
+        rows = block.split("\n") if block.lstrip().startswith("|") else [block]
+        for row in rows:
+            if re.search(r"(?<![\w-])" + re.escape(term), re.sub(r"`[^`]*`", "", row), re.I):
+                return row
+    return None
+
+
+def defined_or_linked(block, term):
+    """``term`` emphasised where it is introduced (``**term** (...)``, ``*term*: ...``: the definition beside
+    it), or the block links to a page of this repository that uses the term, or names an outside page by it."""
+    if re.search(r"(\*\*|\*|_)[^*_]*" + re.escape(term) + r"[^*_]*\1", block, re.I):
+        return True
+    for _, target in LINK.findall(block):
+        path = target.partition("#")[0]
+        if re.match(r"[a-z]+:", target):
+            if term.lower() in block[:block.find(target)].lower():
+                return True  # an outside page named by the term itself, e.g. [nnU-Net](https://...)
+        elif path.endswith(".md") and os.path.exists(os.path.join(ROOT, path)):
+            if term.lower() in _read(path).lower():
+                return True
+        elif not path and target.startswith("#") and term.lower() in _read("README.md").lower():
+            return True
+    return False
+
+
+def test_every_glossary_term_in_the_readme_is_defined_or_linked_where_it_first_appears():
+    readme = _read("README.md")
+    undefined = [t for t in GLOSSARY if _first_block(readme, t) is not None
+                 and not defined_or_linked(_first_block(readme, t), t)]
+    assert not undefined, f"README terms with neither a definition nor a link where they first appear: {undefined}"
+
+
+def test_the_glossary_check_catches_a_bare_term():
+    assert not defined_or_linked("Train with a preset and go.", "preset")
+    assert defined_or_linked("Pick a **preset** (a named set of settings).", "preset")
+    assert defined_or_linked("See [the presets](docs/command-line.md).", "preset")
+
+
+def _repository_text_files():
+    skip = {".git", ".venv", "__pycache__", ".pytest_cache", ".ruff_cache", "node_modules"}
+    for folder, subfolders, files in os.walk(ROOT):
+        subfolders[:] = [d for d in subfolders if d not in skip and not d.endswith(".egg-info")]
+        for name in files:
+            path = os.path.join(folder, name)
+            if os.path.getsize(path) > 5_000_000:
+                continue
+            try:
+                with open(path, encoding="utf-8") as f:
+                    yield os.path.relpath(path, ROOT), f.read()
+            except (UnicodeDecodeError, OSError):
+                continue  # pictures, model files
+
+
+def test_nothing_names_a_file_outside_the_repository_or_an_issue_number():
+    outside = ("REFERENCE" + ".md", ".." + "/shared")
+    issue = re.compile(r"\bissues?[ _#-]+\d|\bissue-\d", re.I)
+    found = [f"{path}: {m.group(0) if m else 'outside file'}" for path, text in _repository_text_files()
+             for m in [issue.search(text)] if m or any(o in text for o in outside)]
+    assert not found, "name no tracker issue and no file outside the repository: " + "; ".join(found)
+
+
+def test_the_version_is_the_changelogs_newest():
+    from SemiSupSegTraining import __version__
+    pyproject = re.search(r'^version = "([^"]+)"', _read("pyproject.toml"), re.M).group(1)
+    newest = re.search(r"^## (\d+\.\d+\.\d+)", _read("CHANGELOG.md"), re.M).group(1)
+    assert __version__ == pyproject == newest
 
 
 def test_the_headline_table_bolds_the_default_and_marks_missing_methods(tmp_path):
