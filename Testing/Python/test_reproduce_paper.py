@@ -90,3 +90,19 @@ def test_reproduction_runs_folds_by_seeds_and_reports_the_papers_units(tmp_path,
 def test_reproduction_says_what_is_missing(tmp_path, capsys):
     assert reproduce_paper.main(["--prepared", str(tmp_path), "--output", str(tmp_path / "o")]) == 2
     assert "has no folds.json" in capsys.readouterr().err
+
+
+def test_segment_takes_the_papers_stride_and_says_when_it_cannot(tmp_path, tiny_model_file, phantom_dataset, capsys):
+    from SemiSupSegTraining.cli import main
+    from SemiSupSegTraining.manifest import load_manifest
+
+    image = load_manifest(phantom_dataset["test"]).cases[0].image
+    output = str(tmp_path / "seg.nii.gz")
+    # The tiny model's windows are 32×32×16: steps of 8×8×4 voxels over the 32×32×16 phantom.
+    assert main(["segment", "--model", tiny_model_file, "--input", image, "--output", output, "--stride", "8", "8",
+                 "4", "--device", "cpu", "--progress", "none"]) == 0
+    assert sitk.ReadImage(output).GetSize() == sitk.ReadImage(image).GetSize()
+    assert main(["segment", "--model", tiny_model_file, "--input", image, "--output", str(tmp_path / "no.nii.gz"),
+                 "--stride", "8", "8", "40", "--device", "cpu"]) == 2
+    assert "needs three steps of 1 voxel up to the model's window" in capsys.readouterr().err
+    assert not os.path.exists(tmp_path / "no.nii.gz")
