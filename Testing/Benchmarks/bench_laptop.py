@@ -215,11 +215,11 @@ def table(results: Dict[str, Any]) -> str:
         rows.append(f"| Dice % with {counts} labeled cases | **{cells}** | phantoms of 64 × 64 × 48 voxels, "
                     f"{iterations} iterations" + ("" if iterations == train["preset_iterations"] else
                                                   f" (`cpu-fast` shortened from {train['preset_iterations']}, "
-                                                  "its schedule scaled)") + f", {done[0]['test_cases']} test phantoms |")
+                                                  "its schedule scaled)") + f", one training each (seed 0), {done[0]['test_cases']} test phantoms |")
     machine = (f"One thread of a {results['machine']['cpu_count']}-core {results['machine']['cpu']}"
                + (f" ({flags})" if flags else "") + f", torch CPU; the volume {size} voxels of {spacing} mm "
                "(a left-atrium MRI's grid) made by the phantom generator. Times are CPU time: on a machine "
-               "shared with other jobs the wall time is longer, on a quiet core it is the same.")
+               "shared with other jobs the wall time is longer, on a quiet core about the same.")
     return "\n".join(rows + ["", machine, "", "```console",
                               "nice -n 10 python Testing/Benchmarks/bench_laptop.py --iterations "
                               f"{done[0]['iterations'] if done else 1500}", "```"])
