@@ -173,12 +173,13 @@ def stage_dice(work: str, labeled: int, args) -> Dict[str, Any]:
     full = load_manifest(train_path)
     subset = write_manifest(Manifest(full.classes, full.cases[:labeled], full.modality),
                             os.path.join(folder, f"train-{labeled}.json"))
-    output = os.path.join(work, f"phantoms-{labeled}")
+    output = os.path.join(work, f"phantoms-{labeled}-seed{args.seed}")
     preset = PRESETS["cpu-fast"]
     # A shortened run keeps the preset's schedule in proportion (the learning rate falls at the same share).
     lr_step = max(1, round(preset["lr_step"] * args.iterations / preset["iterations"]))
     train = ["train", "--progress", "json", "--manifest", subset, "--output", output, "--preset", "cpu-fast",
-             "--iterations", str(args.iterations), "--set", f"lr_step={lr_step}", "--device", "cpu"]
+             "--iterations", str(args.iterations), "--set", f"lr_step={lr_step}", "--seed", str(args.seed),
+             "--device", "cpu"]
     trained = run(train, args.threads)
     evaluate = ["evaluate", "--model", os.path.join(output, "model.pt"), "--manifest",
                 os.path.join(folder, "test.json"), "--json", "--device", "cpu"]
@@ -191,6 +192,20 @@ def stage_dice(work: str, labeled: int, args) -> Dict[str, Any]:
 
 
 START, END = "<!-- laptop:start -->", "<!-- laptop:end -->"
+
+
+def dice_key(labeled: int, seed: int) -> str:
+    return f"dice-{labeled}" + (f"-seed{seed}" if seed else "")
+
+
+def _dice_cell(results: Dict[str, Any], labeled: int) -> str:
+    """Mean Dice % over the seeds run for this count, each seed's in brackets when there are several."""
+    runs = [v for k, v in sorted(results.items()) if k == f"dice-{labeled}" or k.startswith(f"dice-{labeled}-seed")]
+    if not runs:
+        return "–"
+    values = [100 * r["mean_dice"] for r in runs]
+    mean = f"{sum(values) / len(values):.1f}"
+    return mean if len(values) == 1 else mean + " (" + ", ".join(f"{v:.1f}" for v in values) + ")"
 
 
 def table(results: Dict[str, Any]) -> str:
@@ -210,12 +225,14 @@ def table(results: Dict[str, Any]) -> str:
             f"`semisupseg segment` command: start, reading, windows, writing |"]
     if done:
         iterations = done[0]["iterations"]
-        cells = " / ".join("–" if d is None else f"{100 * d['mean_dice']:.1f}" for d in dice)
+        cells = " / ".join(_dice_cell(results, n) for n in LABELED_COUNTS)
+        seeds = sum(1 for k in results if k.startswith(f"dice-{LABELED_COUNTS[0]}"))
         counts = " / ".join(str(n) for n in LABELED_COUNTS)
         rows.append(f"| Dice % with {counts} labeled cases | **{cells}** | phantoms of 64 × 64 × 48 voxels, "
                     f"{iterations} iterations" + ("" if iterations == train["preset_iterations"] else
                                                   f" (`cpu-fast` shortened from {train['preset_iterations']}, "
-                                                  "its schedule scaled)") + f", one training each (seed 0), {done[0]['test_cases']} test phantoms |")
+                                                  "its schedule scaled)") + (", one training each (seed 0)" if seeds == 1 else f", mean of {seeds} seeds (each in brackets)")
+                    + f", {done[0]['test_cases']} test phantoms |")
     machine = (f"One thread of a {results['machine']['cpu_count']}-core {results['machine']['cpu']}"
                + (f" ({flags})" if flags else "") + f", torch CPU; the volume {size} voxels of {spacing} mm "
                "(a left-atrium MRI's grid) made by the phantom generator. Times are CPU time: on a machine "
@@ -244,6 +261,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=10, help="first iterations left out of the timing")
     parser.add_argument("--iterations", type=int, default=1500,
                         help="iterations of each Dice run (cpu-fast: 1500; fewer scale its schedule)")
+    parser.add_argument("--seed", type=int, default=0, help="the Dice runs' seed (default 0; others add runs)")
     parser.add_argument("--stages", default="volume,train,segment,dice", help="the stages to run")
     parser.add_argument("--write", metavar="DOC", help="only renew the table between its markers in DOC "
                                                         "(docs/tutorial-command-line.md) from --json")
@@ -267,8 +285,8 @@ def main() -> None:
     steps = [("volume", lambda: stage_volume(args.work)), ("train", lambda: stage_train(args.work, args)),
              ("segment", lambda: stage_segment(args.work, args))]
     if "dice" in wanted:
-        wanted += [f"dice-{n}" for n in LABELED_COUNTS]
-    steps += [(f"dice-{n}", lambda n=n: stage_dice(args.work, n, args)) for n in LABELED_COUNTS]
+        wanted += [dice_key(n, args.seed) for n in LABELED_COUNTS]
+    steps += [(dice_key(n, args.seed), lambda n=n: stage_dice(args.work, n, args)) for n in LABELED_COUNTS]
     for name, step in steps:
         if name not in wanted or name in results:
             continue
