@@ -9,14 +9,13 @@ written back on the input's exact grid. Every unreadable or invalid file is one 
 
 import functools
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 import SimpleITK as sitk
 
+from .atomicio import atomic_write
 from .errors import InputError
 from .geometry import Geometry
 from .manifest import ClassInfo, class_color
@@ -348,22 +347,13 @@ def _set_segment_metadata(image: sitk.Image, classes: List[ClassInfo]) -> None:
 
 
 def write_image_atomic(image: sitk.Image, path: str) -> None:
-    """Writes into a temporary folder beside ``path``, then renames: no half-written outputs.
+    """Writes ``image`` with :func:`.atomicio.atomic_write`: no half-written outputs.
 
     The file keeps its own name inside the temporary folder, so that formats of two files (``.mhd`` with
-    its ``.raw``/``.zraw`` data file) refer to their data file by its final name; the data file is moved
-    first and the named file last.
+    its ``.raw``/``.zraw`` data file) refer to their data file by its final name.
     """
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    base = os.path.basename(path)
-    tmp_dir = tempfile.mkdtemp(prefix=f".{base}.partial", dir=folder)
     try:
-        sitk.WriteImage(image, os.path.join(tmp_dir, base), useCompression=True)
-        for name in sorted(os.listdir(tmp_dir), key=lambda n: n == base):
-            os.replace(os.path.join(tmp_dir, name), os.path.join(folder, name))
+        atomic_write(path, lambda tmp: sitk.WriteImage(image, tmp, useCompression=True))
     except RuntimeError as e:
         raise InputError(f"Cannot write {path} ({_sitk_reason(e)}); check the folder and the file "
                          f"extension (.nii.gz, .nrrd, .seg.nrrd, .mha).") from None
-    finally:
-        shutil.rmtree(tmp_dir, ignore_errors=True)

@@ -17,7 +17,7 @@ import torch
 
 import SemiSupSegTraining.infer as infer
 import SemiSupSegTraining.modelfile as modelfile
-from SemiSupSegTraining import runfolder
+from SemiSupSegTraining import atomicio, runfolder
 from SemiSupSegTraining import train as training
 from SemiSupSegTraining.cli import main
 from SemiSupSegTraining.config import preset_config
@@ -268,7 +268,7 @@ def test_second_interrupt_while_writing_the_checkpoint_keeps_it_whole(phantom_da
     assert interrupts
     assert training.load_checkpoint(folder)["_skipped"] == []
     assert training.CHECKPOINT_NAME in os.listdir(folder)
-    assert not [name for name in os.listdir(folder) if modelfile.PARTIAL_MARK in name]
+    assert not [name for name in os.listdir(folder) if atomicio.PARTIAL_MARK in name]
 
 
 def test_full_disk_while_checkpointing_is_one_sentence(phantom_dataset, tmp_path, monkeypatch, capsys):
