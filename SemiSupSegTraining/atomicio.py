@@ -19,7 +19,7 @@ PARTIAL_MARK = ".partial"  # temporary folders are .NAME.partialXXXX until their
 
 
 def fsync_folder(folder: str) -> None:
-    """Flushes a folder's entries (a rename into it) to disk; Windows cannot open a folder, so it is skipped."""
+    """Flushes a folder's entries (a rename into it) to disk; skipped on Windows, which cannot open one."""
     if os.name == "nt":
         return
     try:
@@ -45,8 +45,8 @@ def _fsync_file(path: str) -> None:
 def atomic_write(path: str, write: Callable[[str], None], previous: Optional[str] = None) -> str:
     """Writes ``path`` atomically; returns its absolute path.
 
-    ``write(temporary_path)`` writes the new file; ``temporary_path`` has ``path``'s own name (its ending picks
-    the format of writers such as SimpleITK) inside a temporary folder beside it. A writer that makes two
+    ``write(temporary_path)`` writes the new file; ``temporary_path`` has ``path``'s own name (its ending
+    picks the format of writers such as SimpleITK) inside a temporary folder beside it. A writer that makes two
     files (``.mhd`` with its ``.raw``) names the data file by its final name: every file is moved, the named
     one last. ``previous``: the current file, if any, is first renamed to this name (kept as a fallback).
     """
@@ -81,7 +81,7 @@ def write_text_atomic(path: str, text: str) -> str:
 
 
 def write_json_atomic(path: str, data: Any, indent: int = 2) -> str:
-    """Writes ``data`` as indented JSON with a final newline to ``path`` atomically; returns its absolute path."""
+    """Writes ``data`` as indented JSON and a final newline to ``path`` atomically; returns its path."""
     return write_text_atomic(path, json.dumps(data, indent=indent) + "\n")
 
 

@@ -259,11 +259,16 @@ def read_label(path: str, classes: List[ClassInfo], reference: Geometry) -> np.n
                              f"nearest neighbour) or pick the right image.")
         values = sitk.GetArrayFromImage(image)
         if values.dtype.kind == "f":
-            if not np.isfinite(values).all() or np.any(values != np.round(values)):
-                raise InputError(f"The label {path} has non-integer values; a label map holds whole class "
-                                 f"values such as 0, 1, 2.")
+            require_whole_values(values, path)
             values = values.astype(np.int64)
     return values_to_indices(values, classes, path)
+
+
+def require_whole_values(values: np.ndarray, path: str,
+                         rule: str = "a label map holds whole class values such as 0, 1, 2") -> None:
+    """A label's values must be whole numbers: a float label file may hold 1.0, never 0.5 or NaN."""
+    if values.dtype.kind == "f" and (not np.isfinite(values).all() or np.any(values != np.round(values))):
+        raise InputError(f"The label {path} has non-integer values; {rule}.")
 
 
 def values_to_indices(values: np.ndarray, classes: List[ClassInfo], path: str) -> np.ndarray:
@@ -313,8 +318,7 @@ def read_header(path: str) -> Geometry:
         return Geometry.of(read_sitk_image(path, "image"))  # its own, more specific, error message
     if reader.GetDimension() != 3:
         return Geometry.of(read_sitk_image(path, "image"))
-    return Geometry(tuple(reader.GetSize()), tuple(reader.GetSpacing()), tuple(reader.GetOrigin()),
-                    tuple(reader.GetDirection()))
+    return Geometry.of(reader)
 
 
 @functools.lru_cache(maxsize=4096)

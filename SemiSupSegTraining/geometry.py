@@ -54,7 +54,8 @@ class Geometry:
     direction: Tuple[float, ...]
 
     @classmethod
-    def of(cls, image: sitk.Image) -> "Geometry":
+    def of(cls, image: Union[sitk.Image, sitk.ImageFileReader]) -> "Geometry":
+        """The grid of an image, or of a file whose header a reader has read."""
         return cls(tuple(image.GetSize()), tuple(image.GetSpacing()), tuple(image.GetOrigin()),
                    tuple(image.GetDirection()))
 

@@ -36,31 +36,61 @@ def _description(*paragraphs: str, example_labeled: Optional[int] = None, datase
             f"  semisupseg evaluate --model model-fold0/model.pt --manifest OUTPUT/fold0_test.json{overlap}")
 
 
+# Per dataset: its line in the list of datasets, the labeled count of its --help example, its --help text.
+_DATASET_HELP = {
+    "la": ("2018 Atrial Segmentation Challenge (lgemri.nrrd + laendo.nrrd, or mri_norm2.h5 files)", 8, (
+        "Prepare the left-atrium LGE-MRI of the 2018 Atrial Segmentation Challenge.",
+        "INPUT holds a folder per case with lgemri.nrrd (image) and laendo.nrrd (label, 0/255), or "
+        "the reference code's mri_norm2.h5 (datasets 'image', z-scored, and 'label', 0/1, stored "
+        "x,y,z without geometry: written with --spacing, identity direction, origin 0). Images "
+        "are z-scored and keep their full size unless --crop-to-label is given. The class is "
+        "'left atrium', the modality MRI. Five folds of 80/20 by default: for the 100 training "
+        "cases, fold 0 is the standard split (first 80 train, last 20 test; labeled = the first 8 "
+        "or 16).")),
+    "pancreas": ("NIH Pancreas-CT (a DICOM series per case + label0001.nii.gz files)", 12, (
+        "Prepare the NIH Pancreas-CT dataset.",
+        "IMAGES holds a folder per case (PANCREAS_0001/<study>/<series>/*.dcm; the series is found "
+        "by walking the folder) or image files with the case number in the name; LABELS holds "
+        "label0001.nii.gz, ... Cases and labels are matched by number. Each label must lie on its "
+        "image's grid (a label stored in another axis order or direction over the same voxels is "
+        "resampled exactly). Images keep their Hounsfield units: the manifest says modality CT, so "
+        "training and segmentation apply the paper's window -120..240 HU themselves. By default "
+        "the volumes are cropped as in the paper, to the pancreas + 25 voxels; that crop uses the "
+        "label, which a new scan does not have: it reproduces the paper's numbers, while --no-crop "
+        "keeps whole scans for a model meant for new ones. Class 'pancreas'. Four folds by "
+        "default; 12 labeled training cases (~20%). Train with --preset pancreas: the paper's 96×96×96 "
+        f"crops; segment and evaluate with --overlap {PANCREAS_OVERLAP}: its windows every 16 voxels.")),
+    "decathlon": ("a Medical Segmentation Decathlon task (Task02_Heart, Task07_Pancreas, ...)", 4, (
+        "Prepare a Medical Segmentation Decathlon task (or an nnU-Net dataset folder).",
+        "TASK_DIR holds imagesTr/, labelsTr/ and dataset.json (its 'labels' name the classes, its "
+        "'modality' decides the normalisation: CT the HU window, MRI the z-score). The cases with a "
+        "label are the cases; images keep their intensities and full size, labels their values. "
+        "Task02_Heart (the left atrium, 20 MRI cases) and Task07_Pancreas (281 CT cases; labels 1 "
+        "pancreas, 2 tumour; --merge-tumour makes them one pancreas class as in the paper's NIH "
+        "task). Five folds by default.")),
+}
+
+
 def add_prepare_parser(subparsers) -> argparse.ArgumentParser:
     """Adds ``prepare`` with the sub-commands ``la``, ``pancreas`` and ``decathlon`` to a ``add_subparsers()`` object."""
-    formatter = argparse.RawDescriptionHelpFormatter
     parser = subparsers.add_parser(
         "prepare",
         help="turn the paper's datasets (left atrium, NIH pancreas) or a Decathlon task into volumes, manifests "
              "and folds",
         description=_description("Turn the datasets of the paper into NIfTI volumes, a manifest, fold lists "
                                  "and ready-to-train manifests per fold."),
-        formatter_class=formatter)
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     datasets = parser.add_subparsers(dest="dataset", metavar="DATASET")
     datasets.required = True
+    for name, add_options in (("la", _la_options), ("pancreas", _pancreas_options),
+                              ("decathlon", _decathlon_options)):
+        p = _dataset_parser(datasets, name)
+        add_options(p)
+        _progress(p)
+    return parser
 
-    p = datasets.add_parser(
-        "la", help="2018 Atrial Segmentation Challenge (lgemri.nrrd + laendo.nrrd, or mri_norm2.h5 files)",
-        formatter_class=formatter,
-        description=_description(
-            "Prepare the left-atrium LGE-MRI of the 2018 Atrial Segmentation Challenge.",
-            "INPUT holds a folder per case with lgemri.nrrd (image) and laendo.nrrd (label, 0/255), or "
-            "the reference code's mri_norm2.h5 (datasets 'image', z-scored, and 'label', 0/1, stored "
-            "x,y,z without geometry: written with --spacing, identity direction, origin 0). Images "
-            "are z-scored and keep their full size unless --crop-to-label is given. The class is "
-            "'left atrium', the modality MRI. Five folds of 80/20 by default: for the 100 training "
-            "cases, fold 0 is the standard split (first 80 train, last 20 test; labeled = the first 8 "
-            "or 16).", example_labeled=8))
+
+def _la_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--input", required=True, metavar="DIR",
                    help="the folder with one folder per case (e.g. '2018LA_Seg_Training Set'); searched "
                         "recursively")
@@ -78,25 +108,9 @@ def add_prepare_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--spacing", type=float, nargs=3, default=list(LA_SPACING), metavar=("SX", "SY", "SZ"),
                    help="h5 layout only: the voxel size in mm written into the volumes (default 0.625 0.625 "
                         "0.625, the challenge's)")
-    _progress(p)
 
-    p = datasets.add_parser(
-        "pancreas", help="NIH Pancreas-CT (a DICOM series per case + label0001.nii.gz files)",
-        formatter_class=formatter,
-        description=_description(
-            "Prepare the NIH Pancreas-CT dataset.",
-            "IMAGES holds a folder per case (PANCREAS_0001/<study>/<series>/*.dcm; the series is found "
-            "by walking the folder) or image files with the case number in the name; LABELS holds "
-            "label0001.nii.gz, ... Cases and labels are matched by number. Each label must lie on its "
-            "image's grid (a label stored in another axis order or direction over the same voxels is "
-            "resampled exactly). Images keep their Hounsfield units: the manifest says modality CT, so "
-            "training and segmentation apply the paper's window -120..240 HU themselves. By default "
-            "the volumes are cropped as in the paper, to the pancreas + 25 voxels; that crop uses the "
-            "label, which a new scan does not have: it reproduces the paper's numbers, while --no-crop "
-            "keeps whole scans for a model meant for new ones. Class 'pancreas'. Four folds by "
-            "default; 12 labeled training cases (~20%). Train with --preset pancreas: the paper's 96×96×96 "
-            f"crops; segment and evaluate with --overlap {PANCREAS_OVERLAP}: its windows every 16 voxels.",
-            example_labeled=12, dataset="pancreas"))
+
+def _pancreas_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--images", required=True, metavar="DIR",
                    help="the folder with the DICOM cases (PANCREAS_0001, ...), e.g. the download's "
                         "Pancreas-CT")
@@ -114,25 +128,22 @@ def add_prepare_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--label-on-image-grid", action="store_true",
                    help="when a label has its image's size but another origin, spacing or direction in its "
                         "header, place its voxels on the image's grid anyway (check the overlay in Slicer)")
-    _progress(p)
 
-    p = datasets.add_parser(
-        "decathlon", help="a Medical Segmentation Decathlon task (Task02_Heart, Task07_Pancreas, ...)",
-        formatter_class=formatter,
-        description=_description(
-            "Prepare a Medical Segmentation Decathlon task (or an nnU-Net dataset folder).",
-            "TASK_DIR holds imagesTr/, labelsTr/ and dataset.json (its 'labels' name the classes, its "
-            "'modality' decides the normalisation: CT the HU window, MRI the z-score). The cases with a "
-            "label are the cases; images keep their intensities and full size, labels their values. "
-            "Task02_Heart (the left atrium, 20 MRI cases) and Task07_Pancreas (281 CT cases; labels 1 "
-            "pancreas, 2 tumour; --merge-tumour makes them one pancreas class as in the paper's NIH "
-            "task). Five folds by default.", example_labeled=4))
+
+def _decathlon_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("task_dir", metavar="TASK_DIR", help="the task folder, e.g. Task02_Heart")
     _outputs_and_folds(p, None, "(e.g. 4 for a fifth of Task02_Heart's 16 training cases per fold)", 5)
     p.add_argument("--merge-tumour", action="store_true",
                    help="Task07_Pancreas: label 2 (tumour) becomes 1 (pancreas), one class as in the paper")
-    _progress(p)
-    return parser
+
+
+def _dataset_parser(datasets, name: str) -> argparse.ArgumentParser:
+    """The sub-command ``prepare NAME``, its --help from ``_DATASET_HELP`` with the outputs and a
+    train/evaluate example."""
+    summary, example_labeled, paragraphs = _DATASET_HELP[name]
+    return datasets.add_parser(name, help=summary, formatter_class=argparse.RawDescriptionHelpFormatter,
+                               description=_description(*paragraphs, example_labeled=example_labeled,
+                                                        dataset=name))
 
 
 def _outputs_and_folds(parser: argparse.ArgumentParser, labeled: Optional[List[int]], labeled_note: str,
@@ -140,8 +151,8 @@ def _outputs_and_folds(parser: argparse.ArgumentParser, labeled: Optional[List[i
     """--output, --labeled (``labeled`` None: required), --folds and, with the reference code's dataset name
     ``fold_lists``, --fold-lists: the options every dataset shares."""
     parser.add_argument("--output", required=True, metavar="DIR", help="the folder to write everything into")
-    parser.add_argument("--labeled", type=int, nargs="+", default=labeled, required=labeled is None, metavar="N",
-                        help=f"labeled cases per fold, one training manifest each {labeled_note}")
+    parser.add_argument("--labeled", type=int, nargs="+", default=labeled, required=labeled is None,
+                        metavar="N", help=f"labeled cases per fold, one training manifest each {labeled_note}")
     parser.add_argument("--folds", type=int, default=folds, help=f"number of folds (default {folds})")
     if fold_lists is not None:
         parser.add_argument("--fold-lists", metavar="DIR",

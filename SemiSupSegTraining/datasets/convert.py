@@ -61,7 +61,7 @@ class Conversion:
     start_message: str                            # "Preparing N ... into OUTPUT."
     description: str                              # the manifests' "description"
     provenance: Dict[str, object]                 # prepare.json's fields before "cases"
-    protocol: str = ""                            # a key of PROTOCOL: its train/segment options in the summary
+    protocol: str = ""                            # a key of PROTOCOL: its options in the summary
 
 
 def check_output_folder(output_dir: str, inputs: Sequence[str]) -> str:
@@ -82,7 +82,8 @@ def cropped_case(image: sitk.Image, label01_zyx: np.ndarray, geometry: Geometry,
                  stop: Sequence[int]) -> ConvertedCase:
     """The image and its 0/1 label cut to the box ``start:stop`` (x, y, z), with the box recorded."""
     return ConvertedCase(crop(image, start, stop), crop(geometry.to_image(label01_zyx), start, stop),
-                         {"source_size": list(geometry.size), "crop_start": list(start), "crop_stop": list(stop)})
+                         {"source_size": list(geometry.size), "crop_start": list(start),
+                          "crop_stop": list(stop)})
 
 
 def write_case(output_dir: str, case_id: str, image: sitk.Image, label: sitk.Image) -> CaseEntry:
@@ -137,9 +138,10 @@ def summary(output_dir: str, count: int, written: Dict[str, object], protocol: s
     first = written["fold_manifests"][0]
     n = sorted(first["manifests"]["train"], key=int)[0]
     preset, segment = PROTOCOL.get(protocol, ("", ""))
+    manifest = os.path.join(output_dir, first["manifests"]["train"][n])
     return (f"Wrote {count} cases, manifest.json, folds.json and {len(written['fold_manifests'])} folds of "
             f"manifests to {output_dir}; train with e.g. 'semisupseg train --manifest "
-            f"{os.path.join(output_dir, first['manifests']['train'][n])} --output model-fold0{preset}'{segment}.")
+            f"{manifest} --output model-fold0{preset}'{segment}.")
 
 
 def convert_cases(output_dir: str, conversion: Conversion, folds: int, labeled: Sequence[int],
@@ -160,9 +162,9 @@ def convert_cases(output_dir: str, conversion: Conversion, folds: int, labeled: 
                              "label_source": os.path.abspath(source.label)}, **case.record))
         reporter.progress("prepare", i + 1, len(sources), case=source.id,
                           message=f"prepared {source.id} ({i + 1}/{len(sources)})")
+    provenance = dict(conversion.provenance, cases=records)
     written = write_outputs(output_dir, entries, conversion.classes, conversion.modality, conversion.dataset,
-                            conversion.description, folds, labeled, dict(conversion.provenance, cases=records),
-                            fold_lists)
+                            conversion.description, folds, labeled, provenance, fold_lists)
     reporter.emit("done", "prepare", manifest=written["manifest"], folds=written["folds"],
                   message=summary(output_dir, len(entries), written, conversion.protocol))
     return str(written["manifest"])

@@ -7,7 +7,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..errors import InputError
-from ..fileio import header_reader, read_sitk_image, require_3d_scalar
+from ..fileio import header_reader, read_sitk_image, require_3d_scalar, require_whole_values
 from ..geometry import Geometry
 
 
@@ -78,16 +78,13 @@ def header_geometry(path: str, what: str) -> Geometry:
     reader = header_reader(path, what)
     if reader.GetDimension() != 3:
         raise InputError(f"The {what} {path} is {reader.GetDimension()}D; SemiSupSeg needs a 3D volume.")
-    return Geometry(tuple(reader.GetSize()), tuple(reader.GetSpacing()), tuple(reader.GetOrigin()),
-                    tuple(reader.GetDirection()))
+    return Geometry.of(reader)
 
 
 def binary_label(values: np.ndarray, path: str, allowed: Sequence[int]) -> np.ndarray:
     """A two-valued label (0 and one of ``allowed``) as uint8 0/1; other values are an error."""
-    if values.dtype.kind == "f":
-        if not np.isfinite(values).all() or np.any(values != np.round(values)):
-            raise InputError(f"The label {path} has non-integer values; it must hold 0 for background and "
-                             f"{' or '.join(str(a) for a in allowed)} for the structure.")
+    require_whole_values(values, path, f"it must hold 0 for background and {' or '.join(str(a) for a in allowed)} "
+                                       f"for the structure")
     present = [int(v) for v in np.unique(values)]
     unknown = [v for v in present if v != 0 and v not in allowed]
     if unknown:
@@ -137,13 +134,13 @@ def crop(image: sitk.Image, start: Sequence[int], stop: Sequence[int]) -> sitk.I
 
 def read_label_on_grid(label_path: str, reference: Geometry, image_path: str,
                        trust_voxels: Optional[bool] = None) -> sitk.Image:
-    """The label file read, checked to be 3D and scalar, and placed on its image's grid (:func:`onto_grid`)."""
+    """The label file read, checked to be 3D and scalar, and placed on its image's grid (see onto_grid)."""
     label = read_sitk_image(label_path, "label")
     require_3d_scalar(label, label_path, "label")
     return onto_grid(label, reference, label_path, image_path, trust_voxels)
 
 
 def check_label_header(image_path: str, label_path: str, trust_voxels: Optional[bool] = None) -> None:
-    """From both headers only: the label lies on its image's grid (or can be placed there, :func:`grid_fits`)."""
-    grid_fits(header_geometry(image_path, "image"), header_geometry(label_path, "label"), label_path, image_path,
-              trust_voxels)
+    """From both headers only: the label lies on its image's grid (or can be placed there, see grid_fits)."""
+    grid_fits(header_geometry(image_path, "image"), header_geometry(label_path, "label"), label_path,
+              image_path, trust_voxels)

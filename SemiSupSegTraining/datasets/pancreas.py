@@ -11,23 +11,18 @@ import SimpleITK as sitk
 from ..errors import InputError
 from ..fileio import read_sitk_image, require_3d_scalar
 from ..geometry import Geometry
+from ..layouts import split_image_name
 from ..manifest import default_classes
 from ..progress import Reporter
 from .convert import Conversion, ConvertedCase, SourceCase, check_output_folder, convert_cases, cropped_case
 from .grids import binary_label, check_label_header, crop_box, header_geometry, read_label_on_grid
 
 PANCREAS_MIN_CROP = (96, 96, 96)       # the paper's crop for the pancreas
-IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 
 
 def _case_number(name: str) -> Optional[int]:
     digits = re.findall(r"\d+", name)
     return int(digits[-1]) if digits else None
-
-
-def _image_suffix(name: str) -> Optional[str]:
-    lower = name.lower()
-    return next((s for s in IMAGE_SUFFIXES if lower.endswith(s)), None)
 
 
 def find_pancreas_cases(images_dir: str, labels_dir: str) -> Tuple[List[SourceCase], List[str]]:
@@ -63,7 +58,7 @@ def find_pancreas_cases(images_dir: str, labels_dir: str) -> Tuple[List[SourceCa
                 continue
             if os.path.isdir(path):
                 add_image(number, path, "dicom")
-            elif _image_suffix(name):
+            elif split_image_name(name)[1]:
                 add_image(number, path, "file")
     if not images:
         raise InputError(f"The --images folder {images_dir} holds no case (folders like PANCREAS_0001 with a "
@@ -73,8 +68,8 @@ def find_pancreas_cases(images_dir: str, labels_dir: str) -> Tuple[List[SourceCa
     for dirpath, dirnames, filenames in os.walk(labels_dir):
         dirnames.sort()
         for name in sorted(filenames):
-            suffix = _image_suffix(name)
-            number = _case_number(name[: -len(suffix)]) if suffix else None
+            stem, ending = split_image_name(name)
+            number = _case_number(stem) if ending else None
             if number is None or name.startswith("."):
                 continue
             path = os.path.join(dirpath, name)

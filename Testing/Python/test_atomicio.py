@@ -140,10 +140,19 @@ def _writers():
         write_outputs(os.path.dirname(path), entries, default_classes(["atrium"]), "MRI", "test", "test", 2,
                       [1], {"version_mark": version})
 
+    def picture(path, version):
+        pytest.importorskip("matplotlib")
+        from SemiSupSegTraining.demo import write_loss_curve
+        log = os.path.join(os.path.dirname(path), "log.jsonl")
+        with open(log, "w") as f:
+            for i in (1, 2):
+                f.write(json.dumps({"iteration": i, "losses": {"loss": version / i}}) + "\n")
+        assert write_loss_curve(log, path) == path
+
     return [("manifest", "manifest.json", manifest), ("model metadata", "model.json", model_metadata),
             ("model file", "model.pt", model_file), ("checkpoint", "checkpoint.pt", checkpoint),
             ("run folder text", "log.jsonl", run_text), ("image", "case.nii.gz", image),
-            ("prepare's records", "prepare.json", prepare_outputs)]
+            ("prepare's records", "prepare.json", prepare_outputs), ("demo picture", "loss_curve.png", picture)]
 
 
 @pytest.mark.parametrize("name, filename, write", _writers(), ids=[w[0] for w in _writers()])
