@@ -17,7 +17,7 @@ import SimpleITK as sitk
 
 from .atomicio import atomic_write
 from .errors import InputError
-from .geometry import Geometry
+from .geometry import Geometry, resample_labels
 from .manifest import ClassInfo, class_color
 
 
@@ -133,20 +133,41 @@ def _sitk_reason(error: Exception, limit: int = 160) -> str:
     return (lines[-1] if lines else "unknown reason")[:limit]
 
 
-def _read_dicom_series(folder: str, what: str) -> sitk.Image:
+def largest_dicom_series(folder: str, below: bool = False) -> List[str]:
+    """The files of the DICOM series with the most slices in ``folder`` (``below``: in any folder below it
+    too): that is the scan, localisers and scouts have few. [] when there is none."""
     reader = sitk.ImageSeriesReader()
-    series = reader.GetGDCMSeriesIDs(folder)
-    if not series:
-        raise InputError(f"The {what} folder {folder} holds no DICOM series; give a folder of DICOM files "
-                         f"or an image file.")
-    # The series with the most slices is the scan; localisers and scouts have few.
-    files = max((reader.GetGDCMSeriesFileNames(folder, s) for s in series), key=len)
-    reader.SetFileNames(files)
+    best: List[str] = []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames.sort()
+        if not below:
+            dirnames.clear()
+        if not filenames:
+            continue
+        for series in reader.GetGDCMSeriesIDs(dirpath):
+            files = list(reader.GetGDCMSeriesFileNames(dirpath, series))
+            if len(files) > len(best):
+                best = files
+    return best
+
+
+def read_dicom_files(files: Sequence[str]) -> sitk.Image:
+    """One DICOM series from its files; an unreadable one is one sentence naming its folder."""
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(list(files))
     try:
         return reader.Execute()
     except RuntimeError as e:
-        raise InputError(f"The DICOM series in {folder} cannot be read ({_sitk_reason(e)}); check that "
-                         f"the files are complete.") from None
+        raise InputError(f"The DICOM series in {os.path.dirname(files[0])} cannot be read ({_sitk_reason(e)}); "
+                         f"check that its files are complete.") from None
+
+
+def _read_dicom_series(folder: str, what: str) -> sitk.Image:
+    files = largest_dicom_series(folder)
+    if not files:
+        raise InputError(f"The {what} folder {folder} holds no DICOM series; give a folder of DICOM files "
+                         f"or an image file.")
+    return read_dicom_files(files)
 
 
 def require_3d_scalar(image: sitk.Image, path: str, what: str) -> None:
@@ -220,9 +241,7 @@ def read_segmentation_file(path: str, reference: Optional[Geometry] = None
     label = sitk.GetImageFromArray(merged)
     label.CopyInformation(layers[0])
     if reference is not None and Geometry.of(label) != reference:
-        label = sitk.Resample(label, list(reference.size), sitk.Transform(), sitk.sitkNearestNeighbor,
-                              list(reference.origin), list(reference.spacing), list(reference.direction),
-                              0, sitk.sitkInt32)
+        label = resample_labels(label, reference, sitk.sitkInt32)
     return label, [(name, order) for order, (name, _, _) in enumerate(segments, start=1)]
 
 

@@ -8,7 +8,7 @@ import SimpleITK as sitk
 
 from ..errors import InputError
 from ..fileio import header_reader, read_sitk_image, require_3d_scalar, require_whole_values
-from ..geometry import Geometry
+from ..geometry import Geometry, resample_labels
 
 
 def _affine(g: Geometry) -> Tuple[np.ndarray, np.ndarray]:
@@ -67,9 +67,7 @@ def onto_grid(label: sitk.Image, reference: Geometry, label_path: str, image_pat
     order, or (``trust_voxels``) its voxels placed on the image's grid when only its header differs."""
     fit = grid_fits(reference, Geometry.of(label), label_path, image_path, trust_voxels)
     if fit == "reordered":
-        return sitk.Resample(label, [int(s) for s in reference.size], sitk.Transform(),
-                             sitk.sitkNearestNeighbor, list(reference.origin), list(reference.spacing),
-                             list(reference.direction), 0, label.GetPixelID())
+        return resample_labels(label, reference)
     return reference.apply(label)   # within tolerance (or trusted): give it the image's exact grid
 
 

@@ -9,7 +9,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import SimpleITK as sitk
 
 from ..errors import InputError
-from ..fileio import read_sitk_image, require_3d_scalar
+from ..fileio import largest_dicom_series, read_dicom_files, read_sitk_image, require_3d_scalar
 from ..geometry import Geometry
 from ..layouts import split_image_name
 from ..manifest import default_classes
@@ -90,25 +90,11 @@ def find_pancreas_cases(images_dir: str, labels_dir: str) -> Tuple[List[SourceCa
 
 def read_dicom_case(folder: str) -> sitk.Image:
     """The largest DICOM series found anywhere below ``folder`` (localisers and scouts have few slices)."""
-    reader = sitk.ImageSeriesReader()
-    best: List[str] = []
-    for dirpath, dirnames, filenames in os.walk(folder):
-        dirnames.sort()
-        if not filenames:
-            continue
-        for series in reader.GetGDCMSeriesIDs(dirpath):
-            files = list(reader.GetGDCMSeriesFileNames(dirpath, series))
-            if len(files) > len(best):
-                best = files
-    if not best:
+    files = largest_dicom_series(folder, below=True)
+    if not files:
         raise InputError(f"The case folder {folder} holds no DICOM series; check the download (each case "
                          f"folder holds a study folder with the CT series).")
-    reader.SetFileNames(best)
-    try:
-        image = reader.Execute()
-    except RuntimeError as e:
-        raise InputError(f"The DICOM series in {os.path.dirname(best[0])} cannot be read "
-                         f"({str(e).strip()[:160]}); check that its files are complete.") from None
+    image = read_dicom_files(files)
     require_3d_scalar(image, folder, "image")
     return image
 

@@ -414,6 +414,22 @@ def test_pancreas_empty_case_folder(tmp_path):
         prepare_pancreas(str(images), str(labels), str(tmp_path / "out"), labeled=[1])
 
 
+def test_the_largest_dicom_series_below_a_case_folder_is_its_scan(tmp_path):
+    """A two-slice localiser beside the CT series (deeper in the tree) is passed over; reading one folder
+    only (the engine's DICOM input) finds no series in a folder that holds only sub-folders."""
+    from SemiSupSegTraining.datasets.pancreas import read_dicom_case
+    from SemiSupSegTraining.fileio import largest_dicom_series
+
+    case = tmp_path / "PANCREAS_0001"
+    _write_dicom_series(case / "study" / "a-localiser", _pancreas_hu(1)[:2], (0.7, 0.7, 2.5), (0.0, 0.0, 0.0), 7)
+    _write_dicom_series(case / "study" / "b" / "ct", _pancreas_hu(1), (0.7, 0.7, 2.5), (0.0, 0.0, 0.0), 8)
+    image = read_dicom_case(str(case))
+    assert image.GetSize() == SIZE
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(image), _pancreas_hu(1))
+    assert largest_dicom_series(str(case)) == []
+    assert len(largest_dicom_series(str(case / "study" / "a-localiser"))) == 2
+
+
 def test_pancreas_from_image_files_through_the_command_line(tmp_path, capsys):
     """Image files with the case number in the name (no DICOM folders): each label's header is checked
     against its image's before anything is written, then cropped like the DICOM cases."""
