@@ -13,15 +13,23 @@ import shutil
 import sys
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
+# The engine's own lists and its one default (plain Python, no torch): the module keeps no copy of them.
+from SemiSupSegTraining.config import DEFAULT_METHOD, DEFAULT_PRESET, preset_method
+from SemiSupSegTraining.config import METHODS as ENGINE_METHODS
+from SemiSupSegTraining.config import PRESETS as ENGINE_PRESETS
+
 ENGINE_PACKAGE = "SemiSupSegTraining"
 
-#: Presets of ``train --preset`` (SemiSupSegTraining.config.PRESETS), cheapest first.
-PRESETS = ("tiny", "demo", "cpu-fast", "paper", "pancreas")
-DEFAULT_PRESET = "cpu-fast"
-#: Methods of ``train --set method=...`` (SemiSupSegTraining.config.METHODS without the reference code's
-#: training): labels alone, the paper's, then the baselines. The default is the engine's.
-METHODS = ("supervised", "ours", "ua-mt", "mean-teacher", "cps", "bcp")
-DEFAULT_METHOD = "supervised"
+#: Presets of ``train --preset``, in the engine's order.
+PRESETS = tuple(ENGINE_PRESETS)
+#: The Method control's first choice: the preset's own method (no ``--set method=``).
+PRESET_METHOD = "(preset's)"
+#: Methods of ``train --set method=...``: the engine's, without the reference code's training (benchmarks only).
+METHODS = tuple(m for m in ENGINE_METHODS if m != "reference")
+#: The Method control's choices.
+METHOD_CHOICES = (PRESET_METHOD,) + METHODS
+__all__ = ["DEFAULT_METHOD", "DEFAULT_PRESET", "preset_method"]  # re-exported: the widget shows them
+
 #: Devices of ``--device``.
 DEVICES = ("auto", "cuda", "cpu", "mps")
 MODALITIES = ("MRI", "CT")
@@ -97,6 +105,36 @@ def engine_environment(engine_parent: Optional[str], base_env: Optional[Mapping[
     return updates
 
 
+def method_argument(choice: Optional[str]) -> Optional[str]:
+    """The ``--set method=`` of the Method control's choice: None for the preset's own method."""
+    return None if not choice or choice == PRESET_METHOD else choice
+
+
+def effective_method(preset: str, choice: Optional[str]) -> str:
+    """The method a training with this preset and Method choice trains (shown beside the preset)."""
+    return method_argument(choice) or preset_method(preset or DEFAULT_PRESET)
+
+
+#: Image files the engine reads as they are (SimpleITK): a volume loaded from one and not changed since
+#: is not written again for a training.
+ENGINE_READABLE = (".nrrd", ".nhdr", ".nii", ".nii.gz", ".mha", ".mhd")
+
+
+def reusable_volume_file(path: Optional[str], modified_since_read: bool, has_parent_transform: bool) -> bool:
+    """Whether the engine can read a volume node's own file instead of an export: a file in a format it
+    reads, that exists, that the node was not changed since, and no parent transform (the export ignores
+    it too, but a file may hold another one)."""
+    return bool(path) and not modified_since_read and not has_parent_transform \
+        and path.lower().endswith(ENGINE_READABLE) and os.path.isfile(path)
+
+
+def export_cache_name(node_id: str, session: str, *modified_times: int) -> str:
+    """The file name of a volume's cached export: it changes whenever the node or its voxels change (their
+    modified times, which count up within one Slicer session) and between sessions."""
+    clean = re.sub(r"[^A-Za-z0-9_-]+", "_", node_id)
+    return f"{clean}-{session}-" + "-".join(str(int(t)) for t in modified_times) + ".nrrd"
+
+
 def _check_choice(value: Optional[str], choices: Sequence[str], what: str) -> None:
     if value is not None and value not in choices:
         raise ValueError(f"{what} {value!r} is not one of {', '.join(choices)}.")
@@ -118,6 +156,7 @@ def train_command(python: str, manifest: Optional[str] = None, output: Optional[
     the last that many labeled cases out of training and report their Dice (a resumed training keeps its own).
     ``method``: what trains (``--set method=...``); a resumed training keeps its own."""
     _check_choice(preset, PRESETS, "Preset")
+    method = method_argument(method)
     _check_choice(method, METHODS, "Method")
     _check_device(device)
     command = [python, "-m", ENGINE_PACKAGE, "train"]

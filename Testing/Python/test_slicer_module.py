@@ -14,7 +14,7 @@ MODULE_DIR = os.path.join(ROOT, "SemiSupSeg")
 LIB_DIR = os.path.join(MODULE_DIR, "SemiSupSegLib")
 MODULE_FILES = [os.path.join(MODULE_DIR, "SemiSupSeg.py")] + sorted(glob.glob(os.path.join(LIB_DIR, "*.py")))
 PLAIN_PYTHON = ("__init__", "commands", "progress", "job", "cases", "labels", "install", "interfaces", "review",
-                "terminology", "recorded_engine")
+                "form", "terminology", "recorded_engine")
 
 # The functions of slicer.util the module calls, with their parameters in Slicer 5.8.1 (read from
 # Base/Python/slicer/util.py at tag v5.8.1; "**" marks functions that take further keyword arguments).
@@ -176,7 +176,9 @@ def test_the_cases_are_node_reference_fields_of_the_parameter_node():
     assert fields["caseVolumes"] == "List[vtkMRMLScalarVolumeNode]"
     assert fields["caseSegmentations"] == "List[vtkMRMLSegmentationNode]"
     widget = open(os.path.join(LIB_DIR, "widget.py"), encoding="utf-8").read()
-    assert "readCases(self._parameterNode)" in widget and "writeCases(self._parameterNode, self.cases)" in widget
+    # no cached copy: the table is read from the parameter node each time and written back whole
+    assert "return readCases(self._parameterNode)" in widget and "writeCases(self._parameterNode, cases)" in widget
+    assert "self.cases =" not in widget
     assert "from_json" not in widget and ".cases = self.cases.to_json()" not in widget
 
 
@@ -186,7 +188,7 @@ def _torch_imports(path):
         names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
             [node.module or ""] if isinstance(node, ast.ImportFrom) else []
         found += [n for n in names if n.split(".")[0] == "torch" or n.endswith("modelfile")
-                  or n.startswith("SemiSupSegTraining.") and n.split(".")[1] not in ("manifest", "modelinfo", "layouts")]
+                  or n.startswith("SemiSupSegTraining.") and n.split(".")[1] not in ("manifest", "modelinfo", "layouts", "config")]
     return found
 
 
