@@ -12,7 +12,8 @@ label* -> segment the next case -> *Retrain*. The rules:
   empties nothing.
 - A segmentation becomes a case's label only by the user: *Use as label*, a segmentation chosen in the
   case table, a ticked box, or *Add volume* of a volume with a segmentation the user made (never one the
-  module made, and never a change to a row already in the table).
+  module made, and never a change to a row already in the table). A result made a label is the user's
+  from then on (``ROLE_CONFIRMED``).
 - *Use as label* refuses a segmentation made on another volume, or that is another case's label.
 - The module's own volumes (uncertainty) and volumes that are not plain scalar volumes are never cases.
 
@@ -35,6 +36,9 @@ PROVENANCE = (MADE_BY, ROLE, MODEL, STAMP)
 MODULE = "SemiSupSeg"
 ROLE_RESULT = "result"
 ROLE_UNCERTAINTY = "uncertainty"
+#: A result the user made a label (*Use as label*, the case table): theirs from then on, never written again,
+#: even once it is no case's label any more.
+ROLE_CONFIRMED = "confirmed"
 #: The node reference role that names the volume a result (or a region of interest) was made for.
 SOURCE_VOLUME_ROLE = "SemiSupSegSourceVolume"
 
@@ -118,9 +122,9 @@ def output_after_input_change(cases: CaseTable, new_volume_id: Optional[str], ou
 
 
 def roi_after_input_change(roi: Optional[NodeInfo], new_volume_id: Optional[str]) -> bool:
-    """Whether the region of interest stays once the input volume changed: only one placed for that volume
-    (the module records the volume a ROI was used on); a ROI never carries over to the next case."""
-    return bool(roi and new_volume_id and roi.source_volume_id == new_volume_id)
+    """Whether the region of interest stays once the input volume changed: one not used yet, or used on that
+    volume (*Segment* records the volume on the ROI); a ROI used on one case never carries over to the next."""
+    return bool(roi and new_volume_id and roi.source_volume_id in (None, new_volume_id))
 
 
 def result_lands_on_input(job_volume_id: str, input_volume_id: Optional[str]) -> bool:
@@ -130,6 +134,9 @@ def result_lands_on_input(job_volume_id: str, input_volume_id: Optional[str]) ->
 
 def use_as_label_refusal(cases: CaseTable, volume: NodeInfo, segmentation: NodeInfo) -> Optional[str]:
     """Why ``segmentation`` cannot become the label of ``volume``'s case, in one sentence, or None."""
+    if not can_be_case(volume):
+        return (f"Volume '{volume.name}' cannot be a case: it is the module's own (an uncertainty volume) or not a "
+                f"plain scalar volume; select the case's image as the input.")
     if segmentation.made_on and segmentation.made_on != volume.id:
         return (f"Segmentation '{segmentation.name}' was made on another volume, not on '{volume.name}': select "
                 f"its own volume as the input, or segment '{volume.name}' first.")
@@ -174,6 +181,11 @@ def use_as_label(cases: CaseTable, volume: NodeInfo, segmentation: NodeInfo) -> 
 def engine_file(volume: NodeInfo) -> Optional[str]:
     """The file a volume was loaded from when the engine reads it too (the case falls back to it)."""
     return volume.file if volume.file and volume.file.lower().endswith(ENGINE_READABLE) else None
+
+
+def confirmed_attributes(segmentation: NodeInfo) -> Dict[str, str]:
+    """The attributes to set on a segmentation the user just made a case's label (none for their own)."""
+    return {ROLE: ROLE_CONFIRMED} if segmentation.made_by_module else {}
 
 
 def can_be_case(volume: NodeInfo) -> bool:

@@ -119,12 +119,7 @@ class SemiSupSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.detachJobs()
         if self._pollTimer:
             self._pollTimer.stop()
-        deadline = time.monotonic() + jobs.DEFAULT_STOP_GRACE_S + 5.0
-        while any(not job.poll() for job in self.closingJobs) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        for job in self.closingJobs:
-            if not job.finished:
-                job.cancel()  # a second cancel kills the process tree
+        jobs.finish_detached(self.closingJobs, jobs.DEFAULT_STOP_GRACE_S + 5.0)
         self.closingJobs = []
         self.removeObservers()
 
@@ -277,8 +272,16 @@ class SemiSupSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             qt.QTimer.singleShot(0, self.updateCasesTable)
             return
         cases.set_segmentation(index, node.GetID() if node else None, node.GetName() if node else "")
+        if node:
+            self._confirm(node)
         # the table is rebuilt after this signal has returned: its sender must not be deleted while it emits
         qt.QTimer.singleShot(0, lambda: self.saveCases(cases))
+
+    @staticmethod
+    def _confirm(segmentationNode) -> None:
+        """A segmentation the user made a case's label is theirs from now on (``review.confirmed_attributes``)."""
+        for name, value in review.confirmed_attributes(nodes.nodeInfo(segmentationNode)).items():
+            segmentationNode.SetAttribute(name, value)
 
     def onCaseItemChanged(self, item) -> None:
         if self._updatingTable or item.column() != self.COLUMN_LABELED:
@@ -685,6 +688,7 @@ class SemiSupSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             cases = self.cases
             index = review.use_as_label(cases, nodes.nodeInfo(volumeNode), nodes.nodeInfo(segmentationNode))
             cases[index].status = _("corrected")
+            self._confirm(segmentationNode)
             self.saveCases(cases)
         self.addLog(_("{volume} is a labeled case now, with {segmentation}.").format(
             volume=volumeNode.GetName(), segmentation=segmentationNode.GetName()))

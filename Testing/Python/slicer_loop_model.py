@@ -85,7 +85,7 @@ class Loop:
         self.confirmed: Dict[str, str] = {}
         self.results: Dict[str, str] = {}
         self.drawn: Dict[str, str] = {}  # the segmentations the user drew from scratch -> their volume
-        self.roi_volume: Dict[str, Optional[str]] = {}  # each ROI -> the input it was placed for
+        self.roi_volume: Dict[str, Optional[str]] = {}  # each ROI -> the volume it was first segmented with
         self.has_model = False
         self.resumable = False
         self.saved = None
@@ -123,6 +123,7 @@ class Loop:
         """The user made this segmentation the volume's label: it is their work from now on."""
         self.confirmed[volume_id] = segmentation_id
         self.user_content[segmentation_id] = self.scene.content[segmentation_id]
+        self.scene.nodes[segmentation_id].attributes.update(review.confirmed_attributes(self.scene.nodes[segmentation_id]))
 
     # -- user actions ----------------------------------------------------------------------------------------
 
@@ -200,7 +201,6 @@ class Loop:
 
     def place_roi(self):
         self.scene.parameters["roi"] = self.scene.add("vtkMRMLMarkupsROINode", "roi")
-        self.roi_volume[self.scene.parameters["roi"]] = self.scene.parameters["input"]
 
     def segment(self):
         if not self.enabled()["segment"]:
@@ -211,6 +211,7 @@ class Loop:
         output = p["output"] if review.writable_result(self.cases, self.scene.info(p["output"]), p["input"]) else None
         if p["roi"]:
             self.scene.nodes[p["roi"]].source_volume_id = p["input"]
+            self.roi_volume.setdefault(p["roi"], p["input"])
         self.jobs.append(Job(form.SEGMENT, p["input"], output))
 
     def suggest(self):  # the button cancels its own running job, as in the widget
@@ -392,4 +393,4 @@ class Loop:
             assert node.class_name == review.SCALAR_VOLUME and node.name != "uncertainty", node
         # a region of interest belongs to the volume it was placed for (M7)
         roi = scene.parameters["roi"]
-        assert roi is None or self.roi_volume.get(roi) == scene.parameters["input"], "the ROI of another volume"
+        assert roi is None or self.roi_volume.get(roi) in (None, scene.parameters["input"]), "another volume's ROI"

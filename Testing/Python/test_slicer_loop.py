@@ -12,7 +12,7 @@ import random
 import pytest
 from slicer_loop_model import Loop
 
-STEPS = int(os.environ.get("SEMISUPSEG_SOAK_STEPS", "0")) or 12000
+STEPS = int(os.environ.get("SEMISUPSEG_SOAK_STEPS", "0")) or 40000
 WALK = 200  # steps per walk: a walk starts from an empty scene
 
 

@@ -6,6 +6,7 @@ import os
 
 import pytest
 from SemiSupSegLib import commands, form, review
+from SemiSupSegLib import job as jobs
 from SemiSupSegLib.cases import CaseTable
 from SemiSupSegLib.review import NodeInfo
 
@@ -46,6 +47,11 @@ def test_h1_a_result_the_user_edited_is_never_replaced_an_unchanged_one_is():
     assert not review.writable_result(cases, None, "b")
     review.use_as_label(cases, volume("b"), result("r", on="b"))
     assert not review.writable_result(cases, result("r", on="b"), "b")  # a label now: never written
+    confirmed = result("r", on="b")
+    confirmed.attributes.update(review.confirmed_attributes(confirmed))
+    cases.set_segmentation(1, None)
+    assert not review.writable_result(cases, confirmed, "b")  # nor once it left the table
+    assert review.confirmed_attributes(drawn("mine", on="b")) == {}
 
 
 def test_h1_the_import_never_empties_a_node_it_writes_into():
@@ -80,6 +86,8 @@ def test_h3_add_never_makes_a_result_a_label_nor_the_modules_volumes_cases():
     assert added == 1  # C only (the review's probe 1: B stays unlabeled)
     assert not cases[1].has_label and not cases[2].has_label
     assert [r.volume_node_id for r in cases] == ["a", "b", "c"]
+    with pytest.raises(ValueError, match="cannot be a case"):  # nor through Use as label
+        review.use_as_label(cases, uncertainty, result("segU", on="u"))
     cases.set_segmentation(1, None)
     review.add_volumes(cases, [volume("b")], [drawn("mine", on="b")])  # a row in the table is left as it is
     assert not cases[1].has_label
@@ -96,7 +104,25 @@ def test_h4_the_widget_keeps_no_copy_of_the_case_table_and_follows_a_loaded_scen
 def test_m4_quit_or_reload_waits_for_the_cancelled_job_and_the_engine_survives_a_closed_pipe(tmp_path):
     widget = open(os.path.join(MODULE_DIR, "SemiSupSegLib", "widget.py"), encoding="utf-8").read()
     cleanup = widget[widget.index("    def cleanup(self)"):widget.index("    def onReload(self)")]
-    assert "self.detachJobs()" in cleanup and "job.poll()" in cleanup  # cleanup and "resumable" run
+    assert "self.detachJobs()" in cleanup and "jobs.finish_detached(self.closingJobs" in cleanup
+
+    class Cancelled:  # a detached training that ends two polls after its stop file
+        def __init__(self, polls):
+            self.polls, self.finished, self.cancels = polls, False, 0
+
+        def poll(self):
+            self.polls -= 1
+            self.finished = self.finished or self.polls <= 0
+            return self.finished
+
+        def cancel(self):
+            self.cancels += 1
+
+    clock = [0.0]
+    quick, stuck = Cancelled(2), Cancelled(10 ** 6)
+    jobs.finish_detached([quick, stuck], 5.0, clock=lambda: clock[0], sleep=lambda s: clock.__setitem__(0, clock[0] + s))
+    assert quick.finished and quick.cancels == 0  # it ended by itself: its cleanup ran ("resumable")
+    assert stuck.cancels == 1 and 4.9 <= clock[0] <= 5.2  # killed once the time was up
     assert "confirmOkCancelDisplay" in widget[widget.index("    def onReload(self)"):]
     from SemiSupSegTraining.progress import Reporter
 
@@ -147,7 +173,7 @@ def test_m7_the_roi_belongs_to_one_volume():
     roi = NodeInfo("roi", "vtkMRMLMarkupsROINode", "organ", source_volume_id="a")
     assert review.roi_after_input_change(roi, "a")
     assert not review.roi_after_input_change(roi, "b")
-    assert not review.roi_after_input_change(NodeInfo("roi", "vtkMRMLMarkupsROINode"), "b")
+    assert review.roi_after_input_change(NodeInfo("roi", "vtkMRMLMarkupsROINode"), "b")  # not used yet
 
 
 def test_m8_the_self_test_uses_settings_of_its_own():
