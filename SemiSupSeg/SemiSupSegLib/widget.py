@@ -398,7 +398,7 @@ class SemiSupSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.retrainButton.toolTip = (_("Train again on the cases, starting from the current model file's weights.")
                                          if hasModel else _("Choose a model file first (Segment section)."))
         if p:
-            self.ui.presetMethodLabel.text = _("trains: {method}").format(
+            self.ui.presetMethodLabel.text = _("→ {method}").format(
                 method=commands.effective_method(p.preset, p.method))
 
         self.ui.segmentButton.text = _("Cancel") if running == form.SEGMENT else _("Segment")
