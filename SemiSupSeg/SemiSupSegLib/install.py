@@ -182,3 +182,22 @@ def offline_message(requirements: Sequence[str], error: BaseException) -> str:
             f"(pip download {' '.join(requirements)} --python-version {python_version()} --only-binary=:all:), "
             f"copy them here and run slicer.util.pip_install(['--no-index', '--find-links', FOLDER] + "
             f"{list(requirements)!r}) in Slicer's Python console.")
+
+
+#: What the Dependencies section lists: package -> where it comes from.
+DEPENDENCIES = (("torch", "the PyTorch extension"), ("numpy", "Slicer"), ("SimpleITK", "Slicer"),
+                ("monai", "pip, on first use"), ("scipy", "Slicer or pip"), ("psutil", "pip, on first use"))
+
+
+def dependency_lines(version_of: Optional[Callable[[str], str]] = None) -> List[str]:
+    """One line per package of :data:`DEPENDENCIES`: its installed version, or "not installed" and where it
+    comes from (package metadata only: nothing is imported)."""
+    if version_of is None:
+        from importlib.metadata import version as version_of
+    lines = []
+    for name, source in DEPENDENCIES:
+        try:
+            lines.append(f"{name} {version_of(name)}")
+        except Exception:  # PackageNotFoundError
+            lines.append(f"{name}: not installed ({source})")
+    return lines

@@ -19,6 +19,10 @@ EventCallback = Optional[Callable[[Any], None]]
 class SemiSupSegLogicProtocol(Protocol):
     """The logic as the widget sees it."""
 
+    def setupPythonRequirements(self, askConfirmation: Optional[bool] = None) -> None:
+        """Installs what the engine needs (PyTorch through its extension, then monai, scipy, psutil with torch
+        and numpy held); RuntimeError with one sentence when something is missing, declined or offline."""
+
     def getParameterNode(self) -> Any:
         """The module's parameter node (``parameter_node.SemiSupSegParameterNode``) of the scene."""
 

@@ -133,12 +133,15 @@ def readVolume(path: str, className: str = "vtkMRMLScalarVolumeNode", name: Opti
 
 
 def removeNodeWithColorTable(labelmapNode) -> None:
-    """Removes a temporary label map node and the color table that an export made for it."""
+    """Removes a temporary label map node with the display node and color table an export made for it
+    (``vtkMRMLScene::RemoveNode`` removes one node: the others would stay in the scene and be saved with it)."""
     displayNode = labelmapNode.GetDisplayNode()
     colorNode = displayNode.GetColorNode() if displayNode else None
     if colorNode is not None and colorNode.GetName().startswith(TEMP_NODE_NAME):
         slicer.mrmlScene.RemoveNode(colorNode)
     slicer.mrmlScene.RemoveNode(labelmapNode)
+    if displayNode is not None:
+        slicer.mrmlScene.RemoveNode(displayNode)
 
 
 def segments(segmentationNode) -> List[Tuple[str, str]]:
@@ -183,7 +186,8 @@ def writeSegmentationAsLabelmap(segmentationNode, referenceVolumeNode, classes: 
     finally:
         removeNodeWithColorTable(labelmapNode)
     if unmatched:
-        logging.info("Segments not used for training (no structure of that name): %s", ", ".join(unmatched))
+        logging.warning("Segments of '%s' not used for training (no structure of that name; add the name to "
+                        "Structures to learn it): %s", segmentationNode.GetName(), ", ".join(unmatched))
     return unmatched
 
 

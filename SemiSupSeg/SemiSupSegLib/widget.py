@@ -19,7 +19,7 @@ from slicer.i18n import tr as _
 from slicer.ScriptedLoadableModule import ScriptedLoadableModuleWidget
 from slicer.util import VTKObservationMixin
 
-from . import commands, form, nodes, review
+from . import commands, form, install, nodes, review
 from . import job as jobs
 from .cases import CaseTable
 from .interfaces import SemiSupSegLogicProtocol
@@ -75,6 +75,7 @@ class SemiSupSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         header.setSectionResizeMode(self.COLUMN_SEGMENTATION, qt.QHeaderView.Stretch)
         header.setSectionResizeMode(self.COLUMN_LABELED, qt.QHeaderView.ResizeToContents)
         header.setSectionResizeMode(self.COLUMN_SCORE, qt.QHeaderView.ResizeToContents)
+        self.ui.logTextEdit.maximumBlockCount = 5000  # a long training's log does not grow without bound
         self.ui.trainProgressBar.hide()
         self.ui.segmentProgressBar.hide()
         self.ui.suggestProgressBar.hide()
@@ -108,6 +109,8 @@ class SemiSupSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.editSegmentationButton.connect("clicked(bool)", self.onEditSegmentation)
         self.ui.useAsLabelButton.connect("clicked(bool)", self.onUseAsLabel)
         self.ui.modelFilePathLineEdit.connect("currentPathChanged(QString)", self.onModelFileChanged)
+        self.ui.installDependenciesButton.connect("clicked(bool)", self.onInstallDependencies)
+        self.updateDependencies()
 
         self.initializeParameterNode()
         self.onModelFileChanged()
@@ -420,6 +423,19 @@ class SemiSupSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         modelFile = self.ui.modelFilePathLineEdit.currentPath
         self.ui.modelInfoLabel.text = self.logic.describeModel(modelFile) if modelFile else ""
         self.updateButtons()
+
+    def updateDependencies(self) -> None:
+        self.ui.dependenciesLabel.text = "\n".join(install.dependency_lines())
+
+    def onInstallDependencies(self) -> None:
+        self.addLog(_("Installing the missing packages; pip's progress is shown in the Python console..."))
+        slicer.app.processEvents()
+        try:
+            with slicer.util.tryWithErrorDisplay(_("The packages could not be installed.")):
+                self.logic.setupPythonRequirements(askConfirmation=True)
+                self.addLog(_("All packages are installed."))
+        finally:
+            self.updateDependencies()
 
     def addLog(self, text: str) -> None:
         self.ui.logTextEdit.appendPlainText(text)
