@@ -31,6 +31,23 @@ RELOAD_ORDER = ("commands", "progress", "job", "labels", "terminology", "cases",
                 "interfaces", "nodes", "parameter_node", "logic", "widget")
 
 
+class QuitGuard(qt.QObject):
+    """Asks before Slicer's main window closes while an engine job runs (an event filter on the main window,
+    as Slicer's own Python effects use them); a "Cancel" keeps Slicer and the job running."""
+
+    def __init__(self, isBusy):
+        qt.QObject.__init__(self)
+        self.isBusy = isBusy
+
+    def eventFilter(self, watched, event):
+        if event.type() == qt.QEvent.Close and self.isBusy() and not slicer.util.confirmOkCancelDisplay(
+                _("An engine job is running. Quit Slicer and cancel it? A training stops with a checkpoint and can "
+                  "be resumed after the restart.")):
+            event.ignore()
+            return True
+        return False
+
+
 class SemiSupSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     """The module's panel (a ScriptedLoadableModuleWidget: Slicer finds it by this name in SemiSupSeg.py).
 
@@ -56,6 +73,7 @@ class SemiSupSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._updatingTable = False
         self._forgetPending = False
         self._pollTimer = None
+        self._quitGuard = None
         VTKObservationMixin.__init__(self)
         ScriptedLoadableModuleWidget.__init__(self, parent)
 
@@ -89,6 +107,11 @@ class SemiSupSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._pollTimer.setInterval(250)
         self._pollTimer.connect("timeout()", self.onPollTimer)
 
+        mainWindow = slicer.util.mainWindow()
+        if mainWindow is not None:  # none with --no-main-window
+            self._quitGuard = QuitGuard(self._busy)
+            mainWindow.installEventFilter(self._quitGuard)
+
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndImportEvent, self.onSceneEndImport)
@@ -119,6 +142,8 @@ class SemiSupSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         """Called when the application closes or the module is reloaded: the running job is cancelled by its
         stop file and waited for (a training writes its checkpoint and is recorded for Resume; the temporary
         files go), so no engine process is left behind."""
+        if self._quitGuard is not None and slicer.util.mainWindow() is not None:
+            slicer.util.mainWindow().removeEventFilter(self._quitGuard)
         self.detachJobs()
         if self._pollTimer:
             self._pollTimer.stop()

@@ -124,6 +124,7 @@ def test_m4_quit_or_reload_waits_for_the_cancelled_job_and_the_engine_survives_a
     assert quick.finished and quick.cancels == 0  # it ended by itself: its cleanup ran ("resumable")
     assert stuck.cancels == 1 and 4.9 <= clock[0] <= 5.2  # killed once the time was up
     assert "confirmOkCancelDisplay" in widget[widget.index("    def onReload(self)"):]
+    assert "mainWindow.installEventFilter(self._quitGuard)" in widget  # quitting asks first
     from SemiSupSegTraining.progress import Reporter
 
     class ClosedPipe:
