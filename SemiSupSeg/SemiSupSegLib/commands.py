@@ -284,3 +284,33 @@ def default_model_folder(app_local_data: Optional[str], home: str) -> str:
     per-user data folder: local, never Documents, which on Windows is often redirected to a cloud-synced
     folder where replacing a checkpoint by a rename can fail); the home folder when Qt gives none."""
     return os.path.join(app_local_data or os.path.join(home, ".semisupseg"), "SemiSupSeg", "models")
+
+
+def imported_model_folder(model_folder: str, source: str, now: Optional[datetime.datetime] = None) -> str:
+    """A fresh folder in the model folder for a model file someone gave you: ``imported-<name>-YYYYmmdd-HHMMSS``."""
+    stem = re.sub(r"[^A-Za-z0-9_-]+", "_", os.path.splitext(os.path.basename(source))[0]).strip("_") or "model"
+    now = now or datetime.datetime.now()
+    base = os.path.join(model_folder, f"imported-{stem}-" + now.strftime("%Y%m%d-%H%M%S"))
+    path, n = base, 2
+    while os.path.exists(path):
+        path = f"{base}-{n}"
+        n += 1
+    return path
+
+
+def device_problem(device: str, torch_version: Optional[str], system: str, machine: str,
+                   has_nvidia_driver: bool) -> Optional[str]:
+    """One sentence when the chosen device cannot be there, known before a job starts (from the platform, the
+    installed torch build and the NVIDIA driver's ``nvidia-smi``, without importing torch); None otherwise
+    (``auto`` always works: the engine falls back to the CPU)."""
+    if device.startswith("cuda"):
+        if system == "Darwin":
+            return "CUDA does not exist on macOS: choose the device auto, mps or cpu."
+        if torch_version and "+cpu" in torch_version:
+            return (f"The installed PyTorch {torch_version} is a CPU build: choose the device auto or cpu, or "
+                    f"reinstall PyTorch with CUDA in the PyTorch Utils module.")
+        if not has_nvidia_driver:
+            return "No NVIDIA driver was found on this computer (no nvidia-smi): choose the device auto or cpu."
+    if device == "mps" and (system != "Darwin" or machine.lower() not in ("arm64", "aarch64")):
+        return "Apple's MPS exists only on Macs with Apple silicon: choose the device auto or cpu."
+    return None

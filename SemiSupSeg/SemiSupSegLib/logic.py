@@ -19,7 +19,7 @@ import slicer
 from slicer.i18n import tr as _
 from slicer.ScriptedLoadableModule import ScriptedLoadableModuleLogic
 
-from . import ENGINE_PARENT, commands, install, nodes, review
+from . import ENGINE_PARENT, commands, demo_cases, install, nodes, review
 from . import job as jobs
 from .cases import CaseTable, build_manifest
 from .labels import classes_for_training, parse_structure_names
@@ -219,6 +219,48 @@ class SemiSupSegLogic(ScriptedLoadableModuleLogic):
                 dice=validation["mean_dice"], count=len(validation.get("cases") or []))
         return text
 
+    # -- models and demo cases ---------------------------------------------------------------------------
+
+    def makeDemoCases(self) -> Tuple[str, str]:
+        """Writes the demo's synthetic phantoms (no download) beside the default model folder; returns (their
+        manifest, the preset that trains them in minutes on a CPU)."""
+        return demo_cases.write_demo_cases(os.path.join(os.path.dirname(self.defaultModelFolder()), "demo-cases"))
+
+    @staticmethod
+    def exportModel(modelFile: str, path: str) -> str:
+        """Copies a model file (its weights and metadata are one file) to ``path`` for a colleague, under a
+        temporary name first."""
+        if not modelFile or not os.path.isfile(modelFile):
+            raise ValueError(_("There is no model file to export: train one, or choose one under Model file."))
+        partial = path + ".partial"
+        shutil.copyfile(modelFile, partial)
+        os.replace(partial, path)
+        return path
+
+    def importModel(self, path: str, modelFolder: str) -> str:
+        """Copies a model file someone gave you into its own folder of the model folder and has the engine
+        read it (weights only, never code; ``semisupseg info --write-metadata``); returns the copy. A file the
+        engine refuses is removed again, with one sentence."""
+        folder = commands.imported_model_folder(modelFolder or self.defaultModelFolder(), path)
+        os.makedirs(folder)
+        target = commands.model_file_in(folder)
+        try:
+            shutil.copyfile(path, target)
+            self.readModelMetadata(target)
+        except Exception as e:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise RuntimeError(_("{path} cannot be used as a model file: {error}").format(path=path, error=e)) from None
+        self.setLastModelFile(target)
+        return target
+
+    @staticmethod
+    def checkDevice(device: str) -> None:
+        """One sentence (RuntimeError) before a job starts when the chosen device cannot be there."""
+        problem = commands.device_problem(device or "auto", install.installed_versions()["torch"], platform.system(),
+                                          platform.machine(), shutil.which("nvidia-smi") is not None)
+        if problem:
+            raise RuntimeError(problem)
+
     # -- cases -------------------------------------------------------------------------------------------
 
     @staticmethod
@@ -329,6 +371,7 @@ class SemiSupSegLogic(ScriptedLoadableModuleLogic):
           is the model file path once it is done).
         """
         self.setupPythonRequirements()
+        self.checkDevice(device)
         python = self.enginePython()
         if not modelFolder:
             raise ValueError(_("Choose a model folder."))
@@ -363,6 +406,7 @@ class SemiSupSegLogic(ScriptedLoadableModuleLogic):
         """Continues a cancelled training from the last checkpoint of ``runFolder`` (``train --resume``);
         ``workFolder``: the temporary folder with the cases it was started with (removed once it is over)."""
         self.setupPythonRequirements()
+        self.checkDevice(device)
         python = self.enginePython()
         if not runFolder or not os.path.isdir(runFolder):
             raise ValueError(_("The training folder {path} does not exist any more.").format(path=runFolder))
@@ -425,6 +469,7 @@ class SemiSupSegLogic(ScriptedLoadableModuleLogic):
             raise ValueError(_("Choose the volume to segment."))
         self._refuseCaseSegmentation(volumeNode, outputSegmentation)
         self.setupPythonRequirements()
+        self.checkDevice(device)
         python = self.enginePython()
         meta = self.readModelMetadata(modelFile)
         workFolder = slicer.util.tempDirectory("SemiSupSeg-segment-")
@@ -499,6 +544,7 @@ class SemiSupSegLogic(ScriptedLoadableModuleLogic):
           "rank"}, ...]``, ids as in the table; with ``waitForCompletion=False`` the running Job.
         """
         self.setupPythonRequirements()
+        self.checkDevice(device)
         python = self.enginePython()
         meta = self.readModelMetadata(modelFile)
         unlabeled = CaseTable(self.caseTable(cases).unlabeled_rows)

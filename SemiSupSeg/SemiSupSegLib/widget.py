@@ -28,7 +28,7 @@ from .progress import LossHistory, describe, format_duration, loss_names
 
 #: The package's files in the order a reload needs (each after what it imports).
 RELOAD_ORDER = ("commands", "progress", "job", "labels", "terminology", "cases", "review", "form", "install",
-                "interfaces", "nodes", "parameter_node", "logic", "widget")
+                "demo_cases", "interfaces", "nodes", "parameter_node", "logic", "widget")
 
 
 class QuitGuard(qt.QObject):
@@ -133,6 +133,10 @@ class SemiSupSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.useAsLabelButton.connect("clicked(bool)", self.onUseAsLabel)
         self.ui.modelFilePathLineEdit.connect("currentPathChanged(QString)", self.onModelFileChanged)
         self.ui.installDependenciesButton.connect("clicked(bool)", self.onInstallDependencies)
+        self.ui.demoCasesButton.connect("clicked(bool)", self.onDemoCases)
+        self.ui.exportModelButton.connect("clicked(bool)", self.onExportModel)
+        self.ui.loadModelButton.connect("clicked(bool)", self.onLoadModel)
+        self.ui.openModelsFolderButton.connect("clicked(bool)", self.onOpenModelsFolder)
         self.updateDependencies()
 
         self.initializeParameterNode()
@@ -347,14 +351,24 @@ class SemiSupSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if not path:
             return
         with slicer.util.tryWithErrorDisplay(_("Could not add the manifest's cases."), waitCursor=True):
-            manifest = self.logic.loadManifest(path)
-            cases = self.cases
-            added = cases.add_manifest(manifest)
-            self._parameterNode.modality = manifest.modality
-            self._parameterNode.structureNames = ", ".join(c.name for c in manifest.classes if c.value != 0)
-            self._parameterNode.manifestClasses = self.logic.classesToJson(manifest.classes)
-            self.saveCases(cases)
-            self.addLog(_("{count} cases added from {path}.").format(count=added, path=path))
+            self.addManifestCases(path)
+
+    def onDemoCases(self) -> None:
+        with slicer.util.tryWithErrorDisplay(_("Could not make the demo cases."), waitCursor=True):
+            manifestPath, preset = self.logic.makeDemoCases()
+            self.addManifestCases(manifestPath)
+            self._parameterNode.preset = preset
+            self.addLog(_("Demo cases added (synthetic, two labeled): click Train."))
+
+    def addManifestCases(self, path: str) -> None:
+        manifest = self.logic.loadManifest(path)
+        cases = self.cases
+        added = cases.add_manifest(manifest)
+        self._parameterNode.modality = manifest.modality
+        self._parameterNode.structureNames = ", ".join(c.name for c in manifest.classes if c.value != 0)
+        self._parameterNode.manifestClasses = self.logic.classesToJson(manifest.classes)
+        self.saveCases(cases)
+        self.addLog(_("{count} cases added from {path}.").format(count=added, path=path))
 
     def onRemoveCases(self) -> None:
         rows = {index.row() for index in self.ui.casesTable.selectionModel().selectedRows()}
@@ -461,6 +475,29 @@ class SemiSupSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self.addLog(_("All packages are installed."))
         finally:
             self.updateDependencies()
+
+    def onExportModel(self) -> None:
+        modelFile = self.ui.modelFilePathLineEdit.currentPath
+        path = qt.QFileDialog.getSaveFileName(slicer.util.mainWindow(), _("Export model"), "model.pt",
+                                              _("Model files (*.pt)"))
+        if not path:
+            return
+        with slicer.util.tryWithErrorDisplay(_("Could not export the model."), waitCursor=True):
+            self.addLog(_("Model exported: {path}").format(path=self.logic.exportModel(modelFile, path)))
+
+    def onLoadModel(self) -> None:
+        path = qt.QFileDialog.getOpenFileName(slicer.util.mainWindow(), _("Load model"), "", _("Model files (*.pt)"))
+        if not path:
+            return
+        with slicer.util.tryWithErrorDisplay(_("Could not load the model."), waitCursor=True):
+            model = self.logic.importModel(path, self.ui.modelFolderPathLineEdit.currentPath)
+            self.ui.modelFilePathLineEdit.currentPath = model
+            self.addLog(_("Model loaded: {path}").format(path=model))
+
+    def onOpenModelsFolder(self) -> None:
+        folder = self.ui.modelFolderPathLineEdit.currentPath or self.logic.defaultModelFolder()
+        os.makedirs(folder, exist_ok=True)
+        qt.QDesktopServices.openUrl(qt.QUrl.fromLocalFile(folder))
 
     def addLog(self, text: str) -> None:
         self.ui.logTextEdit.appendPlainText(text)

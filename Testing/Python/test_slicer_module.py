@@ -14,7 +14,7 @@ MODULE_DIR = os.path.join(ROOT, "SemiSupSeg")
 LIB_DIR = os.path.join(MODULE_DIR, "SemiSupSegLib")
 MODULE_FILES = [os.path.join(MODULE_DIR, "SemiSupSeg.py")] + sorted(glob.glob(os.path.join(LIB_DIR, "*.py")))
 PLAIN_PYTHON = ("__init__", "commands", "progress", "job", "cases", "labels", "install", "interfaces", "review",
-                "form", "terminology", "recorded_engine")
+                "form", "demo_cases", "terminology", "recorded_engine")
 
 # The functions of slicer.util the module calls, with their parameters in Slicer 5.8.1 (read from
 # Base/Python/slicer/util.py at tag v5.8.1; "**" marks functions that take further keyword arguments).
@@ -188,7 +188,7 @@ def _torch_imports(path):
         names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
             [node.module or ""] if isinstance(node, ast.ImportFrom) else []
         found += [n for n in names if n.split(".")[0] == "torch" or n.endswith("modelfile")
-                  or n.startswith("SemiSupSegTraining.") and n.split(".")[1] not in ("manifest", "modelinfo", "layouts", "config")]
+                  or n.startswith("SemiSupSegTraining.") and n.split(".")[1] not in ("manifest", "modelinfo", "layouts", "config", "phantoms")]
     return found
 
 
@@ -284,7 +284,7 @@ SLICER_581_METHODS = {
     "SetUseCompression": "Libs/MRML/Core/vtkMRMLStorageNode.h",
     "WriteData": "Libs/MRML/Core/vtkMRMLStorageNode.h",
 }
-VTK_QT_AND_OWN = {"GetMTime", "GetDimensions", "InsertNextValue", "MultiplyPoint", "TransformPoint", "GetClassName",
+VTK_QT_AND_OWN = {"QDesktopServices", "QUrl", "GetMTime", "GetDimensions", "InsertNextValue", "MultiplyPoint", "TransformPoint", "GetClassName",
                   "IsA", "QSettings", "QTableWidgetItem", "QTimer", "FormState", "NodeInfo", "Job", "SubprocessRunner",
                   "PyTorchUtilsLogic"}
 SLICER_FILES = [os.path.join(MODULE_DIR, "SemiSupSeg.py")] + [os.path.join(LIB_DIR, name + ".py") for name in
