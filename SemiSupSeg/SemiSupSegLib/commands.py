@@ -128,6 +128,23 @@ def reusable_volume_file(path: Optional[str], modified_since_read: bool, has_par
         and path.lower().endswith(ENGINE_READABLE) and os.path.isfile(path)
 
 
+def same_grid(file_grid: Tuple[Sequence[int], Sequence[float], Sequence[float], Sequence[float]],
+              node_grid_ras: Tuple[Sequence[int], Sequence[float], Sequence[float], Sequence[Sequence[float]]],
+              tolerance: float = 1e-4) -> bool:
+    """Whether a file's grid (size, spacing, origin and row-major direction, in ITK's LPS) is the node's grid
+    (dimensions, spacing, origin and IJK-to-RAS direction matrix, in Slicer's RAS): a volume loaded with
+    "center" or "ignore orientation" is not on its file's grid, and then its file is not the engine's input."""
+    size, spacing, origin, direction = file_grid
+    node_size, node_spacing, node_origin, node_directions = node_grid_ras
+    flip = (-1.0, -1.0, 1.0)  # RAS -> LPS
+    lps_origin = [flip[i] * node_origin[i] for i in range(3)]
+    lps_direction = [flip[i] * node_directions[i][j] for i in range(3) for j in range(3)]
+    close = all(abs(float(a) - float(b)) <= tolerance * max(1.0, abs(float(b)))
+                for a, b in zip(list(spacing) + list(origin) + list(direction),
+                                list(node_spacing) + lps_origin + lps_direction))
+    return close and [int(v) for v in size] == [int(v) for v in node_size]
+
+
 def export_cache_name(node_id: str, session: str, *modified_times: int) -> str:
     """The file name of a volume's cached export: it changes whenever the node or its voxels change (their
     modified times, which count up within one Slicer session) and between sessions."""

@@ -21,7 +21,7 @@ import slicer
 import vtk
 
 from . import review
-from .commands import export_cache_name, reusable_volume_file, roi_index_box
+from .commands import export_cache_name, reusable_volume_file, roi_index_box, same_grid
 from .labels import export_lookup, import_lookup, remap, segment_plan, segment_specs
 from .terminology import terminology_entry
 
@@ -81,7 +81,8 @@ def volumeFileForEngine(volumeNode, cacheFolder: str) -> str:
     unchanged since it was read, else a compressed export cached by the node's modified times."""
     storageNode = volumeNode.GetStorageNode()
     ownFile = storageNode.GetFileName() if storageNode else None
-    if reusable_volume_file(ownFile, volumeNode.GetModifiedSinceRead(), volumeNode.GetParentTransformNode() is not None):
+    if reusable_volume_file(ownFile, volumeNode.GetModifiedSinceRead(), volumeNode.GetParentTransformNode() is not None) \
+            and _onFileGrid(volumeNode, ownFile):
         return ownFile
     imageData = volumeNode.GetImageData()
     name = export_cache_name(volumeNode.GetID(), SESSION, volumeNode.GetMTime(),
@@ -93,6 +94,24 @@ def volumeFileForEngine(volumeNode, cacheFolder: str) -> str:
             os.remove(old)  # an older export of this node: it changed since
         writeVolume(volumeNode, path, compress=True)
     return path
+
+
+def _onFileGrid(volumeNode, path: str) -> bool:
+    """Whether the node is on its file's grid (read from the file's header only)."""
+    import SimpleITK as sitk
+
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(path)
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError:
+        return False
+    matrix = vtk.vtkMatrix4x4()
+    volumeNode.GetIJKToRASDirectionMatrix(matrix)
+    directions = [[matrix.GetElement(i, j) for j in range(3)] for i in range(3)]
+    fileGrid = (reader.GetSize(), reader.GetSpacing(), reader.GetOrigin(), reader.GetDirection())
+    nodeGrid = (volumeNode.GetImageData().GetDimensions(), volumeNode.GetSpacing(), volumeNode.GetOrigin(), directions)
+    return reader.GetDimension() == 3 and reader.GetNumberOfComponents() == 1 and same_grid(fileGrid, nodeGrid)
 
 
 def writeVolume(volumeNode, path: str, compress: bool = False) -> str:

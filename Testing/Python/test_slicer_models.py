@@ -56,3 +56,30 @@ def test_the_device_is_checked_before_a_job_starts():
     assert "macOS" in problem("cuda", system="Darwin", machine="arm64")
     assert problem("mps", system="Darwin", machine="arm64") is None
     assert "Apple silicon" in problem("mps") and "Apple silicon" in problem("mps", system="Darwin")
+
+
+def test_a_volume_is_read_from_its_own_file_only_on_that_files_grid(tmp_path):
+    import numpy as np
+    import SimpleITK as sitk
+
+    image = sitk.GetImageFromArray(np.zeros((4, 5, 6), np.int16))  # x 6, y 5, z 4
+    image.SetSpacing((0.5, 0.6, 2.0))
+    image.SetOrigin((10.0, -20.0, 30.0))
+    path = str(tmp_path / "ct.nii.gz")
+    sitk.WriteImage(image, path)
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(path)
+    reader.ReadImageInformation()
+    file_grid = (reader.GetSize(), reader.GetSpacing(), reader.GetOrigin(), reader.GetDirection())
+    ras = ((6, 5, 4), (0.5, 0.6, 2.0), (-10.0, 20.0, 30.0), [[-1, 0, 0], [0, -1, 0], [0, 0, 1]])  # as Slicer has it
+    assert commands.same_grid(file_grid, ras)
+    centered = (ras[0], ras[1], (1.5, 1.5, -4.0), ras[3])  # loaded with "center"
+    assert not commands.same_grid(file_grid, centered)
+    assert not commands.same_grid(file_grid, ((6, 5, 3),) + ras[1:])
+    assert commands.reusable_volume_file(path, False, False)
+    assert not commands.reusable_volume_file(path, True, False)  # changed since it was read
+    assert not commands.reusable_volume_file(path, False, True)  # under a transform
+    assert not commands.reusable_volume_file(str(tmp_path / "ct.dcm"), False, False)
+    name = commands.export_cache_name("vtkMRMLScalarVolumeNode3", "s1", 100, 200)
+    assert name == "vtkMRMLScalarVolumeNode3-s1-100-200.nrrd" != commands.export_cache_name(
+        "vtkMRMLScalarVolumeNode3", "s1", 100, 201)

@@ -256,6 +256,9 @@ SLICER_581_METHODS = {
     "GetParentTransformNode": "Libs/MRML/Core/vtkMRMLTransformableNode.h",
     "GetRASBounds": "Modules/Loadable/Markups/MRML/vtkMRMLMarkupsROINode.h, Libs/MRML/Core/vtkMRMLDisplayableNode.h",
     "GetRASToIJKMatrix": "Libs/MRML/Core/vtkMRMLVolumeNode.h",
+    "GetIJKToRASDirectionMatrix": "Libs/MRML/Core/vtkMRMLVolumeNode.h",
+    "GetSpacing": "Libs/MRML/Core/vtkMRMLVolumeNode.h",
+    "GetOrigin": "Libs/MRML/Core/vtkMRMLVolumeNode.h",
     "GetReferenceImageGeometryReferenceRole": "Libs/MRML/Core/vtkMRMLSegmentationNode.h",
     "GetRepresentation": "Libs/vtkSegmentationCore/vtkSegment.h",
     "GetSegment": "Libs/vtkSegmentationCore/vtkSegmentation.h",
@@ -284,7 +287,8 @@ SLICER_581_METHODS = {
     "SetUseCompression": "Libs/MRML/Core/vtkMRMLStorageNode.h",
     "WriteData": "Libs/MRML/Core/vtkMRMLStorageNode.h",
 }
-VTK_QT_AND_OWN = {"QDesktopServices", "QUrl", "GetMTime", "GetDimensions", "InsertNextValue", "MultiplyPoint", "TransformPoint", "GetClassName",
+VTK_QT_AND_OWN = {"QDesktopServices", "QUrl", "ImageFileReader", "ReadImageInformation", "GetSize", "GetDirection",
+                  "GetDimension", "GetNumberOfComponents", "GetElement", "vtkMatrix4x4", "GetMTime", "GetDimensions", "InsertNextValue", "MultiplyPoint", "TransformPoint", "GetClassName",
                   "IsA", "QSettings", "QTableWidgetItem", "QTimer", "FormState", "NodeInfo", "Job", "SubprocessRunner",
                   "PyTorchUtilsLogic"}
 SLICER_FILES = [os.path.join(MODULE_DIR, "SemiSupSeg.py")] + [os.path.join(LIB_DIR, name + ".py") for name in
