@@ -419,7 +419,7 @@ class SemiSupSegLogic(ScriptedLoadableModuleLogic):
 
     def _startTraining(self, command, runFolder, workFolder, stopFile, device, onEvent, onState, onLog,
                        waitForCompletion):
-        def importModel(job):
+        def importTrainedModel(job):
             model = job.done_event.get("model") if job.done_event else None
             if not model or not os.path.isfile(model):
                 model = commands.model_file_in(runFolder)
@@ -434,7 +434,7 @@ class SemiSupSegLogic(ScriptedLoadableModuleLogic):
             elif self.resumableTraining()[0] == runFolder:  # the resumed one is over
                 self.setResumableTraining("", "")
 
-        return self._startJob(command, _("Training"), importModel, device, onEvent, onState, onLog,
+        return self._startJob(command, _("Training"), importTrainedModel, device, onEvent, onState, onLog,
                               waitForCompletion, stopFile, workFolder, {"runFolder": runFolder}, remember)
 
     def resumableTraining(self) -> Tuple[str, str]:
