@@ -13,12 +13,13 @@ import shutil
 import sys
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
+from .engine_path import ENGINE_PACKAGE, engine_candidates, locate_engine  # noqa: F401  (re-exported)
+
 # The engine's own lists and its one default (plain Python, no torch): the module keeps no copy of them.
 from SemiSupSegTraining.config import DEFAULT_METHOD, DEFAULT_PRESET, preset_method
 from SemiSupSegTraining.config import METHODS as ENGINE_METHODS
 from SemiSupSegTraining.config import PRESETS as ENGINE_PRESETS
 
-ENGINE_PACKAGE = "SemiSupSegTraining"
 
 #: Presets of ``train --preset``, in the engine's order.
 PRESETS = tuple(ENGINE_PRESETS)
@@ -66,24 +67,6 @@ def find_python_slicer(which: Callable[[str], Optional[str]] = shutil.which,
         raise RuntimeError(f"{name} was found neither on PATH nor in {os.path.dirname(executable)}: the engine "
                            f"cannot be started; reinstall 3D Slicer.")
     return executable
-
-
-def engine_candidates(module_dir: str) -> List[str]:
-    """Folders that may hold the ``SemiSupSegTraining`` package, best first.
-
-    Installed extension: the package sits beside ``SemiSupSeg.py`` (qt-scripted-modules). Source checkout
-    loaded with the Extension Wizard: it sits in the repository root, one level up.
-    """
-    module_dir = os.path.abspath(module_dir)
-    return [module_dir, os.path.dirname(module_dir)]
-
-
-def locate_engine(module_dir: str) -> Optional[str]:
-    """The folder that contains the ``SemiSupSegTraining`` package (to put on sys.path / PYTHONPATH)."""
-    for folder in engine_candidates(module_dir):
-        if os.path.isfile(os.path.join(folder, ENGINE_PACKAGE, "__init__.py")):
-            return folder
-    return None
 
 
 def engine_environment(engine_parent: Optional[str], base_env: Optional[Mapping[str, str]] = None,
