@@ -303,7 +303,42 @@ def child_kit_versions(task: Dict[str, Any]) -> Dict[str, Any]:
                        if not str(f).split("/")[0].endswith((".dist-info", ".data")) and not str(f).startswith("..")})
         imported = library_versions([t for t in tops if t and not t.startswith("_")])
         found[dist.metadata["Name"]] = {"version": dist.version, "modules": imported}
-    return {"installed": found}
+    return {"installed": found, "versions": library_versions(("numpy", "scipy", "SimpleITK", "monai", "pytest"))}
+
+
+def estimate(sustained_tflops: Sequence[float] = (40.0, 100.0), other_ms: Sequence[float] = (10.0, 20.0)
+             ) -> Dict[str, Any]:
+    """The paper step's arithmetic, counted by torch's FlopCounterMode on meta tensors (no memory, no GPU):
+    both networks forward and backward on 2 + 2 crops of 112×112×80 (the joint backward; the sequential one
+    adds Subnet A's forward without gradient). The time is an estimate: the convolutions at an assumed
+    sustained rate (``sustained_tflops``: small-channel 3D convolutions fill a small share of an H100's
+    tensor cores) plus ``other_ms`` for the memory-bound kernels (batch norm, ReLU, the losses)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from SemiSupSegTraining.networks import build_networks
+
+    patch = PAPER["patch"]
+    counts = {}
+    with torch.device("meta"):
+        nets = build_networks(2, PAPER["base_filters"], PAPER["resnet_blocks"], 0.1)
+        crops = torch.randn(4, 1, patch[2], patch[1], patch[0])
+    for name, net in zip(("a", "b"), nets):
+        with FlopCounterMode(display=False) as forward:
+            net(crops)
+        with FlopCounterMode(display=False) as both:
+            logits, features = net(crops)
+            (logits.float().sum() + features.float().sum()).backward()
+        counts[name] = {"forward_tflop": forward.get_total_flops() / 1e12,
+                        "forward_backward_tflop": both.get_total_flops() / 1e12}
+    joint = counts["a"]["forward_backward_tflop"] + counts["b"]["forward_backward_tflop"]
+    sequential = joint + counts["a"]["forward_tflop"]
+    fastest = joint / max(sustained_tflops) + min(other_ms) / 1000
+    slowest = joint / min(sustained_tflops) + max(other_ms) / 1000
+    return {"networks": counts, "joint_step_tflop": round(joint, 3), "sequential_step_tflop": round(sequential, 3),
+            "assumed_sustained_tflops": list(sustained_tflops), "assumed_other_ms": list(other_ms),
+            "step_s": [round(fastest, 4), round(slowest, 4)],
+            "minutes_6000": [round(6000 * fastest / 60, 1), round(6000 * slowest / 60, 1)]}
 
 
 HANDLERS = {"steps": child_steps, "inference": child_inference, "facts": child_facts, "kit": child_kit_versions}
@@ -456,12 +491,13 @@ def stage_kit(s: Dict[str, Any], work: str, timeout: float) -> Dict[str, Any]:
     os.environ["PYTHONPATH"] = site + (os.pathsep + os.environ["PYTHONPATH"] if os.environ.get("PYTHONPATH") else "")
     sys.path.insert(0, site)
     importlib.invalidate_caches()
-    installed = run_child("kit", {"site": site, "device": s["device"]}, work, timeout)["installed"]
+    kit = run_child("kit", {"site": site, "device": s["device"]}, work, timeout)
+    installed = kit["installed"]
     broken = {name: d["modules"] for name, d in installed.items()
               if any(v.startswith("missing") for v in d["modules"].values())}
     log("kit: " + ", ".join(f"{name} {d['version']}" for name, d in installed.items()))
     return {"ok": bool(installed) and not broken, "site": site, "wheels": [os.path.basename(w) for w in wheels],
-            "installed": installed, **({"error": f"does not import: {broken}"} if broken else {})}
+            "installed": installed, "versions": kit["versions"], **({"error": f"does not import: {broken}"} if broken else {})}
 
 
 def stage_gpu_tests(s: Dict[str, Any], work: str, timeout: float) -> Dict[str, Any]:
@@ -616,6 +652,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                    help=f"seconds for all stages together (default {BUDGET_S:.0f}); each stage gets its share "
                         f"of what is left, and training runs fewer iterations in a shorter budget")
     p.add_argument("--only", nargs="+", choices=[name for name, _ in STAGES], help="run these stages only")
+    p.add_argument("--estimate", action="store_true",
+                   help="print the paper step's arithmetic and the time it would take on an H100 (no GPU needed)")
     p.add_argument("--child", help=argparse.SUPPRESS)
     p.add_argument("--kill-after-settings", type=int, help=argparse.SUPPRESS)  # tests: a kill mid-stage
     return p.parse_args(argv)
@@ -673,6 +711,10 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
             task = json.load(f)
         benchlib.write_json(task["result_path"], HANDLERS[task["kind"]](task))
         return {}
+    if args.estimate:
+        result = estimate()
+        print(json.dumps(result, indent=2))
+        return result
     settings = dict(DRY if args.dry_run else PAPER, dry_run=bool(args.dry_run),
                     wheels=os.path.abspath(args.wheels) if args.wheels else None,
                     kill_after_settings=args.kill_after_settings)
@@ -693,8 +735,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
         _finish(report, started, path)
         log(f"results go to {path} after every setting and stage")
         run_stages(args, settings, report, path, work, STAGES, started)
-        if "kit" in report["stages"]:  # the libraries as the stages imported them
-            report["torch"] = dict(facts, versions=_gpu_facts(settings["device"], work).get("versions"))
+        if report["stages"].get("kit", {}).get("versions"):  # the libraries as the stages imported them
+            report["torch"]["versions"] = report["stages"]["kit"]["versions"]
     _finish(report, started, path)
     print(format_report(report))
     print(f"[gpu_check] results written to {path}", file=sys.stderr)

@@ -127,3 +127,13 @@ def test_the_kits_command_is_one_the_check_accepts():
     args = gpu_check.parse_args(command.replace('\\"', "").replace("$OUTPUT", "out").split())
     assert args.wheels == ".whl" and args.json == "out/gpu-check.json" and args.budget == gpu_check.BUDGET_S
     assert "tee \\\"$OUTPUT/gpu-check.log\\\"" in script
+
+
+def test_the_estimate_counts_both_networks_and_the_sequential_replay():
+    """docs/performance.md's estimate: 2.58 TFLOP a joint step; the sequential backward adds A's forward."""
+    result = gpu_check.estimate(sustained_tflops=(50.0,), other_ms=(0.0,))
+    a, b = result["networks"]["a"], result["networks"]["b"]
+    assert result["joint_step_tflop"] == pytest.approx(a["forward_backward_tflop"] + b["forward_backward_tflop"], abs=1e-3)
+    assert result["sequential_step_tflop"] == pytest.approx(result["joint_step_tflop"] + a["forward_tflop"], abs=1e-3)
+    assert result["joint_step_tflop"] == pytest.approx(2.58, abs=0.01)
+    assert result["step_s"][0] == pytest.approx(result["joint_step_tflop"] / 50.0, abs=1e-4)
