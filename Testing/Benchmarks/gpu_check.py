@@ -124,7 +124,8 @@ def step_settings(device: str) -> List[Dict[str, Any]]:
                      "channels_last": True})
     rows.append({"name": f"{engine} sequential", "amp": "auto", "sequential_backward": True})
     if engine != "fp32":
-        tf32 = device.startswith("cuda") and torch.backends.cudnn.allow_tf32
+        tf32 = (device.startswith("cuda") and torch.backends.cudnn.allow_tf32
+                and torch.cuda.get_device_capability(torch.device(device))[0] >= 8)  # Ampere and later
         rows.append({"name": "fp32 joint" + (" (TF32 convolutions)" if tf32 else ""), "amp": "fp32",
                      "sequential_backward": False})
     else:
