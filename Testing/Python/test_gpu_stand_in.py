@@ -12,7 +12,7 @@ import torch
 
 import cuda_stand_in
 from cuda_stand_in import GB, HostSync, StandInDevice
-from SemiSupSegTraining import gpu, infer
+from SemiSupSegTraining import gpu, infer, losses
 from SemiSupSegTraining.config import preset_config
 from SemiSupSegTraining.data import load_training_cases
 from SemiSupSegTraining.infer import Segmenter
@@ -50,6 +50,16 @@ def test_the_stand_in_rejects_what_cuda_rejects_and_catches_host_syncs(cuda):
                 sync()
         total.new_full((), 6.0)  # a fill on the device: no copy from the host
     assert total.item() == 6.0  # outside the step, reading is allowed
+
+
+def test_the_global_batch_cross_entropy_counts_its_voxels_on_the_device(cuda):
+    """Under torchrun the count travels with the sum through the all-reduce: it is filled on the GPU, not
+    copied from the host (here the all-reduce of one process: the identity)."""
+    logits = torch.randn(2, 3, 4, 5).pin_memory().to(StandInDevice(), non_blocking=True)
+    target = torch.randint(0, 3, (2, 4, 5)).pin_memory().to(StandInDevice(), non_blocking=True)
+    with cuda.strict():
+        value = losses.masked_cross_entropy(logits, target, None, reduce=lambda sums: sums)
+    assert torch.allclose(value, torch.nn.functional.cross_entropy(logits, target))
 
 
 @pytest.mark.parametrize("index, selected", [(None, 0), (1, 1)])
