@@ -235,6 +235,8 @@ def child_inference(task: Dict[str, Any]) -> Dict[str, Any]:
                 engine_probs, engine_kernels = probs, kernels
             row["same_kernels_as_engine"] = kernels == engine_kernels
             row["max_abs_dp"] = float(np.abs(probs - engine_probs).max())
+            # The same setting twice: zero, unless cuDNN's chosen kernels accumulate in a varying order.
+            row["repeat_max_dp"] = float(np.abs(probs - first["result"]).max())
             row["labels_equal_to_engine"] = round(float((probs.argmax(0) == engine_probs.argmax(0)).mean()), 6)
             del seg, probs
         except Exception as e:
@@ -542,13 +544,19 @@ def stage_inference(s: Dict[str, Any], work: str, timeout: float) -> Dict[str, A
     return summarize_inference(run_child("inference", task, work, timeout))
 
 
+def same_kernels_tolerance(engine: Dict[str, Any], row: Dict[str, Any]) -> float:
+    """How far a setting that runs the engine's kernels may stray from its probabilities: rounding
+    (:data:`SAME_KERNELS_MAX_DP`), or twice what either differs from itself when run again."""
+    return max(SAME_KERNELS_MAX_DP, 2 * max(engine.get("repeat_max_dp", 0.0), row.get("repeat_max_dp", 0.0)))
+
+
 def summarize_inference(result: Dict[str, Any]) -> Dict[str, Any]:
     rows = result.get("settings", [])
     done = [r for r in rows if "seconds" in r]
     engine = rows[0] if rows and "seconds" in rows[0] else None
     strict = [r for r in done if r["same_kernels_as_engine"]]
     return {"ok": engine is not None and len(done) == len(rows)
-            and all(r["max_abs_dp"] <= SAME_KERNELS_MAX_DP for r in strict),
+            and all(r["max_abs_dp"] <= same_kernels_tolerance(engine, r) for r in strict),
             "settings": rows, "engine_s": engine and engine["seconds"],
             "engine_first_call_s": engine and engine["first_call_s"],
             "same_kernels_max_dp": max((r["max_abs_dp"] for r in strict), default=None),
@@ -807,10 +815,10 @@ def format_report(r: Dict[str, Any]) -> str:
     if inference.get("settings"):
         lines += ["", benchlib.markdown_table(
             ["inference", "window batch", "precision", "blended on", "first call s", "seconds",
-             "GPU peak MiB (reserved)", "max |Δp| vs engine", "labels = engine's"],
+             "GPU peak MiB (reserved)", "max |Δp| vs engine (vs itself)", "labels = engine's"],
             [[s["name"], s.get("window_batch"), s.get("precision"), s.get("blended_on"), f(s.get("first_call_s"), 2),
               f(s.get("seconds"), 3), f"{f(s.get('cuda_peak_mib'), 0)} ({f(s.get('cuda_reserved_peak_mib'), 0)})",
-              s.get("max_abs_dp"), s.get("labels_equal_to_engine")] if "error" not in s
+              f"{s.get('max_abs_dp')} ({s.get('repeat_max_dp')})", s.get("labels_equal_to_engine")] if "error" not in s
              else [s["name"], "-", "-", "-", "-", "failed", "-", "-", s["error"][:60]]
              for s in inference["settings"]])]
     return "\n".join(lines)

@@ -137,3 +137,18 @@ def test_the_estimate_counts_both_networks_and_the_sequential_replay():
     assert result["sequential_step_tflop"] == pytest.approx(result["joint_step_tflop"] + a["forward_tflop"], abs=1e-3)
     assert result["joint_step_tflop"] == pytest.approx(2.58, abs=0.01)
     assert result["step_s"][0] == pytest.approx(result["joint_step_tflop"] / 50.0, abs=1e-4)
+
+
+@pytest.mark.parametrize("repeat, host, ok", [(0.0, 0.0, True), (0.0, 1e-3, False), (2e-3, 3e-3, True),
+                                              (2e-3, 5e-3, False)])
+def test_settings_with_the_engines_kernels_agree_with_it_as_well_as_it_agrees_with_itself(repeat, host, ok):
+    """cuDNN may pick kernels that accumulate in a varying order: the engine run twice then differs by
+    ``repeat``; the output blended in host memory may differ by twice that, never more (the CPU's window
+    batch runs other kernels: recorded, not judged)."""
+    def row(name, dp, same=True):
+        return {"name": name, "seconds": 0.5, "first_call_s": 5.0, "same_kernels_as_engine": same,
+                "max_abs_dp": dp, "repeat_max_dp": repeat}
+
+    result = gpu_check.summarize_inference({"settings": [row("engine", 0.0), row("output in host memory", host),
+                                                         row("window batch 2", 0.2, same=False)]})
+    assert result["ok"] is ok and result["other_kernels_max_dp"] == 0.2
