@@ -248,8 +248,8 @@ class Trainer:
                           and (config.method == "ours" or self.baseline) else None)
         self.iteration = 0
         use_thread = config.prefetch is True or (config.prefetch == "auto" and device.type == "cuda")
-        on_gpu = (lambda: torch.cuda.set_device(device)) if device.type == "cuda" else None
-        self.prefetcher = Prefetcher(self._host_batch, self.rng, on_gpu) if use_thread else None
+        self.prefetcher = (Prefetcher(self._host_batch, self.rng, gpu.thread_device_setup(device)) if use_thread
+                           else None)
         self._replicate()
 
     def _replicate(self) -> None:

@@ -168,6 +168,15 @@ def cuda_peak_mib(device: str) -> Optional[float]:
     return round(torch.cuda.max_memory_allocated() / MIB, 1)
 
 
+def cuda_reserved_peak_mib(device: str) -> Optional[float]:
+    """The most torch's caching allocator held at once: what a smaller card would need to have."""
+    if not device.startswith("cuda"):
+        return None
+    import torch
+
+    return round(torch.cuda.max_memory_reserved() / MIB, 1)
+
+
 # -------------------------------------------------------------------------------------------- timing
 
 def median(values: Sequence[float]) -> float:
