@@ -9,9 +9,8 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
 from .errors import InputError
+from .methods import METHODS, REGISTRY  # noqa: F401  (METHODS: the names, for the module and tests)
 
-
-METHODS = ("ours", "supervised", "reference", "mean-teacher", "ua-mt", "cps", "bcp")
 #: The one default method: the command line, the Python API, the presets that do not name another and the
 #: Slicer module all read it from here. Chosen by Testing/Benchmarks/choose_default.py's rule on the fair
 #: tables (docs/benchmarks.md): no semi-supervised method reached labels alone on the Colin27 pseudo-subjects.
@@ -101,7 +100,7 @@ class TrainConfig:
     # CPS each network, Mean Teacher / UA-MT / BCP the student and the teacher).
     unlabeled_views: bool = True
     projection_channels: int = 16        # L_c on a projection head of this width; 0: on the decoder features
-    # The baselines (objectives.py); defaults are their authors' code (yulequan/UA-MT, DeepMed-Lab-ECNU/BCP).
+    # The baselines (methods/); defaults are their authors' code (yulequan/UA-MT, DeepMed-Lab-ECNU/BCP).
     consistency_weight: float = 0.1      # mean-teacher, ua-mt: weight of the softmax MSE (UA-MT's code)
     # mean-teacher, ua-mt: the weight ramps up over this share of training in 40 steps (UA-MT's code:
     # sigmoid_rampup(iteration // 150, 40) over its 6000 iterations, i.e. the whole run).
@@ -176,8 +175,8 @@ class TrainConfig:
             raise InputError(f"Patch size {tuple(self.patch_size)} with {self.batch_labeled} labeled crop(s) "
                              f"leaves a single voxel at the networks' bottleneck; use a larger patch "
                              f"(e.g. 32 32 16) or batch_labeled=2.")
-        if self.method not in METHODS:
-            raise InputError(f"method is {self.method!r}; use one of {', '.join(METHODS)}.")
+        if self.method not in REGISTRY:
+            raise InputError(f"method is {self.method!r}; use one of {', '.join(REGISTRY)}.")
         if self.regularization_average not in ("voxels", "mdiff"):
             raise InputError(f"regularization_average is {self.regularization_average!r}; use 'voxels' or "
                              f"'mdiff'.")
@@ -219,9 +218,9 @@ class TrainConfig:
         if not (0.0 <= self.bcp_pretrain < 1.0 and 0.0 < self.bcp_box < 1.0 and self.bcp_pseudo_weight >= 0):
             raise InputError("bcp_pretrain must lie in [0, 1), bcp_box in (0, 1) and bcp_pseudo_weight be at least "
                              "0 (BCP's code: 2/17, 2/3, 0.5).")
-        if self.method == "bcp" and self.batch_unlabeled != self.batch_labeled:
-            raise InputError(f"method bcp pastes each labeled crop into an unlabeled one: batch_unlabeled "
-                             f"({self.batch_unlabeled}) must equal batch_labeled ({self.batch_labeled}).")
+        from .methods import method_class
+
+        method_class(self.method).check(self)
         self.amp = amp_choice(self.amp)
         for name in ("sequential_backward", "prefetch"):
             if getattr(self, name) not in (True, False, "auto"):

@@ -9,12 +9,12 @@ import datetime
 import json
 import os
 import threading
-from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 import torch
 
-from . import distributed, fileio, geometry, gpu, losses, objectives
+from . import distributed, fileio, geometry, gpu, methods
 from .config import TrainConfig, preset_config, with_run_settings, zyx
 from .data import load_training_cases, PatchSampler
 from .geometry import normalization_for
@@ -23,7 +23,7 @@ from .errors import Cancelled, DistributedError, InputError, is_out_of_memory
 from .layouts import load_cases
 from .manifest import CaseEntry, Manifest, class_color, hold_out, manifest_to_dict
 from .modelfile import load_trusted_data, save_model
-from .networks import ProjectionHead, build_networks
+from .networks import NETWORK_KINDS, ProjectionHead, build_networks
 from .prefetch import Prefetcher
 from .progress import Reporter
 from .runfolder import (CHECKPOINT_FORMAT, CHECKPOINT_NAME, CONFIG_NAME, LOCK_NAME, LOG_NAME, MODEL_NAME,  # noqa: F401
@@ -51,156 +51,9 @@ def learning_rate(config: TrainConfig, iteration: int) -> float:
     return config.lr * config.lr_gamma ** (iteration // config.lr_step)
 
 
-class PseudoTargets(NamedTuple):
-    """What both networks learn from on the unlabeled crops (all detached): the pseudo label, the reliable
-    voxels of the entropy filter, the unreliable voxels L_c pulls, M_diff (None without L_reg) and, with
-    ``contrastive_pull="negatives"``, the (voxel, class) pairs L_c pushes apart (else None)."""
-    pseudo: torch.Tensor
-    reliable: torch.Tensor
-    pulled: torch.Tensor
-    mdiff: Optional[torch.Tensor]
-    negatives: Optional[torch.Tensor] = None
-
-
-def uses_unlabeled_terms(config: TrainConfig) -> bool:
-    return config.method == "ours" and (config.use_unsupervised or config.use_regularization
-                                        or config.use_contrastive)
-
-
-def loss_weights(config: TrainConfig, iteration: int) -> Tuple[float, float]:
-    """(λu, λc) of Eq. 3 at this iteration: 0 before ``unlabeled_start`` of the budget, then the schedules run
-    over the iterations left as they would over a whole training."""
-    start = int(config.unlabeled_start * config.iterations)
-    if iteration < start:
-        return 0.0, 0.0
-    iteration, total = iteration - start, config.iterations - start
-    lam_c = losses.lambda_c(iteration, total, config.lambda_c_schedule, config.lambda_c_max)
-    lam_u = config.lambda_u
-    if config.lambda_u_rampup > 0:  # the same sigmoid ramp-up as λc, over the first share of training
-        lam_u *= losses.lambda_c(iteration, max(1, int(config.lambda_u_rampup * total)), "rampup", 1.0)
-    return lam_u, lam_c
-
-
-def _filtered_targets(config: TrainConfig, num_classes: int, source_probs: torch.Tensor,
-                      agreed: Optional[torch.Tensor], mdiff: Optional[torch.Tensor]) -> PseudoTargets:
-    """The argmax of ``source_probs`` as the pseudo label, split by the entropy filter into reliable voxels
-    (L_u, prototypes) and unreliable ones (the voxels L_c pulls)."""
-    pseudo = source_probs.argmax(dim=1)
-    entropy = losses.voxel_entropy(source_probs)
-    # The entropy percentile is a rank statistic of the global batch: every process's voxels count.
-    if config.reliability == "class":  # the labels travel as bytes where they fit
-        small = pseudo.to(torch.uint8) if num_classes <= 256 else pseudo
-        reliable = distributed.current().on_global_batch(
-            lambda e, p: losses.reliable_mask_per_class(e, p.to(torch.int64), config.reliable_fraction, num_classes),
-            entropy, small)
-    else:
-        reliable = distributed.current().on_global_batch(
-            lambda e: losses.reliable_mask(e, config.reliable_fraction), entropy)
-    if config.reliable_confidence > 0:
-        reliable = reliable & (source_probs.amax(dim=1) >= config.reliable_confidence)
-    if config.contrastive_pull == "negatives":  # no voxel pulled; the unreliable ones are negatives only
-        return PseudoTargets(pseudo, reliable, torch.zeros_like(reliable), mdiff,
-                             losses.negative_classes(source_probs, ~reliable))
-    pulled = ~reliable if agreed is None else ~reliable & agreed
-    return PseudoTargets(pseudo, reliable, pulled, mdiff)
-
-
-def pseudo_targets(config: TrainConfig, iteration: int, num_classes: int, probs: Tuple[torch.Tensor, torch.Tensor],
-                   supervised: Tuple[torch.Tensor, torch.Tensor]
-                   ) -> Tuple[Tuple[PseudoTargets, PseudoTargets], Dict[str, torch.Tensor]]:
-    """What networks A and B learn from on the unlabeled crops, ``((targets_a, targets_b), stats)``.
-
-    The paper's pseudo label (``pseudo_label="lower-loss"``) comes from the network with the lower supervised
-    loss and teaches both; ``"ensemble"`` takes both networks' averaged softmax; ``"cross"`` teaches each
-    network the other's (as CPS does), so no network trains on its own argmax. M_diff holds the voxels where
-    both networks are confident and disagree (Eq. 4). ``probs`` are both networks' softmax on the unlabeled
-    crops."""
-    probs = tuple(p.detach() for p in probs)
-    mdiff = None
-    stats: Dict[str, torch.Tensor] = {}
-    if config.use_regularization:
-        threshold = losses.confidence_threshold(iteration, config.iterations, config.threshold_start,
-                                                config.threshold_end)
-        mdiff = losses.disagreement_mask(probs[0], probs[1], threshold)
-        stats["mdiff_voxels"] = mdiff.sum().float()
-    if config.pseudo_label == "cross":
-        sources = [probs[1], probs[0]]  # A learns B's pseudo label, B learns A's
-    elif config.pseudo_label == "ensemble":
-        sources = [(probs[0] + probs[1]) / 2]
-    else:
-        sources = [losses.select_pseudo_labels(probs[0], probs[1], supervised[0].detach(), supervised[1].detach())[1]]
-    agreed = probs[0].argmax(dim=1) == probs[1].argmax(dim=1) if config.contrastive_pull == "agreed" else None
-    distinct = [_filtered_targets(config, num_classes, source, agreed, mdiff) for source in sources]
-    stats["reliable_fraction"] = sum(t.reliable.float().mean() for t in distinct) / len(distinct)
-    stats["pulled_fraction"] = sum(t.pulled.float().mean() for t in distinct) / len(distinct)
-    targets = (distinct[0], distinct[-1])  # one object for both networks unless "cross"
-    lam_u, lam_c = loss_weights(config, iteration)
-    stats["lambda_u"], stats["lambda_c"] = torch.tensor(lam_u), torch.tensor(lam_c)
-    return targets, stats
-
-
-def network_terms(config: TrainConfig, iteration: int, num_classes: int, labeled_count: int, labels: torch.Tensor,
-                  logits: torch.Tensor, features: torch.Tensor, other_probs: torch.Tensor, targets: PseudoTargets,
-                  generator: torch.Generator, name: str) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
-    """λu·(L_u + L_reg) + λc·L_c of Eq. 3 as they reach ONE network (``name`` "a" or "b"), with gradient.
-
-    ``logits``/``features`` are this network's over the whole batch, labeled crops first; ``other_probs`` is
-    the other network's softmax on the unlabeled crops, a constant here. L_reg depends on both networks, so
-    each network's share holds all of it: its gradient with respect to this network is the joint loss's, and
-    summing both shares counts L_reg's value twice (:meth:`Trainer.step` reports it once).
-    """
-    n = labeled_count
-    reduce = distributed.current().reduce  # sums and counts over the global batch (None: one process)
-    logits_u = logits[n:].float()
-    zero = logits_u.sum() * 0.0
-    lam_u, lam_c = loss_weights(config, iteration)
-    stats: Dict[str, torch.Tensor] = {}
-    total_u = zero
-    if config.use_unsupervised:
-        stats[f"unsup_{name}"] = losses.unsupervised_loss(logits_u, targets.pseudo, targets.reliable, num_classes,
-                                                                   reduce)
-        total_u = total_u + stats[f"unsup_{name}"]
-    if config.use_regularization:
-        stats["reg"] = losses.regularization_loss(torch.softmax(logits_u, dim=1), other_probs.detach(), targets.mdiff,
-                                                  config.regularization_average, reduce)
-        total_u = total_u + stats["reg"]
-    total_c = zero
-    if config.use_contrastive:
-        feat = features.float()
-        if config.prototypes_from_labeled:  # ground truth is the most reliable label there is
-            proto_feat = feat
-            proto_labels = torch.cat([labels, targets.pseudo])
-            proto_mask = torch.cat([torch.ones_like(labels, dtype=torch.bool), targets.reliable])
-        else:
-            proto_feat, proto_labels, proto_mask = feat[n:], targets.pseudo, targets.reliable
-        prototypes, present = losses.class_prototypes(proto_feat, proto_labels, proto_mask, num_classes, detach=False,
-                                                          reduce=reduce)
-        stats[f"contrast_{name}"] = losses.contrastive_loss(
-            feat[n:], targets.pseudo, targets.pulled, prototypes, present, config.contrastive_temperature,
-            config.contrastive_max_voxels, config.prototype_margin, generator, reduce)
-        if targets.negatives is not None:
-            stats[f"contrast_{name}"] = stats[f"contrast_{name}"] + losses.negative_loss(
-                feat[n:], targets.negatives, prototypes, present, config.contrastive_temperature,
-                config.contrastive_max_voxels, generator, reduce)
-        total_c = stats[f"contrast_{name}"]
-    return lam_u * total_u + lam_c * total_c, stats
-
-
-def reference_correction(logits_a: torch.Tensor, logits_b: torch.Tensor, labels: torch.Tensor,
-                         threshold: float = 0.6, weight: float = 0.5) -> torch.Tensor:
-    """The released reference code's only extra trained term (for comparison, not the paper): on the
-    labeled crops, squared error between each network's softmax and the ground truth over voxels where
-    exactly one network predicts foreground (1 - p(background)) with probability >= 0.6."""
-    probs = [torch.softmax(lg.float(), 1) for lg in (logits_a, logits_b)]
-    confident = [(1.0 - p[:, 0]) >= threshold for p in probs]
-    mask = (confident[0] ^ confident[1]).unsqueeze(1).float()
-    target = torch.nn.functional.one_hot(labels, probs[0].shape[1]).movedim(-1, 1).float()
-    count = mask.sum().clamp_min(1.0) * probs[0].shape[1]
-    return weight * sum(((p - target) ** 2 * mask).sum() / count for p in probs)
-
-
 class Trainer:
-    """Both networks, their optimisers and the data; :meth:`step` runs one iteration of Eq. 3."""
+    """Both networks, their optimisers and the data; :meth:`step` runs one iteration of the method
+    (``config.method``, :mod:`.methods`). What a method may use of it is :class:`.methods.base.TrainerView`."""
 
     def __init__(self, config: TrainConfig, num_classes: int, labeled: list, unlabeled: list,
                  device: torch.device):
@@ -211,8 +64,9 @@ class Trainer:
         gpu.configure_cuda(device, config.cudnn_benchmark)
         # "auto": sequential until the first step on CUDA has measured whether the joint backward fits.
         self.sequential_backward = config.sequential_backward is not False
-        self._backward_chooser = (gpu.BackwardChooser(device) if config.sequential_backward == "auto"
-                                  and device.type == "cuda" else None)
+        self.backward_chooser = (gpu.BackwardChooser(device) if config.sequential_backward == "auto"
+                                 and device.type == "cuda" else None)
+        self.method = methods.create(config)
         self.dist = distributed.current()
         # The same initial weights on every process; its own crops, dropout and voxel samples on each.
         torch.manual_seed(config.seed)
@@ -223,13 +77,12 @@ class Trainer:
         self.memory_format = memory_format(device)
         self.net_a, self.net_b = (n.to(device, memory_format=self.memory_format) for n in build_networks(
             num_classes, config.base_filters, config.resnet_blocks, config.dropout,
-            kinds=objectives.network_kinds(config.method)))
+            kinds=self.method.network_kinds))
         if self.dist.rank:
             torch.manual_seed(seed)
-        self.baseline = config.method in objectives.BASELINES  # its terms live in objectives.py
-        # L_c's projection heads train with their network (one optimiser each) but are not in the model file.
+        # Projection heads (ours' L_c) train with their network (one optimiser each) but are not in the model file.
         self.projectors: Optional[torch.nn.ModuleList] = None
-        if config.method == "ours" and config.use_contrastive and config.projection_channels > 0:
+        if self.method.projection_heads():
             self.projectors = torch.nn.ModuleList(
                 ProjectionHead(config.base_filters, config.projection_channels) for _ in range(2)
             ).to(device, memory_format=self.memory_format)
@@ -238,14 +91,13 @@ class Trainer:
         self.optimizers = [torch.optim.SGD(list(net.parameters()) + list(head.parameters()), lr=config.lr,
                                            momentum=config.momentum, weight_decay=config.weight_decay)
                            for i, (net, head) in enumerate(zip((self.net_a, self.net_b), heads))
-                           if i in objectives.trained_networks(config.method)]
+                           if i in self.method.trained_networks]
         # fp16 needs loss scaling; bf16 and fp32 do not.
         self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
         patch = zyx(config.patch_size)
         self.labeled = PatchSampler(labeled, patch, self.rng, config.foreground_fraction, config.augment)
         self.unlabeled = (PatchSampler(unlabeled, patch, self.rng, 0.0, config.augment)
-                          if unlabeled and config.batch_unlabeled > 0
-                          and (config.method == "ours" or self.baseline) else None)
+                          if unlabeled and config.batch_unlabeled > 0 and self.method.uses_unlabeled else None)
         self.iteration = 0
         use_thread = config.prefetch is True or (config.prefetch == "auto" and device.type == "cuda")
         self.prefetcher = (Prefetcher(self._host_batch, self.rng, gpu.thread_device_setup(device)) if use_thread
@@ -257,7 +109,7 @@ class Trainer:
         ``self.replicas`` (DDP-wrapped networks and projection heads; the bare modules in one process), state
         dicts come from the bare modules."""
         sync = self.config.sync_batchnorm
-        trained = objectives.trained_networks(self.config.method)  # a teacher follows by EMA: not wrapped
+        trained = self.method.trained_networks  # a teacher follows by EMA: not wrapped
         self.replicas = [self.dist.replicate(net, self.device, sync) if i in trained else net
                          for i, net in enumerate((self.net_a, self.net_b))]
         # Without unlabeled crops the heads' outputs are unused: DDP must not wait for their gradients then.
@@ -287,17 +139,9 @@ class Trainer:
         return images, labels
 
     def step(self) -> Dict[str, torch.Tensor]:
-        """One iteration; returns the loss terms as 0-dim tensors (no host sync here).
-
-        With ``sequential_backward`` (method "ours") the networks back-propagate one after the other, so only
-        one network's graph is alive at a time: Subnet A first runs without gradient (for the pseudo label and
-        L_reg's other half), B runs, computes its loss and back-propagates, then A runs again with gradient
-        from the same random state and batch-norm statistics (the same outputs) and back-propagates. Each
-        network's loss reaches the other only through constants (the pseudo label, the other softmax), so
-        the gradients are the joint loss's.
-        """
-        config, it = self.config, self.iteration
-        lr = learning_rate(config, it)
+        """One iteration of the method; returns its loss terms as 0-dim tensors (no host sync here)."""
+        config = self.config
+        lr = learning_rate(config, self.iteration)
         for opt in self.optimizers:
             for group in opt.param_groups:
                 group["lr"] = lr
@@ -309,64 +153,10 @@ class Trainer:
         inputs = [images, images]
         if config.unlabeled_views and images.shape[0] > n:  # same labeled crops, own view of the unlabeled
             inputs = [torch.cat([images[:n], intensity_view(images[n:], self.generator)]) for _ in range(2)]
-        if self.baseline:
-            terms = objectives.baseline_step(self, inputs, labels)
-            self._optimizer_step()
-            objectives.after_step(self)
-            return terms
-        semi = uses_unlabeled_terms(config) and images.shape[0] > n
-        sequential = semi and self.sequential_backward
-        measure = semi and self._backward_chooser is not None
-        if measure:
-            self._backward_chooser.before_step()
-        if sequential:
-            random_before_a, buffers_a = self._random_state(), [b.clone() for b in self.net_a.buffers()]
-            with torch.no_grad():
-                logits_a = self._forward(0, inputs[0], project=False)[0]
-        else:
-            logits_a, feat_a = self._forward(0, inputs[0])
-        logits_b, feat_b = self._forward(1, inputs[1])
-        sup_a = losses.supervised_loss(logits_a[:n].float(), labels, self.num_classes, self.dist.reduce)
-        sup_b = losses.supervised_loss(logits_b[:n].float(), labels, self.num_classes, self.dist.reduce)
-        if semi:
-            probs = tuple(torch.softmax(lg[n:].float().detach(), dim=1) for lg in (logits_a, logits_b))
-            (targets_a, targets_b), stats = pseudo_targets(config, it, self.num_classes, probs, (sup_a, sup_b))
-            extra_b, stats_b = network_terms(config, it, self.num_classes, n, labels, logits_b, feat_b, probs[0],
-                                             targets_b, self.generator, "b")
-            if sequential:
-                self._backward(sup_b + extra_b)
-                random_after_b = self._random_state()
-                del logits_b, feat_b  # B's graph is gone; free its outputs before A's graph is built
-                self._set_random_state(random_before_a)
-                for saved, buffer in zip(buffers_a, self.net_a.buffers()):
-                    buffer.copy_(saved)
-                logits_a, feat_a = self._forward(0, inputs[0])
-                sup_a = losses.supervised_loss(logits_a[:n].float(), labels, self.num_classes, self.dist.reduce)
-            extra_a, stats_a = network_terms(config, it, self.num_classes, n, labels, logits_a, feat_a, probs[1],
-                                             targets_a, self.generator, "a")
-            if sequential:
-                self._backward(sup_a + extra_a)
-                self._set_random_state(random_after_b)
-            else:
-                self._backward(sup_a + sup_b + extra_a + extra_b)
-            stats.update(stats_a)
-            stats.update(stats_b)
-            if measure:  # once: every process takes the joint backward only if it fits on all of them
-                self.sequential_backward = self.dist.any(not self._backward_chooser.decide())[0]
-                self._backward_chooser = None
-            loss = (sup_a + sup_b + extra_a + extra_b).detach()  # for the log: the backward passes are done
-            if "reg" in stats:  # each network's share holds all of L_reg; the loss counts it once
-                loss = loss - loss_weights(config, it)[0] * stats["reg"].detach()
-        else:
-            if config.method == "reference":
-                stats = {"correction": reference_correction(logits_a[:n], logits_b[:n], labels)}
-            else:
-                stats = {}
-            loss = sup_a + sup_b + sum(stats.values(), torch.zeros((), device=sup_a.device))
-            self._backward(loss)
+        terms = self.method.step(self, inputs, labels)
         self._optimizer_step()
-        return {"loss": loss.detach(), "sup_a": sup_a.detach(), "sup_b": sup_b.detach(),
-                **{k: v.detach() for k, v in stats.items()}}
+        self.method.after_step(self)
+        return terms
 
     def _optimizer_step(self) -> None:
         if self.scaler is not None:
@@ -378,7 +168,9 @@ class Trainer:
                 opt.step()
         self.iteration += 1
 
-    def _forward(self, index: int, images: torch.Tensor, project: bool = True) -> Tuple[torch.Tensor, torch.Tensor]:
+    # ------------------------------------------------------------------- what a method uses (TrainerView)
+
+    def forward(self, index: int, images: torch.Tensor, project: bool = True) -> Tuple[torch.Tensor, torch.Tensor]:
         """(logits, features) of network ``index`` (0: A, 1: B); features through its projection head."""
         with autocast(self.device, self.amp_dtype):
             logits, features = self.replicas[index](images)
@@ -386,10 +178,10 @@ class Trainer:
                 features = self.head_replicas[index](features)
         return logits, features
 
-    def _backward(self, loss: torch.Tensor) -> None:
+    def backward(self, loss: torch.Tensor) -> None:
         (loss if self.scaler is None else self.scaler.scale(loss)).backward()
 
-    def _random_state(self) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    def dropout_state(self) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
         """The generators that dropout draws from (the CPU's, and the GPU's when training on one)."""
         if self.device.type == "cuda":
             return torch.get_rng_state(), torch.cuda.get_rng_state(self.device)
@@ -397,12 +189,16 @@ class Trainer:
             return torch.get_rng_state(), torch.mps.get_rng_state()
         return torch.get_rng_state(), None
 
-    def _set_random_state(self, state: Tuple[torch.Tensor, Optional[torch.Tensor]]) -> None:
+    def set_dropout_state(self, state: Tuple[torch.Tensor, Optional[torch.Tensor]]) -> None:
         torch.set_rng_state(state[0])
         if state[1] is not None and self.device.type == "cuda":
             torch.cuda.set_rng_state(state[1], self.device)
         elif state[1] is not None:
             torch.mps.set_rng_state(state[1])
+
+    def restart_optimizer(self, index: int = 0) -> None:
+        """Forgets optimiser ``index``'s momentum, as a new optimiser would start."""
+        self.optimizers[index].state.clear()
 
     # ---------------------------------------------------------------------------------- state
 
@@ -458,6 +254,9 @@ class Trainer:
             state["scaler"] = self.scaler.state_dict()
         if self.projectors is not None:
             state["projectors"] = self.projectors.state_dict()
+        method_state = self.method.state()
+        if method_state:
+            state["method_state"] = method_state
         return state
 
     def load_state(self, state: Dict[str, Any]) -> str:
@@ -471,6 +270,8 @@ class Trainer:
             self.scaler.load_state_dict(state["scaler"])
         if "projectors" in state and self.projectors is not None:
             self.projectors.load_state_dict(state["projectors"])
+        if "method_state" in state:
+            self.method.load_state(state["method_state"])
         self.iteration = int(state["iteration"])
         return note
 
@@ -488,6 +289,7 @@ def model_metadata(config: TrainConfig, manifest: Manifest, labeled: list, unlab
     classes = [dict(c.to_dict(), color=class_color(manifest.classes, i) if i else [0.0, 0.0, 0.0])
                for i, c in enumerate(manifest.classes)]
     preset_defaults = preset_config(config.preset).to_dict() if config.preset else {}
+    method = methods.create(config)
     overrides = {k: v for k, v in config.to_dict().items() if preset_defaults.get(k) != v}
     spacings = np.array([c.geometry.spacing for c in labeled + unlabeled])  # the grids the networks saw
     return {
@@ -501,9 +303,9 @@ def model_metadata(config: TrainConfig, manifest: Manifest, labeled: list, unlab
         "preset": config.preset,
         "overrides": overrides,
         "config": config.to_dict(),
-        "networks": dict(zip("ab", objectives.network_kinds(config.method)), base_filters=config.base_filters,
+        "networks": dict(zip("ab", method.network_kinds), base_filters=config.base_filters,
                          resnet_blocks=list(config.resnet_blocks), in_channels=1),
-        "inference": objectives.inference_networks(config),
+        "inference": method.inference_networks(),
         "training": {"iterations": iteration, "labeled_cases": len(labeled), "unlabeled_cases": len(unlabeled),
                      "device": str(device), "processes": processes,
                      "finished_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")},
@@ -681,7 +483,7 @@ def out_of_memory_message(trainer: Trainer, output_dir: str) -> str:
     kept = os.path.exists(os.path.join(output_dir, CHECKPOINT_NAME))
     where = (f"at iteration {trainer.iteration + 1} (patch size {tuple(config.patch_size)}, batch "
              f"{config.batch_labeled}+{config.batch_unlabeled}")
-    if not trainer.sequential_backward and uses_unlabeled_terms(config) and trainer.unlabeled is not None:
+    if trainer.method.joint_backward(trainer):
         helps = ("back-propagate one network at a time, about half the peak memory: " +
                  (f"'semisupseg train --resume {output_dir} --set sequential_backward=true'" if kept else
                   "train again with --set sequential_backward=true"))
@@ -699,8 +501,8 @@ def _init_from_model(trainer: Trainer, path: str, manifest: Manifest) -> None:
         raise InputError(f"The model file {path} was trained for other classes than the manifest's; retrain "
                          f"from scratch or use a manifest with the model's classes.")
     networks = meta.get("networks") or {}
-    kinds = (networks.get("a", objectives.PAPER_NETWORKS[0]), networks.get("b", objectives.PAPER_NETWORKS[1]))
-    wanted = objectives.network_kinds(trainer.config.method)
+    kinds = (networks.get("a", NETWORK_KINDS[0]), networks.get("b", NETWORK_KINDS[1]))
+    wanted = trainer.method.network_kinds
     if kinds != wanted:
         method = (meta.get("config") or {}).get("method", "?")
         raise InputError(f"The model file {path} holds the networks {'+'.join(kinds)} of the method {method}, but "

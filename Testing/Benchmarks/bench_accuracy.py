@@ -49,7 +49,7 @@ unlabeled, and 8 separate test cases. Methods:
 * ``ours``: the paper's method with gradient through every term (``method="ours"``);
 * ``ours-no-reg``: ours without L_reg (``use_regularization=False``);
 * ``ours-no-c``: ours without L_c (``use_contrastive=False``); ``ours-no-u``: without L_u;
-* the baselines ``mean-teacher``, ``ua-mt``, ``cps`` and ``bcp`` (``SemiSupSegTraining/objectives.py``), as their
+* the baselines ``mean-teacher``, ``ua-mt``, ``cps`` and ``bcp`` (``SemiSupSegTraining/methods/``), as their
   authors' code runs them; every semi-supervised method gets the same intensity views of the unlabeled crops
   (``unlabeled_views``, the default), and ``ours-same-input`` is ours without them (issue 20's fair table);
 * with every supervised run, supervised-only with all 20 training cases labeled (``--no-ceiling`` skips
