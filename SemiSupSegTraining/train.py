@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from . import distributed, fileio, geometry, gpu, methods
-from .config import TrainConfig, preset_config, with_run_settings, zyx
+from .config import DEFAULT_PRESET, TrainConfig, preset_config, with_run_settings, zyx
 from .data import load_training_cases, PatchSampler
 from .geometry import normalization_for
 from .devices import autocast, autocast_dtype, memory_format, precision_name, select_device
@@ -76,8 +76,8 @@ class Trainer:
         self.generator.manual_seed(seed)
         self.memory_format = memory_format(device)
         self.net_a, self.net_b = (n.to(device, memory_format=self.memory_format) for n in build_networks(
-            num_classes, config.base_filters, config.resnet_blocks, config.dropout,
-            kinds=self.method.network_kinds))
+            num_classes, config.base_filters, config.resnet_blocks, config.dropout, kinds=self.method.network_kinds,
+            decoder_dropout=self.method.decoder_dropout if config.decoder_dropout is None else config.decoder_dropout))
         if self.dist.rank:
             torch.manual_seed(seed)
         # Projection heads (ours' L_c) train with their network (one optimiser each) but are not in the model file.
@@ -340,7 +340,8 @@ def train(manifest_path: Union[str, Manifest, None], output_dir: str, config: Op
           cancel_event: Optional[threading.Event] = None, log_every: int = 10,
           stop_file: Optional[str] = None, run_settings: Optional[Dict[str, Any]] = None) -> str:
     """Trains both networks and writes ``output_dir/model.pt``; returns its path. ``manifest_path``: a
-    manifest file, a dataset folder (see :mod:`.layouts`) or a :class:`Manifest`.
+    manifest file, a dataset folder (see :mod:`.layouts`) or a :class:`Manifest`; without ``config`` the
+    default preset (:data:`config.DEFAULT_PRESET`, which trains :data:`config.DEFAULT_METHOD`).
 
     ``resume=True`` continues the checkpoint in ``output_dir`` (manifest and settings come from it) with the
     same iteration count, schedules, optimiser and random states: the result equals an uninterrupted run. A
@@ -408,7 +409,7 @@ def _open_run_folder(output_dir: str, hold: contextlib.ExitStack, manifest_path:
             if manifest_path is None:
                 raise InputError("Give a manifest (--manifest) to train on, or --resume a stopped training.")
             manifest = manifest_path if isinstance(manifest_path, Manifest) else load_cases(manifest_path)
-            start = {"config": config or preset_config("paper"), "manifest": manifest,
+            start = {"config": config or preset_config(DEFAULT_PRESET), "manifest": manifest,
                      "checkpoint": None, "init_model": init_model, "note": ""}
         start["config"].validate()
         hold_out(start["manifest"], start["config"].validate_cases)  # enough labeled cases left to train on?
@@ -558,7 +559,7 @@ def _loop(trainer: Trainer, manifest: Manifest, labeled: list, unlabeled: list, 
     reporter.emit("start", "train", iteration=first, total=config.iterations, device=str(trainer.device),
                   precision=precision,
                   message=f"{what} on {trainer.device} in {precision} ({len(labeled)} labeled, {len(unlabeled)} "
-                          f"unlabeled cases, preset {config.preset}, {config.iterations} iterations).{note}"
+                          f"unlabeled cases, preset {config.preset or 'none'}, {config.iterations} iterations).{note}"
                           + (f" Held out to validate: {', '.join(e.id for e in held_out)}." if held_out else ""))
     with (open(log_path, "a") if group.is_main else contextlib.nullcontext()) as log:
         while trainer.iteration < config.iterations:

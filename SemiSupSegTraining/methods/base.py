@@ -56,6 +56,9 @@ class Method:
     #: The networks an optimiser trains (0: a, 1: b); one that is not follows by :meth:`after_step` (a teacher).
     #: Under torchrun only these are wrapped in DistributedDataParallel.
     trained_networks: Tuple[int, ...] = (0, 1)
+    #: Whether the networks drop out their last decoder features too, as the authors' V-Net (the setting
+    #: ``decoder_dropout`` overrides it).
+    decoder_dropout: bool = False
     #: Whether the batch holds unlabeled crops (``batch_unlabeled`` of them) after the labeled ones.
     uses_unlabeled: bool = True
 

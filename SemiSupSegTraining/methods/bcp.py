@@ -1,8 +1,8 @@
 """Bidirectional copy-paste (``bcp``, Bai et al. 2023) as DeepMed-Lab-ECNU/BCP's ``LA_BCP_train.py`` trains it.
 
-The first share ``bcp_pretrain`` of the iterations (2000 of its 17000) train the student on labeled crops
-copy-pasted into each other; then the teacher starts as a copy of the student and follows it by EMA (0.99),
-its argmax with each foreground class's largest connected component is the unlabeled crops' pseudo label,
+The first ``bcp_pretrain_iterations`` (2000, as its code; at most half the budget, at least the share
+``bcp_pretrain``) train the student on labeled crops copy-pasted into each other; then the teacher starts as a copy of the student and follows it by EMA (0.99),
+its argmax with each foreground class's largest connected component (``bcp_largest_component``) is the unlabeled crops' pseudo label,
 and one random box (``bcp_box`` of each axis) pastes an unlabeled crop into a labeled one and a labeled crop
 into an unlabeled one; the targets are mixed the same way and the pseudo-labelled region weighs
 ``bcp_pseudo_weight``. The student segments.
@@ -89,11 +89,16 @@ def halves(count: int) -> Tuple[slice, slice]:
 
 
 def bcp_pretrain_iterations(config) -> int:
-    return int(round(config.bcp_pretrain * config.iterations))
+    """The pre-training's length: BCP's 2000 iterations (``bcp_pretrain_iterations``), but at most half the
+    budget, so that the teacher starts from a network trained as long as the budget allows, and at least
+    the share ``bcp_pretrain`` of it (2000 of BCP's 17000)."""
+    authors = min(config.bcp_pretrain_iterations, config.iterations // 2)
+    return max(authors, int(round(config.bcp_pretrain * config.iterations)))
 
 
 class BCP(Method):
     trained_networks = (0,)
+    decoder_dropout = True  # BCP's VNet(has_dropout=True) in training: x5 and x9 (code/networks/VNet.py:182-183, 236-237)
 
     @classmethod
     def check(cls, config) -> None:
@@ -126,7 +131,9 @@ class BCP(Method):
         trainer.net_b.train()
         with torch.no_grad():
             teacher = trainer.forward(1, inputs[1][n:], project=False)[0].float()
-            pseudo = largest_components(teacher.argmax(1), k)
+            pseudo = teacher.argmax(1)
+            if config.bcp_largest_component:
+                pseudo = largest_components(pseudo, k)
         mask = bcp_box_mask(images.shape[2:], config.bcp_box, trainer.generator)
         ua, ub = unlabeled[a], unlabeled[b]
         mixed_l = copy_paste(images[a], ua, mask)      # labeled outside, unlabeled inside the box

@@ -80,6 +80,7 @@ def mean_teacher_loss(logits: torch.Tensor, labels: torch.Tensor, teacher_probs:
 
 class MeanTeacher(Method):
     trained_networks = (0,)
+    decoder_dropout = True  # UA-MT's VNet(has_dropout=True): x5 and x9 (code/networks/vnet.py:194-196, 224-226)
     uncertainty = False  # UA-MT: the consistency counts the certain voxels only
 
     def inference_networks(self) -> str:
