@@ -5,6 +5,7 @@ The output folder (lock, checkpoints, resume, log) is :mod:`.runfolder`'s.
 """
 
 import contextlib
+import dataclasses
 import datetime
 import json
 import os
@@ -312,21 +313,22 @@ def model_metadata(config: TrainConfig, manifest: Manifest, labeled: list, unlab
     }
 
 
-def _validate(trainer: Trainer, manifest: Manifest, held_out: List[CaseEntry], metadata: Dict[str, Any],
-              model_path: str, output_dir: str, reporter: Reporter) -> None:
+def _validate(run: "Run", metadata: Dict[str, Any], model_path: str) -> None:
     """Segments the held-out cases with the model file just written and reports their Dice: a ``validation``
     event, ``validation.json`` and the model file's metadata (``semisupseg info`` shows it)."""
     from .evaluation import describe_validation, validate_held_out
 
-    reporter.emit("start", "validate", message=f"Segmenting the {len(held_out)} held-out case(s) to validate...")
-    validation = validate_held_out(model_path, held_out, manifest.classes, str(trainer.device))
+    trainer, output_dir = run.trainer, run.output_dir
+    run.reporter.emit("start", "validate",
+                      message=f"Segmenting the {len(run.held_out)} held-out case(s) to validate...")
+    validation = validate_held_out(model_path, run.held_out, run.manifest.classes, str(trainer.device))
     validation.update(method=trainer.config.method, iterations=trainer.iteration)
     with disk_errors(output_dir, "the validation"):
         write_text_atomic(os.path.join(output_dir, VALIDATION_NAME), json.dumps(validation, indent=2))
         save_model(model_path, trainer.net_a.state_dict(), trainer.net_b.state_dict(),
                    dict(metadata, validation=validation))
-    reporter.emit("validation", "train", path=os.path.join(output_dir, VALIDATION_NAME),
-                  message=describe_validation(validation), **validation)
+    run.reporter.emit("validation", "train", path=os.path.join(output_dir, VALIDATION_NAME),
+                      message=describe_validation(validation), **validation)
 
 
 def _image_paths(manifest: Manifest) -> list:
@@ -458,8 +460,8 @@ def _train_from(start: Dict[str, Any], output_dir: str, group: "distributed.Cont
                 if os.path.exists(stale):
                     os.remove(stale)
             write_run_record(output_dir, config, manifest, init_model)
-    return _run(trainer, manifest, labeled, unlabeled, geometry_meta, output_dir, reporter, stop, log_every, note,
-                held_out)
+    return _run(Run(trainer, manifest, labeled, unlabeled, geometry_meta, output_dir, reporter, stop, log_every,
+                    note, list(held_out or [])))
 
 
 def _load_rank_random_state(trainer: "Trainer", checkpoint: Dict[str, Any]) -> str:
@@ -516,97 +518,134 @@ def _init_from_model(trainer: Trainer, path: str, manifest: Manifest) -> None:
                          f"preset it was trained with ({meta.get('preset')}).") from None
 
 
-def _run(trainer: Trainer, manifest: Manifest, labeled: list, unlabeled: list, geometry_meta: Dict[str, Any],
-         output_dir: str, reporter: Reporter, stop: StopRequest, log_every: int, note: str = "",
-         held_out: Optional[list] = None) -> str:
-    group = trainer.dist
+@dataclasses.dataclass
+class Run:
+    """One training as its loop sees it: the trainer, what it trains on, where it writes, whom it tells."""
+    trainer: Trainer
+    manifest: Manifest
+    labeled: list
+    unlabeled: list
+    geometry_meta: Dict[str, Any]   # the geometry stage's record of the grid the cases were loaded on
+    output_dir: str
+    reporter: Reporter
+    stop: StopRequest
+    log_every: int
+    note: str = ""                  # said once in the start event
+    held_out: List[CaseEntry] = dataclasses.field(default_factory=list)   # validated after training
+
+    @property
+    def config(self) -> TrainConfig:
+        return self.trainer.config
+
+    @property
+    def group(self) -> "distributed.Context":
+        return self.trainer.dist
+
+
+def _run(run: Run) -> str:
     try:
-        return _loop(trainer, manifest, labeled, unlabeled, geometry_meta, output_dir, reporter, stop, log_every,
-                     note, held_out or [])
+        return _loop(run, CheckpointClock(run.config.checkpoint_every, run.config.checkpoint_minutes))
     except Exception as e:
-        if group.enabled and distributed.is_peer_failure(e):
-            raise distributed.peer_failure(group, e) from None
+        if run.group.enabled and distributed.is_peer_failure(e):
+            raise distributed.peer_failure(run.group, e) from None
         raise
 
 
-def _loop(trainer: Trainer, manifest: Manifest, labeled: list, unlabeled: list, geometry_meta: Dict[str, Any],
-          output_dir: str, reporter: Reporter, stop: StopRequest, log_every: int, note: str,
-          held_out: list) -> str:
-    config, group = trainer.config, trainer.dist
-    first = trainer.iteration
-    log_path = os.path.join(output_dir, LOG_NAME)
-    manifest_data = manifest_to_dict(manifest)
-    clock = CheckpointClock(config.checkpoint_every, config.checkpoint_minutes)
+def _checkpoint(run: Run, clock: CheckpointClock) -> Optional[str]:
+    """Every process takes part (each one's random state goes in); rank 0 writes; all wait for it."""
+    trainer, group = run.trainer, run.group
+    ranks = group.gather(trainer.random_state()) if group.enabled else None
+    path = None
+    if group.is_main:
+        payload = dict(trainer.state(), format=CHECKPOINT_FORMAT, config=run.config.to_dict(),
+                       manifest=manifest_to_dict(run.manifest), manifest_path=run.manifest.path or "")
+        if ranks is not None:
+            payload["rng_ranks"] = ranks
+        with disk_errors(run.output_dir, "the checkpoint"):
+            path = write_checkpoint(run.output_dir, payload)
+        run.reporter.emit("checkpoint", "train", iteration=trainer.iteration, path=path)
+    group.barrier()
+    clock.written()
+    return path
 
-    def checkpoint() -> Optional[str]:
-        """Every process takes part (each one's random state goes in); rank 0 writes; all wait for it."""
-        ranks = group.gather(trainer.random_state()) if group.enabled else None
-        path = None
-        if group.is_main:
-            payload = dict(trainer.state(), format=CHECKPOINT_FORMAT, config=config.to_dict(),
-                           manifest=manifest_data, manifest_path=manifest.path or "")
-            if ranks is not None:
-                payload["rng_ranks"] = ranks
-            with disk_errors(output_dir, "the checkpoint"):
-                path = write_checkpoint(output_dir, payload)
-            reporter.emit("checkpoint", "train", iteration=trainer.iteration, path=path)
-        group.barrier()
-        clock.written()
-        return path
 
+def _start_event(run: Run, first: int) -> None:
+    trainer, config = run.trainer, run.config
     what = f"Resuming at iteration {first} of {config.iterations}" if first else "Training"
     precision = precision_name(trainer.amp_dtype)
-    reporter.emit("start", "train", iteration=first, total=config.iterations, device=str(trainer.device),
-                  precision=precision,
-                  message=f"{what} on {trainer.device} in {precision} ({len(labeled)} labeled, {len(unlabeled)} "
-                          f"unlabeled cases, preset {config.preset or 'none'}, {config.iterations} iterations).{note}"
-                          + (f" Held out to validate: {', '.join(e.id for e in held_out)}." if held_out else ""))
-    with (open(log_path, "a") if group.is_main else contextlib.nullcontext()) as log:
+    held = f" Held out to validate: {', '.join(e.id for e in run.held_out)}." if run.held_out else ""
+    run.reporter.emit("start", "train", iteration=first, total=config.iterations, device=str(trainer.device),
+                      precision=precision,
+                      message=f"{what} on {trainer.device} in {precision} ({len(run.labeled)} labeled, "
+                              f"{len(run.unlabeled)} unlabeled cases, preset {config.preset or 'none'}, "
+                              f"{config.iterations} iterations).{run.note}{held}")
+
+
+def _step(run: Run) -> Dict[str, torch.Tensor]:
+    """One iteration; running out of memory becomes one sentence (and ends the other processes' wait)."""
+    try:
+        return run.trainer.step()
+    except Exception as e:
+        if not is_out_of_memory(e):
+            raise
+        if run.group.enabled:  # the other processes wait in a collective: end it for them now
+            distributed.abort()
+        raise MemoryError(out_of_memory_message(run.trainer, run.output_dir)) from None
+
+
+def _report(run: Run, terms: Dict[str, torch.Tensor], first: int, log) -> None:
+    """A progress event; every ``log_every`` iterations (and the first and last) with the losses, logged."""
+    it, total = run.trainer.iteration, run.config.iterations
+    if not (it % run.log_every == 0 or it == total or it == first + 1):
+        run.reporter.progress("train", it, total, first)
+        return
+    values = {k: round(float(v), 5) for k, v in terms.items()}
+    if not np.isfinite(values["loss"]):  # the loss is the global batch's: all processes agree
+        raise InputError(f"Training diverged at iteration {it} (loss is not finite); lower the "
+                         f"learning rate (--set lr=0.001) or check the images' intensities.")
+    stats = {k: values.pop(k) for k in STAT_KEYS if k in values}
+    event = run.reporter.progress("train", it, total, first, losses=values, stats=stats,
+                                  lr=learning_rate(run.config, it - 1))
+    if log is not None:
+        log.write(json.dumps(event) + "\n")
+        log.flush()
+
+
+def _loop(run: Run, clock: CheckpointClock) -> str:
+    trainer, config, group = run.trainer, run.config, run.group
+    first = trainer.iteration
+    _start_event(run, first)
+    with (open(os.path.join(run.output_dir, LOG_NAME), "a") if group.is_main else contextlib.nullcontext()) as log:
         while trainer.iteration < config.iterations:
             # One all-reduce: a stop asked of any process, or any process's clock, acts on all of them here.
-            stop_now, time_is_up = group.any(stop.requested, clock.time_is_up())
+            stop_now, time_is_up = group.any(run.stop.requested, clock.time_is_up())
             if stop_now:
-                path = checkpoint()
-                stop.consume()
-                reporter.emit("cancelled", "train", iteration=trainer.iteration, checkpoint=path,
-                              message=f"Cancelled at iteration {trainer.iteration}; resume with "
-                                      f"'semisupseg train --resume {output_dir}'.")
+                path = _checkpoint(run, clock)
+                run.stop.consume()
+                run.reporter.emit("cancelled", "train", iteration=trainer.iteration, checkpoint=path,
+                                  message=f"Cancelled at iteration {trainer.iteration}; resume with "
+                                          f"'semisupseg train --resume {run.output_dir}'.")
                 raise Cancelled()
             if time_is_up and trainer.iteration > first:
-                checkpoint()
-            try:
-                terms = trainer.step()
-            except Exception as e:
-                if not is_out_of_memory(e):
-                    raise
-                if group.enabled:  # the other processes wait in a collective: end it for them now
-                    distributed.abort()
-                raise MemoryError(out_of_memory_message(trainer, output_dir)) from None
-            it = trainer.iteration
-            if it % log_every == 0 or it == config.iterations or it == first + 1:
-                values = {k: round(float(v), 5) for k, v in terms.items()}
-                if not np.isfinite(values["loss"]):  # the loss is the global batch's: all processes agree
-                    raise InputError(f"Training diverged at iteration {it} (loss is not finite); lower the "
-                                     f"learning rate (--set lr=0.001) or check the images' intensities.")
-                stats = {k: values.pop(k) for k in STAT_KEYS if k in values}
-                event = reporter.progress("train", it, config.iterations, first, losses=values, stats=stats,
-                                          lr=learning_rate(config, it - 1))
-                if log is not None:
-                    log.write(json.dumps(event) + "\n")
-                    log.flush()
-            else:
-                reporter.progress("train", it, config.iterations, first)
-            if clock.counts(it) and it < config.iterations:
-                checkpoint()
-    model_path = os.path.join(output_dir, MODEL_NAME)
+                _checkpoint(run, clock)
+            _report(run, _step(run), first, log)
+            if clock.counts(trainer.iteration) and trainer.iteration < config.iterations:
+                _checkpoint(run, clock)
+    return _finish(run, clock)
+
+
+def _finish(run: Run, clock: CheckpointClock) -> str:
+    """The model file, the last checkpoint, then the held-out cases' validation."""
+    trainer, config, group = run.trainer, run.config, run.group
+    model_path = os.path.join(run.output_dir, MODEL_NAME)
     if group.is_main:
-        metadata = model_metadata(config, manifest, labeled, unlabeled, trainer.iteration, trainer.device,
-                                  geometry_meta, group.world_size)
-        with disk_errors(output_dir, "the model file"):
+        metadata = model_metadata(config, run.manifest, run.labeled, run.unlabeled, trainer.iteration,
+                                  trainer.device, run.geometry_meta, group.world_size)
+        with disk_errors(run.output_dir, "the model file"):
             save_model(model_path, trainer.net_a.state_dict(), trainer.net_b.state_dict(), metadata)
-    checkpoint()
-    if held_out and group.is_main:  # after the final checkpoint: a kill here resumes straight into validation
-        _validate(trainer, manifest, held_out, metadata, model_path, output_dir, reporter)
-    reporter.emit("done", "train", iteration=trainer.iteration, total=config.iterations, model=model_path,
-                  message=f"Model file written: {model_path}")
+    _checkpoint(run, clock)
+    if run.held_out and group.is_main:  # after the final checkpoint: a kill here resumes straight into validation
+        _validate(run, metadata, model_path)
+    run.reporter.emit("done", "train", iteration=trainer.iteration, total=config.iterations, model=model_path,
+                      message=f"Model file written: {model_path}")
     return model_path

@@ -13,7 +13,6 @@ from typing import Any, Dict, Protocol, Sequence, Tuple
 import torch
 
 
-
 class TrainerView(Protocol):
     """The trainer as a method sees it (``train.Trainer`` is one). Nothing else of the trainer is a method's."""
 
