@@ -100,8 +100,7 @@ def test_the_headline_table_bolds_the_default_and_marks_missing_methods(tmp_path
     assert len(lines) == 5
 
 
-@pytest.mark.parametrize("folder", ["SemiSupSegTraining", os.path.join("SemiSupSegTraining", "methods"),
-                                    os.path.join("SemiSupSeg", "SemiSupSegLib")])
+@pytest.mark.parametrize("folder", ["SemiSupSegTraining", os.path.join("SemiSupSeg", "SemiSupSegLib")])
 def test_the_layout_in_development_md_lists_exactly_the_code_files(folder):
     """Subpackages included: a file of SemiSupSegTraining/datasets/ is listed as `datasets/name.py`."""
     development = _read(os.path.join("docs", "development.md"))
