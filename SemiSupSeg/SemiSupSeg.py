@@ -11,6 +11,7 @@ The names below stay importable from here, as scripts use them::
 import os
 import time
 
+import qt
 import slicer
 from slicer.i18n import tr as _
 from slicer.i18n import translate
@@ -91,6 +92,8 @@ class SemiSupSegTest(ScriptedLoadableModuleTest):
     def test_SemiSupSeg1(self):
         self.delayDisplay("Starting the test" + (" (the real engine)" if self.FULL else " (recorded engine output)"))
         logic = SemiSupSegLogic()
+        logic.settings = qt.QSettings(os.path.join(slicer.util.tempDirectory("SemiSupSegTest-settings-"),  # not the user's
+                                                   "settings.ini"), qt.QSettings.IniFormat)
         logic.askConfirmation = False
         if not self.FULL:
             logic.runner = ReplayRunner(base_env=slicer.util.startupEnvironment(), delay_s=0.02)

@@ -15,7 +15,8 @@ import traceback
 from typing import List, Optional
 
 from . import __version__
-from .config import CUDA_WINDOW_BATCH, DEFAULT_OVERLAP, DEFAULT_PRESET, DEFAULT_WINDOW_BATCH, list_presets, parse_override, preset_config
+from .config import (CUDA_WINDOW_BATCH, DEFAULT_OVERLAP, DEFAULT_PRESET, DEFAULT_WINDOW_BATCH, list_presets, parse_override,
+                     preset_config, preset_method)
 from .errors import EXIT_BAD_INPUT, EXIT_CANCELLED, EXIT_FAILED, EXIT_OK, Cancelled, DistributedError, InputError
 from .prepare import add_prepare_parser, run_prepare
 from .progress import Reporter
@@ -83,8 +84,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="continue the stopped training in DIR from its last checkpoint (settings and manifest "
                         "come from the checkpoint)")
     p.add_argument("--preset", default=DEFAULT_PRESET, choices=list_presets(),
-                   help="settings to start from: paper (the paper's networks, 112x112x80 crops, 6000 "
-                        "iterations; a GPU job), cpu-fast (a laptop CPU; default), demo, tiny (tests)")
+                   help=f"settings to start from, each with its method: paper (the paper's networks and "
+                        f"method, 112x112x80 crops, 6000 iterations; a GPU job), paper-as-printed (the paper as printed: "
+                        f"docs/reproduce-paper.md), cpu-fast (a laptop CPU), demo, "
+                        f"pancreas, tiny (tests); default {DEFAULT_PRESET}, which trains {preset_method(DEFAULT_PRESET)} "
+                        f"(--set method=NAME trains another)")
     p.add_argument("--iterations", type=int, help="number of training iterations (overrides the preset)")
     _device_argument(p, None, "; with --resume: the device to continue on (default: the one it was started with)")
     p.add_argument("--seed", type=int, help="random seed (overrides the preset; default 0)")
@@ -97,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any setting, e.g. --set lr=0.005 --set patch_size=[96,96,64] "
                         "--set use_contrastive=false --set target_spacing=native|auto|0.7,0.7,2.5 (all settings: "
-                        "'semisupseg info --preset NAME')")
+                        "docs/settings.md; a preset's values: 'semisupseg info --preset NAME')")
     _stop_file_argument(p, "checked every iteration: a checkpoint is written")
     _progress_argument(p)
 

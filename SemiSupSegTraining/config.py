@@ -5,13 +5,12 @@ arrays inside the engine are z, y, x, and :func:`zyx` converts.
 """
 
 import dataclasses
-from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Tuple
+from dataclasses import dataclass
+from typing import Any, Dict, List, Literal, Optional, Tuple, Union, get_args, get_origin, get_type_hints
 
 from .errors import InputError
+from .methods import METHODS, REGISTRY  # noqa: F401  (METHODS: the names, for the module and tests)
 
-
-METHODS = ("ours", "supervised", "reference", "mean-teacher", "ua-mt", "cps", "bcp")
 #: The one default method: the command line, the Python API, the presets that do not name another and the
 #: Slicer module all read it from here. Chosen by Testing/Benchmarks/choose_default.py's rule on the fair
 #: tables (docs/benchmarks.md): no semi-supervised method reached labels alone on the Colin27 pseudo-subjects.
@@ -36,113 +35,187 @@ def amp_choice(setting: Any) -> str:
 
 @dataclass
 class TrainConfig:
-    preset: str = "paper"
-    # Data
-    patch_size: Tuple[int, int, int] = (112, 112, 80)     # x, y, z; each divisible by 16
-    batch_labeled: int = 2
-    batch_unlabeled: int = 2
-    foreground_fraction: float = 0.5     # share of labeled crops centred on a foreground voxel
-    augment: bool = True                 # random flips and 90° rotations in the axial plane
-    normalization: Optional[str] = None  # None: from the manifest's modality ("zscore" MRI, "window" CT)
-    ct_window: Tuple[float, float] = (-120.0, 240.0)
-    # The spacing the networks see (every scan is also brought to one orientation, geometry.py): "auto" (the
-    # training set's, by nnU-Net's rule), "native" (each scan's own grid) or [x, y, z] in mm.
-    target_spacing: Any = "auto"
-    # Networks
-    base_filters: int = 16
-    resnet_blocks: Tuple[int, int, int, int] = (3, 4, 6, 3)
-    dropout: float = 0.5
-    # Optimiser and schedule (paper Sec. 3.1)
-    iterations: int = 6000
-    lr: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    lr_step: int = 2500
-    lr_gamma: float = 0.1
-    # "ours": the paper's method with gradient through every term; "supervised": labeled crops only;
-    # "reference": what the released reference code trains (supervised + its labeled-data correction);
-    # the baselines "mean-teacher", "ua-mt", "cps", "bcp". Every preset names its method (PRESETS).
+    """Every setting of a training (``--set name=value``, a preset, the Python API); docs/settings.md lists
+    them, generated from this class (``python -m SemiSupSegTraining.config --markdown docs/settings.md``).
+
+    A field's documentation is the string below it; a ``# ==`` comment starts a group. Choices are
+    ``Literal`` types, checked with the ranges in :meth:`validate`.
+    """
+
+    preset: str = ""
+    """The preset these settings started from (``semisupseg info`` shows its name; empty: none, the defaults below)."""
     method: str = DEFAULT_METHOD
-    # Semi-supervised terms (paper Eq. 2-7; defaults where the paper is silent: ../shared/REFERENCE.md)
-    use_unsupervised: bool = True        # L_u
-    use_regularization: bool = True      # L_reg
-    use_contrastive: bool = True         # L_c
-    lambda_u: float = 1.0
-    # λu reaches its value through a sigmoid ramp-up over this share of training; 0 = constant from the first
-    # iteration, as printed. Early pseudo labels are all background: constant λu held the networks there.
-    lambda_u_rampup: float = 0.4
-    lambda_c_max: float = 0.1
-    lambda_c_schedule: str = "rampup"    # "rampup" (default) or "printed" (the paper's formula as printed)
-    reliable_fraction: float = 0.8       # share of unlabeled voxels kept by the entropy filter
-    # "class": the entropy percentile per pseudo class; "batch": one percentile over the batch, which drops
-    # every voxel of an organ smaller than the unreliable share (L_u then never sees foreground).
-    reliability: str = "class"
-    # Where the paper is silent (issue 14; defaults = the paper's reading). "lower-loss": the pseudo label is
-    # the argmax of the network with the lower L_s; "ensemble": of both networks' averaged softmax; "cross":
-    # each network learns the other's argmax, filtered by the other's entropy (no network learns its own).
-    pseudo_label: str = "lower-loss"
-    reliable_confidence: float = 0.0     # > 0: a reliable voxel also needs a top probability at least this high
-    # The unreliable voxels L_c pulls to their pseudo class: "unreliable" (all of them, Eq. 7), "agreed"
-    # (only those where both networks' argmax agree: elsewhere the pseudo class is a coin toss) or "negatives"
-    # (none: each is pushed only from the prototypes of the classes it most surely is not, as U2PL uses them;
-    # with two classes there are none, so L_c keeps only its prototype push).
-    contrastive_pull: str = "unreliable"
-    # Issue 21: the share of the budget that trains on the labeled terms only (λu = λc = 0) before λu and λc
-    # ramp up as usual over the rest (the pseudo labels of an untrained network are poor). 0: from the start.
-    unlabeled_start: float = 0.0
-    regularization_average: str = "voxels"  # L_reg averaged over all voxels, or "mdiff": over M_diff only
-    threshold_start: float = 0.7         # T of Eq. 4, linear from start to end over training
-    threshold_end: float = 0.95
-    contrastive_temperature: float = 0.1
-    contrastive_max_voxels: int = 4096
-    prototype_margin: float = 1.0
-    prototypes_from_labeled: bool = True
-    # Each network sees its own intensity view of the unlabeled crops (every semi-supervised method: ours and
-    # CPS each network, Mean Teacher / UA-MT / BCP the student and the teacher).
+    """What trains: one of ``methods.REGISTRY`` (``ours``, ``supervised``, ``reference``, ``mean-teacher``,
+    ``ua-mt``, ``cps``, ``bcp``; docs/method.md). Every preset names its method."""
+
+    # == Data
+    patch_size: Tuple[int, int, int] = (112, 112, 80)
+    """The training crop, x, y, z in voxels; each divisible by 16."""
+    batch_labeled: int = 2
+    """Labeled crops per iteration (per process under torchrun)."""
+    batch_unlabeled: int = 2
+    """Unlabeled crops per iteration, after the labeled ones (methods that learn from unlabeled cases)."""
+    foreground_fraction: float = 0.5
+    """Share of the labeled crops centred on a foreground voxel; the rest are uniform."""
+    augment: bool = True
+    """Random flips and 90° rotations in the axial plane."""
+    normalization: Optional[Literal["zscore", "window"]] = None
+    """Intensity normalisation; None: from the manifest's modality (``zscore`` for MRI, ``window`` for CT)."""
+    ct_window: Tuple[float, float] = (-120.0, 240.0)
+    """The CT window in HU (``normalization=window``)."""
+    target_spacing: Any = "auto"
+    """The spacing the networks see (every scan is also brought to one orientation): ``auto`` (the training
+    set's, by nnU-Net's rule), ``native`` (each scan's own grid) or [x, y, z] in mm."""
     unlabeled_views: bool = True
-    projection_channels: int = 16        # L_c on a projection head of this width; 0: on the decoder features
-    # The baselines (objectives.py); defaults are their authors' code (yulequan/UA-MT, DeepMed-Lab-ECNU/BCP).
-    consistency_weight: float = 0.1      # mean-teacher, ua-mt: weight of the softmax MSE (UA-MT's code)
-    # mean-teacher, ua-mt: the weight ramps up over this share of training in 40 steps (UA-MT's code:
-    # sigmoid_rampup(iteration // 150, 40) over its 6000 iterations, i.e. the whole run).
+    """Each network sees its own intensity view of the unlabeled crops (contrast, shift, bias field, noise):
+    every method that learns from unlabeled crops (ours and CPS each network, Mean Teacher / UA-MT / BCP the
+    student and the teacher). False: both see the same crops."""
+
+    # == Networks
+    base_filters: int = 16
+    """Channels of the networks' first level (doubling per level); 16 is the paper's."""
+    resnet_blocks: Tuple[int, int, int, int] = (3, 4, 6, 3)
+    """Basic blocks per stage of Subnet B's ResNet34-style encoder."""
+    dropout: float = 0.5
+    """Dropout3d probability at the bottleneck of every network (training only)."""
+    decoder_dropout: Optional[bool] = None
+    """Dropout3d also on the last decoder features before the classifier, as UA-MT's and BCP's V-Net
+    (``has_dropout``). None: as the method's authors' network has it (on for mean-teacher, ua-mt and bcp;
+    off for ours, supervised, reference and cps)."""
+
+    # == Optimiser and schedule (paper Sec. 3.1)
+    iterations: int = 6000
+    """Training iterations."""
+    lr: float = 0.01
+    """SGD's learning rate at the start."""
+    momentum: float = 0.9
+    """SGD's momentum."""
+    weight_decay: float = 1e-4
+    """SGD's weight decay."""
+    lr_step: int = 2500
+    """The learning rate is multiplied by ``lr_gamma`` every ``lr_step`` iterations."""
+    lr_gamma: float = 0.1
+    """The learning rate's factor at every step."""
+
+    # == ours: the paper's terms (Eq. 2-7)
+    use_unsupervised: bool = True
+    """L_u: cross-entropy against the filtered pseudo label on the unlabeled crops."""
+    use_regularization: bool = True
+    """L_reg: the disagreement term of Eq. 4."""
+    use_contrastive: bool = True
+    """L_c: the prototype contrastive loss of Eq. 6-7."""
+    lambda_u: float = 1.0
+    """λu of Eq. 3."""
+    lambda_u_rampup: float = 0.4
+    """λu reaches its value through a sigmoid ramp-up over this share of training; 0: constant from the first
+    iteration, as printed (early pseudo labels are all background: constant λu held the networks there)."""
+    lambda_c_max: float = 0.1
+    """λc's final value."""
+    lambda_c_schedule: Literal["rampup", "printed"] = "rampup"
+    """``rampup``: λc = λc_max·exp(−5(1 − t/T)²); ``printed``: the paper's formula as printed."""
+    unlabeled_start: float = 0.0
+    """The share of the budget that trains on the labeled terms only (λu = λc = 0) before λu and λc ramp up
+    over the rest; 0: from the start."""
+    reliable_fraction: float = 0.8
+    """Share of the unlabeled voxels the entropy filter keeps as reliable."""
+    reliability: Literal["class", "batch"] = "class"
+    """``class``: the entropy percentile per pseudo class; ``batch``: one percentile over the batch (which
+    drops every voxel of an organ smaller than the unreliable share)."""
+    pseudo_label: Literal["lower-loss", "ensemble", "cross"] = "lower-loss"
+    """Where the pseudo label comes from: ``lower-loss``: the network with the lower L_s (the paper);
+    ``ensemble``: both networks' averaged softmax; ``cross``: each network learns the other's argmax."""
+    reliable_confidence: float = 0.0
+    """> 0: a reliable voxel also needs a top probability at least this high."""
+    contrastive_pull: Literal["unreliable", "agreed", "negatives"] = "unreliable"
+    """The unreliable voxels L_c pulls to their pseudo class: ``unreliable`` (all, Eq. 7), ``agreed`` (only
+    where both networks' argmax agree) or ``negatives`` (none: each is pushed from the prototypes of the
+    classes it most surely is not, as U2PL)."""
+    regularization_average: Literal["voxels", "mdiff"] = "voxels"
+    """L_reg averaged over all voxels, or over M_diff only."""
+    threshold_start: float = 0.7
+    """T of Eq. 4 at the start, linear to ``threshold_end`` over training."""
+    threshold_end: float = 0.95
+    """T of Eq. 4 at the end."""
+    contrastive_temperature: float = 0.1
+    """τ of L_c (Eq. 7)."""
+    contrastive_max_voxels: int = 4096
+    """Voxels L_c samples per iteration (bounds its memory)."""
+    prototype_margin: float = 1.0
+    """L_c pushes class prototypes apart until their squared distance reaches this margin (at most 4)."""
+    prototypes_from_labeled: bool = True
+    """Class prototypes also from the labeled crops' ground truth."""
+    projection_channels: int = 16
+    """L_c on a projection head of this width; 0: on the decoder features."""
+
+    # == Mean Teacher and UA-MT (defaults: yulequan/UA-MT's code)
+    consistency_weight: float = 0.1
+    """Weight of the softmax MSE between student and teacher."""
     consistency_rampup: float = 1.0
-    mt_supervised_weight: float = 0.5    # mean-teacher, ua-mt: the student's loss is this × (CE + Dice)
-    ema_decay: float = 0.99              # the teacher's EMA decay while the weight ramps up (bcp: throughout)...
-    ema_decay_after: float = 0.99        # ... and after (UA-MT's code: 0.99 throughout)
-    teacher_segments: bool = False       # mean-teacher, ua-mt: the teacher, not the student, segments
-    input_noise: float = 0.1             # std of the Gaussian noise on the teacher's input (clipped at ±2 std)
-    mc_samples: int = 8                  # ua-mt: Monte-Carlo dropout passes of the teacher
-    cps_weight: float = 1.5              # cps: weight λ of the cross pseudo supervision (CPS paper), ramped
-                                         # up over the share lambda_u_rampup of training
-    bcp_pretrain: float = 2.0 / 17.0     # bcp: share of the iterations spent on labeled copy-paste (2000/17000)
-    bcp_box: float = 2.0 / 3.0           # bcp: the pasted box's share of each axis of the crop
-    bcp_pseudo_weight: float = 0.5       # bcp: weight of the pseudo-labelled region of each mixed crop
-    # The safety net (--validate K): the last K labeled cases of the manifest are kept out of training and
-    # segmented by the trained model; their Dice goes to validation.json and the model file. 0: off.
+    """The weight ramps up over this share of training in 40 steps (UA-MT: ``sigmoid_rampup(iteration // 150,
+    40)`` over its 6000 iterations, the whole run)."""
+    mt_supervised_weight: float = 0.5
+    """The student's supervised loss is this × (CE + Dice)."""
+    ema_decay: float = 0.99
+    """The teacher's EMA decay while the weight ramps up (bcp: throughout)."""
+    ema_decay_after: float = 0.99
+    """... and after the ramp-up (UA-MT: 0.99 throughout)."""
+    teacher_segments: bool = False
+    """The teacher, not the student, segments."""
+    input_noise: float = 0.1
+    """Std of the Gaussian noise on the teacher's input (clipped at ±2 std)."""
+    mc_samples: int = 8
+    """ua-mt: Monte-Carlo dropout passes of the teacher."""
+
+    # == CPS (defaults: charlesCXK/TorchSemiSeg's code)
+    cps_weight: float = 1.5
+    """Weight λ of the cross pseudo supervision."""
+    cps_rampup: float = 0.0
+    """λ ramps up (sigmoid) over this share of training; 0: constant, as CPS's code."""
+    cps_supervision: Literal["ce", "ce+dice"] = "ce"
+    """Each network's supervised loss: ``ce`` (CPS's code) or ``ce+dice`` (L_s, as ours)."""
+    cps_segments: Literal["a", "both"] = "a"
+    """Which network segments: ``a`` (CPS's code tests its first branch) or ``both`` (softmax averaged)."""
+
+    # == BCP (defaults: DeepMed-Lab-ECNU/BCP's code)
+    bcp_pretrain_iterations: int = 2000
+    """Pre-training on labeled copy-paste: BCP's 2000 iterations, but at most half the budget (so that the
+    teacher starts from a network trained as long as the budget allows); 0: by ``bcp_pretrain`` alone."""
+    bcp_pretrain: float = 2.0 / 17.0
+    """The least share of the iterations spent on pre-training (BCP: 2000 of its 17000)."""
+    bcp_box: float = 2.0 / 3.0
+    """The pasted box's share of each axis of the crop."""
+    bcp_pseudo_weight: float = 0.5
+    """Weight of the pseudo-labelled region of each mixed crop."""
+    bcp_largest_component: bool = True
+    """The teacher's pseudo label keeps each foreground class's largest connected component only."""
+
+    # == Validation
     validate_cases: int = 0
-    # Running
+    """The safety net (``--validate K``): the last K labeled cases of the manifest are kept out of training
+    and segmented by the trained model; their Dice goes to validation.json and the model file. 0: off."""
+
+    # == Running (RUN_SETTINGS may change on --resume)
     seed: int = 0
+    """The seed of the networks' initial weights, the crops, dropout and every method's draws."""
     device: str = "auto"
-    # Mixed precision: "auto" (bf16 on GPUs of compute capability 8.0 or newer, fp16 with loss scaling on 7.x,
-    # fp32 on older GPUs and for CPU training: devices.precision_for), "bf16", "fp16" or "fp32".
-    amp: Any = "auto"
-    # Back-propagate one network at a time (method "ours"): about half the peak memory for one more forward
-    # pass of Subnet A without gradient; the gradients are those of the joint loss (Trainer.step). "auto":
-    # sequential on CPUs and MPS; on CUDA the joint backward where the card has the memory for it (measured
-    # on the first step, gpu.joint_backward_fits).
-    sequential_backward: Any = "auto"
-    # CUDA only (neither changes a CPU result): cuDNN's autotuner for the fixed crop shape, and the next batch
-    # drawn into pinned memory on a background thread ("auto": on CUDA; true: on every device).
+    """``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``."""
+    amp: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
+    """Mixed precision: ``auto`` (bf16 on GPUs of compute capability 8.0 or newer, fp16 with loss scaling on
+    7.x, fp32 on older GPUs and for CPU training) or one precision (true/false mean auto/fp32)."""
+    sequential_backward: Union[bool, Literal["auto"]] = "auto"
+    """ours: back-propagate one network at a time, about half the peak memory for one more forward pass of
+    Subnet A without gradient (the gradients are the joint loss's). ``auto``: sequential on CPUs and MPS; on
+    CUDA the joint backward where the card has the memory for it (measured on the first step)."""
     cudnn_benchmark: bool = True
-    prefetch: Any = "auto"
+    """CUDA only: cuDNN's autotuner for the fixed crop shape."""
+    prefetch: Union[bool, Literal["auto"]] = "auto"
+    """The next batch drawn into pinned memory on a background thread (``auto``: on CUDA)."""
     checkpoint_every: int = 500
-    checkpoint_minutes: float = 10.0     # and at least this often (wall clock; 0: by iterations only)
-    # Several processes (torchrun): batch norm over the global batch (torch has it on GPUs only; per process
-    # on CPUs). The default: a step then equals one step of the global batch, and 2 + 2 crops per GPU give
-    # noisy statistics (docs/distributed.md).
+    """A checkpoint every this many iterations ..."""
+    checkpoint_minutes: float = 10.0
+    """... and at least this often (wall clock; 0: by iterations only)."""
     sync_batchnorm: bool = True
-    num_workers: int = 0
-    extra: Dict[str, Any] = field(default_factory=dict)
+    """Several processes (torchrun): batch norm over the global batch (torch has it on GPUs only)."""
 
     def to_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)
@@ -150,6 +223,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, data: Dict[str, Any]) -> "TrainConfig":
         known = {f.name: f for f in dataclasses.fields(cls)}
+        data = {k: v for k, v in data.items() if k not in REMOVED_SETTINGS}  # older run folders and model files
         unknown = sorted(set(data) - set(known))
         if unknown:
             raise InputError(f"Unknown training setting(s) {', '.join(unknown)}; "
@@ -163,11 +237,33 @@ class TrainConfig:
         return config
 
     def validate(self) -> None:
+        """Raises :class:`InputError` (one sentence) for a setting out of its choices or range."""
+        self.amp = amp_choice(self.amp)
+        for name, choices in CHOICES.items():
+            value = getattr(self, name)
+            if not any(type(value) is type(c) and value == c for c in choices):
+                raise InputError(f"{name} is {value!r}; use one of {', '.join(_shown(c) for c in choices)}.")
+        for names, (low, high, hint) in _RANGES.items():
+            for name in names.split():
+                value = getattr(self, name)
+                number = (int,) if name in _WHOLE else (int, float)
+                if isinstance(value, bool) or not isinstance(value, number) or not _within(value, low, high):
+                    raise InputError(f"{name} is {value!r}; use {hint}.")
+        self._check_shapes()
+        if self.method not in REGISTRY:
+            raise InputError(f"method is {self.method!r}; use one of {', '.join(REGISTRY)}.")
+        from .methods import method_class
+
+        method_class(self.method).check(self)
+        from .geometry import parse_target_spacing
+
+        parsed = parse_target_spacing(self.target_spacing)  # "0.7,0.7,2" from --set becomes [0.7, 0.7, 2.0]
+        self.target_spacing = parsed if isinstance(parsed, str) else list(parsed)
+
+    def _check_shapes(self) -> None:
         if len(self.patch_size) != 3 or any(int(s) % 16 or int(s) < 16 for s in self.patch_size):
             raise InputError(f"Patch size {tuple(self.patch_size)} is not three sizes divisible by 16; "
                              f"use e.g. 112 112 80.")
-        if self.iterations < 1 or self.batch_labeled < 1 or self.batch_unlabeled < 0:
-            raise InputError("Iterations and the labeled batch size must be at least 1.")
         bottleneck = 1
         for size in self.patch_size:
             bottleneck *= int(size) // 16
@@ -176,60 +272,56 @@ class TrainConfig:
             raise InputError(f"Patch size {tuple(self.patch_size)} with {self.batch_labeled} labeled crop(s) "
                              f"leaves a single voxel at the networks' bottleneck; use a larger patch "
                              f"(e.g. 32 32 16) or batch_labeled=2.")
-        if self.method not in METHODS:
-            raise InputError(f"method is {self.method!r}; use one of {', '.join(METHODS)}.")
-        if self.regularization_average not in ("voxels", "mdiff"):
-            raise InputError(f"regularization_average is {self.regularization_average!r}; use 'voxels' or "
-                             f"'mdiff'.")
-        if self.reliability not in ("batch", "class"):
-            raise InputError(f"reliability is {self.reliability!r}; use 'batch' or 'class'.")
-        if self.pseudo_label not in ("lower-loss", "ensemble", "cross"):
-            raise InputError(f"pseudo_label is {self.pseudo_label!r}; use 'lower-loss', 'ensemble' or 'cross'.")
-        if self.contrastive_pull not in ("unreliable", "agreed", "negatives"):
-            raise InputError(f"contrastive_pull is {self.contrastive_pull!r}; use 'unreliable', 'agreed' or "
-                             f"'negatives'.")
-        if not 0.0 <= self.unlabeled_start < 1.0:
-            raise InputError(f"unlabeled_start is {self.unlabeled_start!r}; use a share of the iterations in [0, 1), "
-                             f"e.g. 0.25.")
-        if not 0.0 <= self.reliable_confidence <= 1.0:
-            raise InputError("reliable_confidence must lie between 0 and 1 (0 switches it off).")
-        if self.lambda_c_schedule not in ("rampup", "printed"):
-            raise InputError(f"lambda_c_schedule is {self.lambda_c_schedule!r}; use 'rampup' or 'printed'.")
-        if self.normalization not in (None, "zscore", "window"):
-            raise InputError(f"normalization is {self.normalization!r}; use 'zscore' or 'window'.")
-        if not (isinstance(self.projection_channels, int) and self.projection_channels >= 0):
-            raise InputError(f"projection_channels is {self.projection_channels!r}; use 0 or a positive whole number.")
-        if not (isinstance(self.validate_cases, int) and not isinstance(self.validate_cases, bool)
-                and self.validate_cases >= 0):
-            raise InputError(f"validate_cases is {self.validate_cases!r}; use 0 (off) or the number of labeled "
-                             f"cases to hold out, e.g. 2.")
-        if self.checkpoint_every < 1 or self.checkpoint_minutes < 0:
-            raise InputError("checkpoint_every must be at least 1 and checkpoint_minutes at least 0.")
-        if not 0.0 <= self.reliable_fraction <= 1.0:
-            raise InputError("reliable_fraction must lie between 0 and 1.")
-        if not (0.0 <= self.ema_decay < 1.0 and 0.0 <= self.ema_decay_after < 1.0):
-            raise InputError("ema_decay and ema_decay_after must lie in [0, 1), e.g. 0.99 (UA-MT's code).")
-        if not (isinstance(self.mc_samples, int) and self.mc_samples >= 2):
-            raise InputError(f"mc_samples is {self.mc_samples!r}; use a whole number of at least 2, e.g. 8.")
-        if self.input_noise < 0 or self.consistency_weight < 0 or self.cps_weight < 0 or self.mt_supervised_weight < 0:
-            raise InputError("input_noise, consistency_weight, mt_supervised_weight and cps_weight must not be "
-                             "negative.")
-        if not 0.0 <= self.consistency_rampup <= 1.0:
-            raise InputError("consistency_rampup is a share of training: use a value between 0 and 1, e.g. 1.")
-        if not (0.0 <= self.bcp_pretrain < 1.0 and 0.0 < self.bcp_box < 1.0 and self.bcp_pseudo_weight >= 0):
-            raise InputError("bcp_pretrain must lie in [0, 1), bcp_box in (0, 1) and bcp_pseudo_weight be at least "
-                             "0 (BCP's code: 2/17, 2/3, 0.5).")
-        if self.method == "bcp" and self.batch_unlabeled != self.batch_labeled:
-            raise InputError(f"method bcp pastes each labeled crop into an unlabeled one: batch_unlabeled "
-                             f"({self.batch_unlabeled}) must equal batch_labeled ({self.batch_labeled}).")
-        self.amp = amp_choice(self.amp)
-        for name in ("sequential_backward", "prefetch"):
-            if getattr(self, name) not in (True, False, "auto"):
-                raise InputError(f"{name} is {getattr(self, name)!r}; use true, false or auto.")
-        from .geometry import parse_target_spacing
 
-        parsed = parse_target_spacing(self.target_spacing)  # "0.7,0.7,2" from --set becomes [0.7, 0.7, 2.0]
-        self.target_spacing = parsed if isinstance(parsed, str) else list(parsed)
+
+#: Settings of earlier versions that no longer exist (read nowhere); older run folders still name them.
+REMOVED_SETTINGS = ("num_workers", "extra")
+
+
+
+def _choices(annotation: Any) -> Tuple[Any, ...]:
+    """The values a ``Literal``-typed setting may take (with true/false and null where its type admits them);
+    () for a setting of another type."""
+    args = [annotation] if get_origin(annotation) is Literal else list(get_args(annotation))
+    if not any(get_origin(a) is Literal for a in args):
+        return ()
+    values: List[Any] = []
+    for a in args:
+        values += list(get_args(a)) if get_origin(a) is Literal else {bool: [True, False], type(None): [None]}.get(a, [])
+    return tuple(values)
+
+
+#: Every Literal-typed setting's choices, from the class's annotations: the one place choices are written.
+CHOICES: Dict[str, Tuple[Any, ...]] = {name: values for name, values in (
+    (f.name, _choices(get_type_hints(TrainConfig)[f.name])) for f in dataclasses.fields(TrainConfig)) if values}
+
+#: "names": (lowest, highest, what to use); a bound in a list is exclusive, None is open.
+_RANGES: Dict[str, Tuple[Any, Any, str]] = {
+    "iterations batch_labeled checkpoint_every": (1, None, "a whole number of at least 1"),
+    "batch_unlabeled contrastive_max_voxels projection_channels validate_cases bcp_pretrain_iterations":
+        (0, None, "0 or a positive whole number"),
+    "mc_samples": (2, None, "a whole number of at least 2, e.g. 8 (UA-MT's code)"),
+    "reliable_fraction reliable_confidence foreground_fraction consistency_rampup cps_rampup dropout":
+        (0.0, 1.0, "a value between 0 and 1"),
+    "unlabeled_start bcp_pretrain ema_decay ema_decay_after": (0.0, [1.0], "a value in [0, 1), e.g. 0.99 for "
+                                                                            "a decay, 0.25 for a share"),
+    "bcp_box": ([0.0], [1.0], "a share of each axis in (0, 1), e.g. 2/3 (BCP's code)"),
+    "input_noise consistency_weight mt_supervised_weight cps_weight bcp_pseudo_weight lambda_u lambda_c_max "
+    "checkpoint_minutes": (0.0, None, "a value of at least 0"),
+}
+_WHOLE = {"iterations", "batch_labeled", "checkpoint_every", "batch_unlabeled", "contrastive_max_voxels",
+          "projection_channels", "validate_cases", "bcp_pretrain_iterations", "mc_samples"}
+
+
+def _within(value: float, low: Any, high: Any) -> bool:
+    above = low is None or (value > low[0] if isinstance(low, list) else value >= low)
+    below = high is None or (value < high[0] if isinstance(high, list) else value <= high)
+    return above and below
+
+
+def _shown(choice: Any) -> str:
+    """A choice as it is written on the command line (``--set name=value``)."""
+    return "null" if choice is None else str(choice).lower() if isinstance(choice, bool) else str(choice)
 
 
 # Inference (sliding windows). Chosen by Testing/Benchmarks/bench_inference.py with a trained model: the
@@ -319,3 +411,57 @@ def with_run_settings(config: TrainConfig, overrides: Optional[Dict[str, Any]]) 
         raise InputError(f"A resumed training keeps its settings; {', '.join(other)} cannot change on --resume "
                          f"(only {', '.join(RUN_SETTINGS)} can); start a new training to change them.")
     return TrainConfig.from_dict(dict(config.to_dict(), **overrides))
+
+
+def settings_markdown() -> str:
+    """docs/settings.md: every setting of :class:`TrainConfig` by group, with its default, choices and the
+    documentation below it in the class (read from this file's source, so the page cannot drift)."""
+    import ast
+    import inspect
+    import json
+
+    source = inspect.getsource(TrainConfig)
+    body = ast.parse(source).body[0].body
+    docs = {}
+    for node, after in zip(body, body[1:]):
+        if isinstance(node, ast.AnnAssign) and isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant):
+            docs[node.target.id] = " ".join(inspect.cleandoc(after.value.value).split()).replace("``", "`")
+    groups, lines = {}, source.splitlines()
+    group = "What trains"
+    for node in body:
+        if isinstance(node, ast.AnnAssign):
+            marks = [ln.strip()[4:].strip() for ln in lines[:node.lineno - 1] if ln.strip().startswith("# == ")]
+            group = marks[-1] if marks else group
+            groups.setdefault(group, []).append(node.target.id)
+    defaults = TrainConfig().to_dict()
+    out = ["# Settings", "",
+           "Every training setting, as `semisupseg train --set name=value` (a JSON value: numbers, lists, true, "
+           "null), a preset, or the Python API's `TrainConfig` take it. Generated from `SemiSupSegTraining/config.py` "
+           "by `python -m SemiSupSegTraining.config --markdown docs/settings.md`; do not edit by hand. "
+           "`semisupseg info --preset NAME` shows a preset's values; the presets:", ""]
+    for name, values in PRESETS.items():
+        out.append(f"- `{name}`: " + ", ".join(f"`{k}={json.dumps(list(v) if isinstance(v, tuple) else v)}`"
+                                               for k, v in values.items()))
+    for group, names in groups.items():
+        out += ["", f"## {group}", "", "| setting | default | what it does |", "|---|---|---|"]
+        for name in names:
+            value = defaults[name]
+            shown = json.dumps(list(value) if isinstance(value, tuple) else value)
+            if isinstance(value, float) and len(shown) > 8:
+                shown = f"{value:.4g}"
+            choices = f" One of: {', '.join(f'`{_shown(c)}`' for c in CHOICES[name])}." if name in CHOICES else ""
+            out.append(f"| `{name}` | `{shown}` | {docs.get(name, '')}{choices} |".replace("|  |", "| |"))
+    return "\n".join(out) + "\n"
+
+
+if __name__ == "__main__":
+    import sys
+
+    if sys.argv[1:2] != ["--markdown"]:
+        sys.exit("usage: python -m SemiSupSegTraining.config --markdown [PATH]   (docs/settings.md from TrainConfig)")
+    text = settings_markdown()
+    if len(sys.argv) > 2:
+        with open(sys.argv[2], "w", encoding="utf-8") as f:
+            f.write(text)
+    else:
+        sys.stdout.write(text)

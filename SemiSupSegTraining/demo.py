@@ -8,6 +8,7 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
+from .atomicio import atomic_write
 from .config import preset_config
 from .evaluation import evaluate_model, format_table
 from .phantoms import write_phantom_dataset
@@ -57,14 +58,29 @@ def run_demo(output_dir: str, iterations: Optional[int] = None, device: str = "a
     return report
 
 
-def write_overlays(cases: List[dict], path: str) -> Optional[str]:
-    """One row per case: axial, coronal and sagittal slices through the reference's centre, reference
-    outline in green and prediction in red."""
+def _pyplot():
+    """matplotlib's pyplot drawing off screen, or None when matplotlib is not installed (pictures are optional)."""
     try:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
+        return None
+    return plt
+
+
+def _save(plt, fig, path: str) -> str:
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110))
+    plt.close(fig)
+    return path
+
+
+def write_overlays(cases: List[dict], path: str) -> Optional[str]:
+    """One row per case: axial, coronal and sagittal slices through the reference's centre, reference
+    outline in green and prediction in red."""
+    plt = _pyplot()
+    if plt is None:
         return None
     fig, axes = plt.subplots(len(cases), 3, figsize=(9, 3 * len(cases)), squeeze=False)
     for row, case in zip(axes, cases):
@@ -84,18 +100,12 @@ def write_overlays(cases: List[dict], path: str) -> Optional[str]:
             ax.set_title(f"{case['id']} {name} (Dice {dice:.3f})", fontsize=8)
             ax.axis("off")
     fig.suptitle("green: reference, red dashed: SemiSupSeg", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def write_loss_curve(log_path: str, path: str) -> Optional[str]:
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = _pyplot()
+    if plt is None:
         return None
     events = [json.loads(line) for line in open(log_path) if line.strip()]
     events = [e for e in events if e.get("losses")]
@@ -110,7 +120,4 @@ def write_loss_curve(log_path: str, path: str) -> Optional[str]:
     ax.set_ylabel("loss")
     ax.set_yscale("log")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)

@@ -9,16 +9,15 @@ written back on the input's exact grid. Every unreadable or invalid file is one 
 
 import functools
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 import SimpleITK as sitk
 
+from .atomicio import atomic_write
 from .errors import InputError
-from .geometry import Geometry
+from .geometry import Geometry, resample_labels
 from .manifest import ClassInfo, class_color
 
 
@@ -134,20 +133,41 @@ def _sitk_reason(error: Exception, limit: int = 160) -> str:
     return (lines[-1] if lines else "unknown reason")[:limit]
 
 
-def _read_dicom_series(folder: str, what: str) -> sitk.Image:
+def largest_dicom_series(folder: str, below: bool = False) -> List[str]:
+    """The files of the DICOM series with the most slices in ``folder`` (``below``: in any folder below it
+    too): that is the scan, localisers and scouts have few. [] when there is none."""
     reader = sitk.ImageSeriesReader()
-    series = reader.GetGDCMSeriesIDs(folder)
-    if not series:
-        raise InputError(f"The {what} folder {folder} holds no DICOM series; give a folder of DICOM files "
-                         f"or an image file.")
-    # The series with the most slices is the scan; localisers and scouts have few.
-    files = max((reader.GetGDCMSeriesFileNames(folder, s) for s in series), key=len)
-    reader.SetFileNames(files)
+    best: List[str] = []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames.sort()
+        if not below:
+            dirnames.clear()
+        if not filenames:
+            continue
+        for series in reader.GetGDCMSeriesIDs(dirpath):
+            files = list(reader.GetGDCMSeriesFileNames(dirpath, series))
+            if len(files) > len(best):
+                best = files
+    return best
+
+
+def read_dicom_files(files: Sequence[str]) -> sitk.Image:
+    """One DICOM series from its files; an unreadable one is one sentence naming its folder."""
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(list(files))
     try:
         return reader.Execute()
     except RuntimeError as e:
-        raise InputError(f"The DICOM series in {folder} cannot be read ({_sitk_reason(e)}); check that "
-                         f"the files are complete.") from None
+        raise InputError(f"The DICOM series in {os.path.dirname(files[0])} cannot be read ({_sitk_reason(e)}); "
+                         f"check that its files are complete.") from None
+
+
+def _read_dicom_series(folder: str, what: str) -> sitk.Image:
+    files = largest_dicom_series(folder)
+    if not files:
+        raise InputError(f"The {what} folder {folder} holds no DICOM series; give a folder of DICOM files "
+                         f"or an image file.")
+    return read_dicom_files(files)
 
 
 def require_3d_scalar(image: sitk.Image, path: str, what: str) -> None:
@@ -221,9 +241,7 @@ def read_segmentation_file(path: str, reference: Optional[Geometry] = None
     label = sitk.GetImageFromArray(merged)
     label.CopyInformation(layers[0])
     if reference is not None and Geometry.of(label) != reference:
-        label = sitk.Resample(label, list(reference.size), sitk.Transform(), sitk.sitkNearestNeighbor,
-                              list(reference.origin), list(reference.spacing), list(reference.direction),
-                              0, sitk.sitkInt32)
+        label = resample_labels(label, reference, sitk.sitkInt32)
     return label, [(name, order) for order, (name, _, _) in enumerate(segments, start=1)]
 
 
@@ -260,11 +278,16 @@ def read_label(path: str, classes: List[ClassInfo], reference: Geometry) -> np.n
                              f"nearest neighbour) or pick the right image.")
         values = sitk.GetArrayFromImage(image)
         if values.dtype.kind == "f":
-            if not np.isfinite(values).all() or np.any(values != np.round(values)):
-                raise InputError(f"The label {path} has non-integer values; a label map holds whole class "
-                                 f"values such as 0, 1, 2.")
+            require_whole_values(values, path)
             values = values.astype(np.int64)
     return values_to_indices(values, classes, path)
+
+
+def require_whole_values(values: np.ndarray, path: str,
+                         rule: str = "a label map holds whole class values such as 0, 1, 2") -> None:
+    """A label's values must be whole numbers: a float label file may hold 1.0, never 0.5 or NaN."""
+    if values.dtype.kind == "f" and (not np.isfinite(values).all() or np.any(values != np.round(values))):
+        raise InputError(f"The label {path} has non-integer values; {rule}.")
 
 
 def values_to_indices(values: np.ndarray, classes: List[ClassInfo], path: str) -> np.ndarray:
@@ -314,8 +337,7 @@ def read_header(path: str) -> Geometry:
         return Geometry.of(read_sitk_image(path, "image"))  # its own, more specific, error message
     if reader.GetDimension() != 3:
         return Geometry.of(read_sitk_image(path, "image"))
-    return Geometry(tuple(reader.GetSize()), tuple(reader.GetSpacing()), tuple(reader.GetOrigin()),
-                    tuple(reader.GetDirection()))
+    return Geometry.of(reader)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -348,22 +370,13 @@ def _set_segment_metadata(image: sitk.Image, classes: List[ClassInfo]) -> None:
 
 
 def write_image_atomic(image: sitk.Image, path: str) -> None:
-    """Writes into a temporary folder beside ``path``, then renames: no half-written outputs.
+    """Writes ``image`` with :func:`.atomicio.atomic_write`: no half-written outputs.
 
     The file keeps its own name inside the temporary folder, so that formats of two files (``.mhd`` with
-    its ``.raw``/``.zraw`` data file) refer to their data file by its final name; the data file is moved
-    first and the named file last.
+    its ``.raw``/``.zraw`` data file) refer to their data file by its final name.
     """
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    base = os.path.basename(path)
-    tmp_dir = tempfile.mkdtemp(prefix=f".{base}.partial", dir=folder)
     try:
-        sitk.WriteImage(image, os.path.join(tmp_dir, base), useCompression=True)
-        for name in sorted(os.listdir(tmp_dir), key=lambda n: n == base):
-            os.replace(os.path.join(tmp_dir, name), os.path.join(folder, name))
+        atomic_write(path, lambda tmp: sitk.WriteImage(image, tmp, useCompression=True))
     except RuntimeError as e:
         raise InputError(f"Cannot write {path} ({_sitk_reason(e)}); check the folder and the file "
                          f"extension (.nii.gz, .nrrd, .seg.nrrd, .mha).") from None
-    finally:
-        shutil.rmtree(tmp_dir, ignore_errors=True)

@@ -54,7 +54,8 @@ class Geometry:
     direction: Tuple[float, ...]
 
     @classmethod
-    def of(cls, image: sitk.Image) -> "Geometry":
+    def of(cls, image: Union[sitk.Image, sitk.ImageFileReader]) -> "Geometry":
+        """The grid of an image, or of a file whose header a reader has read."""
         return cls(tuple(image.GetSize()), tuple(image.GetSpacing()), tuple(image.GetOrigin()),
                    tuple(image.GetDirection()))
 
@@ -168,6 +169,14 @@ def resample(image: sitk.Image, grid: Geometry, interpolator: int, default: floa
     f.SetOutputPixelType(image.GetPixelID())
     f.SetUseNearestNeighborExtrapolator(True)
     return f.Execute(image)
+
+
+def resample_labels(image: sitk.Image, grid: Geometry, pixel_type: Optional[int] = None) -> sitk.Image:
+    """A label map on ``grid`` by nearest neighbour, 0 beyond the image (no label value is invented);
+    ``pixel_type``: the output's SimpleITK pixel type (default: the input's)."""
+    return sitk.Resample(image, [int(s) for s in grid.size], sitk.Transform(), sitk.sitkNearestNeighbor,
+                         list(grid.origin), list(grid.spacing), list(grid.direction), 0,
+                         image.GetPixelID() if pixel_type is None else pixel_type)
 
 
 def to_canonical(array_zyx: np.ndarray, grid: Geometry, spacing: Optional[Sequence[float]], label: bool = False

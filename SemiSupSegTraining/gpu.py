@@ -4,7 +4,7 @@ The decisions are pure functions of numbers (tested on the CPU with tables of fi
 that read a GPU's figures are thin and only run on CUDA. Nothing here changes what a CPU computes.
 """
 
-from typing import Optional, Tuple
+from typing import Callable, Optional, Tuple
 
 import torch
 
@@ -51,6 +51,16 @@ def configure_cuda(device: torch.device, cudnn_benchmark: bool = True) -> None:
     first step while it tries the kernels). Process-wide, so only set for a CUDA device."""
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = bool(cudnn_benchmark)
+
+
+def thread_device_setup(device: torch.device) -> Optional[Callable[[], None]]:
+    """For a thread that touches CUDA (pinning host memory): selects ``device`` on it, so that the thread does
+    not open a context on GPU 0. ``torch.cuda.set_device`` wants an index and rejects a bare ``cuda``, which
+    means the device current here, where the thread is created. None for other devices."""
+    if device.type != "cuda":
+        return None
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    return lambda: torch.cuda.set_device(index)
 
 
 class BackwardChooser:

@@ -337,7 +337,8 @@ def label_values(path: str) -> Tuple[List[int], List[str]]:
     import numpy as np
     import SimpleITK as sitk
 
-    from .fileio import is_segmentation_file, read_segmentation_file, read_sitk_image, require_3d_scalar
+    from .fileio import (is_segmentation_file, read_segmentation_file, read_sitk_image, require_3d_scalar,
+                         require_whole_values)
 
     if is_segmentation_file(path):
         image, segments = read_segmentation_file(path)
@@ -348,9 +349,7 @@ def label_values(path: str) -> Tuple[List[int], List[str]]:
     if array.dtype.kind in "ui" and array.size and 0 <= int(array.min()) and int(array.max()) < 1 << 16:
         return [int(v) for v in np.flatnonzero(np.bincount(array.ravel()))], []   # fast for label maps
     values = np.unique(array)
-    if values.dtype.kind == "f" and (not np.isfinite(values).all() or np.any(values != np.round(values))):
-        raise InputError(f"The label {path} has non-integer values; a label map holds whole class values such "
-                         f"as 0, 1, 2.")
+    require_whole_values(values, path)
     return [int(v) for v in values], []
 
 

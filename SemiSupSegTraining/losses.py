@@ -122,7 +122,7 @@ def masked_cross_entropy(
     if mask is None:
         if reduce is None:
             return ce.mean()
-        sums = reduce(torch.stack([ce.sum(), ce.new_tensor(float(ce.numel()))]))
+        sums = reduce(torch.stack([ce.sum(), ce.new_full((), float(ce.numel()))]))
         return sums[0] / sums[1]
     # torch.where (not ce * mask) keeps a masked-out non-finite value from leaking into the sum.
     sums = _total(torch.stack([torch.where(mask, ce, torch.zeros_like(ce)).sum(), mask.sum().to(ce.dtype)]), reduce)
@@ -310,7 +310,7 @@ def regularization_loss(probs_a: torch.Tensor, probs_b: torch.Tensor, mdiff: tor
     diff = (probs_a - probs_b).abs().sum(dim=1)  # (B, *spatial)
     total = torch.where(mdiff, diff, torch.zeros_like(diff)).sum()
     if average == "voxels":
-        count = diff.new_tensor(float(mdiff.numel()))
+        count = diff.new_full((), float(mdiff.numel()))  # new_tensor would copy from the host and wait
     elif average == "mdiff":
         count = mdiff.sum().to(diff.dtype)
     else:

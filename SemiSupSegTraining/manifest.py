@@ -23,6 +23,7 @@ import os
 from dataclasses import dataclass, field
 from typing import List, Optional, Tuple
 
+from .atomicio import write_json_atomic
 from .errors import InputError
 
 MANIFEST_FORMAT = "semisupseg-manifest"
@@ -209,11 +210,7 @@ def write_manifest(manifest: Manifest, path: str) -> str:
     """Writes the manifest atomically (temporary name, then rename) with paths relative to its folder."""
     path = os.path.abspath(path)
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(manifest_to_dict(manifest, os.path.dirname(path)), f, indent=2)
-        f.write("\n")
-    os.replace(tmp, path)
+    write_json_atomic(path, manifest_to_dict(manifest, os.path.dirname(path)))
     manifest.path = path
     return path
 

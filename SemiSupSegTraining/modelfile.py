@@ -8,11 +8,12 @@ import os
 import pickle
 import platform
 import warnings
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 
 from . import __version__
+from .atomicio import atomic_write
 from .errors import InputError
 from .manifest import ClassInfo
 from .modelinfo import classes_problem, is_int, write_metadata
@@ -20,42 +21,18 @@ from .networks import NETWORK_KINDS
 
 MODEL_FORMAT = "semisupseg-model"
 MODEL_FORMAT_VERSION = 1
-PARTIAL_MARK = ".partial"  # temporary files are NAME.partialPID until renamed into place
 INFERENCE_CHOICES = ("a", "b", "both")  # which network(s) segment (metadata "inference")
 
 
-def save_atomic(payload: Dict[str, Any], path: str) -> str:
-    """``torch.save`` to a temporary name in the same folder, flushed to disk, then renamed over ``path``:
-    a reader (or a machine that loses power) sees the old file or the new one, never a half-written one."""
-    path = os.path.abspath(path)
-    tmp = save_temporary(payload, path)
-    try:
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
-
-
-def save_temporary(payload: Dict[str, Any], path: str) -> str:
-    """``torch.save`` to ``path``'s temporary name (``PATH.partialPID``), flushed and fsynced; returns it.
-
-    The caller renames it into place with ``os.replace`` (atomic on POSIX and Windows). When saving fails
-    (a full disk, an interrupt) the temporary file is removed.
-    """
-    path = os.path.abspath(path)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}{PARTIAL_MARK}{os.getpid()}"
-    try:
+def save_atomic(payload: Dict[str, Any], path: str, previous: Optional[str] = None) -> str:
+    """``torch.save`` to ``path`` atomically (:func:`.atomicio.atomic_write`: a temporary name, fsync, rename):
+    a reader (or a machine that loses power) sees the old file or the new one, never a half-written one.
+    ``previous``: the current file is first renamed to this name."""
+    def write(tmp: str) -> None:
         with open(tmp, "wb") as f:
             torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    return tmp
+
+    return atomic_write(path, write, previous)
 
 
 def load_trusted_data(path: str, what: str = "model file") -> Dict[str, Any]:

@@ -11,6 +11,7 @@ import json
 import os
 from typing import Any, Dict
 
+from .atomicio import write_json_atomic
 from .errors import InputError
 
 METADATA_FORMAT = "semisupseg-model-metadata"
@@ -39,15 +40,7 @@ def write_metadata(model_path: str, metadata: Dict[str, Any]) -> str:
     path = metadata_path(model_path)
     record = {"format": METADATA_FORMAT, "model_file": os.path.basename(model_path),
               "model_bytes": os.path.getsize(model_path), "metadata": metadata}
-    tmp = f"{path}.partial{os.getpid()}"
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(record, f, indent=1)
-            f.write("\n")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    write_json_atomic(path, record, indent=1)
     return path
 
 

@@ -3,7 +3,8 @@
 Both map an image (B, C_in, D, H, W) with D, H, W divisible by 16 to ``(logits, features)``: logits
 (B, K, D, H, W) and the last decoder block's full-resolution features (B, F, D, H, W), F = base filters,
 which the prototype contrastive loss (Eq. 6-7) works on. The V-Net follows the one used by MC-Net/MCF
-(four poolings, additive skips, dropout at the bottleneck); Subnet B swaps the encoder for a 3D
+(four poolings, additive skips, dropout at the bottleneck; UA-MT's and BCP's V-Net also drop out the last
+decoder features before the classifier, ``decoder_dropout``); Subnet B swaps the encoder for a 3D
 ResNet34-style stack of basic blocks ([3, 4, 6, 3] by default) and keeps the same decoder.
 """
 
@@ -45,9 +46,10 @@ class Resample(nn.Sequential):
 
 
 class VNetDecoder(nn.Module):
-    """Four up-steps with additive skips, then a 1³ conv to the classes."""
+    """Four up-steps with additive skips, then a 1³ conv to the classes (through Dropout3d of ``dropout``
+    when > 0: UA-MT's and BCP's ``has_dropout``; the features returned are those before it)."""
 
-    def __init__(self, base: int, num_classes: int, norm: str):
+    def __init__(self, base: int, num_classes: int, norm: str, dropout: float = 0.0):
         super().__init__()
         n = base
         self.up5, self.block6 = Resample(16 * n, 8 * n, norm, up=True), ConvStack(3, 8 * n, 8 * n, norm)
@@ -55,6 +57,7 @@ class VNetDecoder(nn.Module):
         self.up7, self.block8 = Resample(4 * n, 2 * n, norm, up=True), ConvStack(2, 2 * n, 2 * n, norm)
         self.up8, self.block9 = Resample(2 * n, n, norm, up=True), ConvStack(1, n, n, norm)
         self.head = nn.Conv3d(n, num_classes, 1)
+        self.dropout = nn.Dropout3d(dropout) if dropout > 0 else nn.Identity()
 
     def forward(self, skips: Sequence[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
         x1, x2, x3, x4, x5 = skips
@@ -62,14 +65,14 @@ class VNetDecoder(nn.Module):
         x = self.block7(self.up6(x) + x3)
         x = self.block8(self.up7(x) + x2)
         features = self.block9(self.up8(x) + x1)
-        return self.head(features), features
+        return self.head(self.dropout(features)), features
 
 
 class VNet(nn.Module):
     """Subnet A. ``base_filters`` = 16 is the paper's scale (9.45 M parameters with one input channel)."""
 
     def __init__(self, in_channels: int = 1, num_classes: int = 2, base_filters: int = 16,
-                 norm: str = "batchnorm", dropout: float = 0.5):
+                 norm: str = "batchnorm", dropout: float = 0.5, decoder_dropout: bool = False):
         super().__init__()
         n = base_filters
         self.block1 = ConvStack(1, in_channels, n, norm)
@@ -78,7 +81,7 @@ class VNet(nn.Module):
         self.down3, self.block4 = Resample(4 * n, 8 * n, norm, up=False), ConvStack(3, 8 * n, 8 * n, norm)
         self.down4, self.block5 = Resample(8 * n, 16 * n, norm, up=False), ConvStack(3, 16 * n, 16 * n, norm)
         self.dropout = nn.Dropout3d(dropout) if dropout > 0 else nn.Identity()
-        self.decoder = VNetDecoder(n, num_classes, norm)
+        self.decoder = VNetDecoder(n, num_classes, norm, dropout if decoder_dropout else 0.0)
 
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         x1 = self.block1(x)
@@ -115,7 +118,8 @@ class ResVNet(nn.Module):
     doubling the width as the V-Net's encoder does) feeding the V-Net decoder."""
 
     def __init__(self, in_channels: int = 1, num_classes: int = 2, base_filters: int = 16,
-                 blocks: Sequence[int] = (3, 4, 6, 3), norm: str = "batchnorm", dropout: float = 0.5):
+                 blocks: Sequence[int] = (3, 4, 6, 3), norm: str = "batchnorm", dropout: float = 0.5,
+                 decoder_dropout: bool = False):
         super().__init__()
         n = base_filters
         self.stem = ConvStack(1, in_channels, n, norm)
@@ -126,7 +130,7 @@ class ResVNet(nn.Module):
             layers += [BasicBlock3d(widths[i + 1], widths[i + 1], 1, norm) for _ in range(count - 1)]
             self.stages.append(nn.Sequential(*layers))
         self.dropout = nn.Dropout3d(dropout) if dropout > 0 else nn.Identity()
-        self.decoder = VNetDecoder(n, num_classes, norm)
+        self.decoder = VNetDecoder(n, num_classes, norm, dropout if decoder_dropout else 0.0)
 
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         skips = [self.stem(x)]
@@ -154,15 +158,17 @@ NETWORK_KINDS = ("VNet", "ResVNet")
 
 def build_networks(num_classes: int, base_filters: int = 16, resnet_blocks: Sequence[int] = (3, 4, 6, 3),
                    dropout: float = 0.5, in_channels: int = 1,
-                   kinds: Sequence[str] = NETWORK_KINDS) -> Tuple[nn.Module, nn.Module]:
+                   kinds: Sequence[str] = NETWORK_KINDS, decoder_dropout: bool = False) -> Tuple[nn.Module, nn.Module]:
     """(Subnet A, Subnet B): a V-Net and a ResNet-encoder V-Net as the paper pairs them, or the two networks
-    named by ``kinds`` ("VNet" or "ResVNet" each; the baselines train two V-Nets), built in that order."""
+    named by ``kinds`` ("VNet" or "ResVNet" each; the baselines train two V-Nets), built in that order;
+    ``decoder_dropout``: ``dropout`` also before each classifier."""
     if len(resnet_blocks) != 4:
         raise ValueError("resnet_blocks needs four stage lengths, e.g. (3, 4, 6, 3)")
     if len(kinds) != 2 or any(kind not in NETWORK_KINDS for kind in kinds):
         raise ValueError(f"kinds names two of {NETWORK_KINDS}, got {tuple(kinds)}")
-    return tuple(VNet(in_channels, num_classes, base_filters, dropout=dropout) if kind == "VNet" else
-                 ResVNet(in_channels, num_classes, base_filters, resnet_blocks, dropout=dropout) for kind in kinds)
+    return tuple(VNet(in_channels, num_classes, base_filters, dropout=dropout, decoder_dropout=decoder_dropout)
+                 if kind == "VNet" else ResVNet(in_channels, num_classes, base_filters, resnet_blocks, dropout=dropout,
+                                                decoder_dropout=decoder_dropout) for kind in kinds)
 
 
 def _fold_pair(conv: nn.Module, norm: nn.Module) -> nn.Module:

@@ -8,6 +8,7 @@ Progress events carry ``iteration``, ``total``, ``elapsed_s``, ``eta_s`` and, in
 """
 
 import json
+import os
 import sys
 import time
 from typing import Callable, Dict, List, Optional, TextIO
@@ -43,8 +44,14 @@ class Reporter:
             self.callback(record)
         if self.mode == "json":
             out = self.stream or sys.stdout
-            out.write(json.dumps(record, default=float) + "\n")
-            out.flush()
+            try:
+                out.write(json.dumps(record, default=float) + "\n")
+                out.flush()
+            except (BrokenPipeError, ValueError, OSError):
+                # the reader is gone (Slicer quit): go on quietly; the stop file still ends the run cleanly
+                if out is sys.stdout:  # later prints would fail the same way
+                    sys.stdout = open(os.devnull, "w", encoding="utf-8")
+                self.stream = open(os.devnull, "w", encoding="utf-8")
         elif self.mode == "bar":
             self._draw(record)
         return record

@@ -12,15 +12,17 @@ import contextlib
 import errno
 import json
 import os
+import shutil
 import signal
 import threading
 import time
 from typing import Any, Dict, Optional
 
+from .atomicio import PARTIAL_MARK, write_text_atomic
 from .config import TrainConfig
 from .errors import InputError
 from .manifest import Manifest, manifest_to_dict, parse_manifest
-from .modelfile import PARTIAL_MARK, load_trusted_data, save_temporary
+from .modelfile import load_trusted_data, save_atomic
 
 try:
     import fcntl
@@ -264,32 +266,23 @@ def write_checkpoint(folder: str, payload: Dict[str, Any]) -> str:
     power cut or a second Ctrl+C at any point leaves the old checkpoint, the new one, or both.
     """
     path = os.path.join(folder, CHECKPOINT_NAME)
-    tmp = save_temporary(payload, path)
-    try:
-        if os.path.exists(path):
-            os.replace(path, os.path.join(folder, PREVIOUS_CHECKPOINT_NAME))
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    save_atomic(payload, path, previous=os.path.join(folder, PREVIOUS_CHECKPOINT_NAME))
     return path
 
 
 def remove_partial_files(folder: str) -> None:
     """Temporary files of a training that was killed mid-write (we hold the folder's lock)."""
+    ours = ("checkpoint", "model", CONFIG_NAME, RUN_NAME, LOG_NAME, VALIDATION_NAME)
     for name in os.listdir(folder):
-        if PARTIAL_MARK in name and (name.startswith(("checkpoint", "model", CONFIG_NAME, RUN_NAME, LOG_NAME, VALIDATION_NAME))):
-            try:
-                os.remove(os.path.join(folder, name))
-            except OSError:
-                pass
-
-
-def write_text_atomic(path: str, text: str) -> None:
-    tmp = f"{path}{PARTIAL_MARK}{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
+        if PARTIAL_MARK in name and name.lstrip(".").startswith(ours):
+            path = os.path.join(folder, name)
+            if os.path.isdir(path):
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                try:
+                    os.remove(path)
+                except OSError:
+                    pass
 
 
 def trim_log(path: str, iteration: int) -> None:

@@ -28,11 +28,12 @@ from typing import Callable, Dict, List, Optional
 
 import numpy as np
 
+from .atomicio import write_text_atomic
 from .errors import Cancelled, InputError
 from .infer import Segmenter
 from .layouts import load_cases
 from .progress import Reporter
-from .runfolder import StopRequest, write_text_atomic
+from .runfolder import StopRequest
 
 _EPS = 1e-6  # keeps an empty prediction's ratios finite
 

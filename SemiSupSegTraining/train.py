@@ -5,17 +5,18 @@ The output folder (lock, checkpoints, resume, log) is :mod:`.runfolder`'s.
 """
 
 import contextlib
+import dataclasses
 import datetime
 import json
 import os
 import threading
-from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 import torch
 
-from . import distributed, fileio, geometry, gpu, losses, objectives
-from .config import TrainConfig, preset_config, with_run_settings, zyx
+from . import distributed, fileio, geometry, gpu, methods
+from .config import DEFAULT_PRESET, TrainConfig, preset_config, with_run_settings, zyx
 from .data import load_training_cases, PatchSampler
 from .geometry import normalization_for
 from .devices import autocast, autocast_dtype, memory_format, precision_name, select_device
@@ -23,7 +24,7 @@ from .errors import Cancelled, DistributedError, InputError, is_out_of_memory
 from .layouts import load_cases
 from .manifest import CaseEntry, Manifest, class_color, hold_out, manifest_to_dict
 from .modelfile import load_trusted_data, save_model
-from .networks import ProjectionHead, build_networks
+from .networks import NETWORK_KINDS, ProjectionHead, build_networks
 from .prefetch import Prefetcher
 from .progress import Reporter
 from .runfolder import (CHECKPOINT_FORMAT, CHECKPOINT_NAME, CONFIG_NAME, LOCK_NAME, LOG_NAME, MODEL_NAME,  # noqa: F401
@@ -51,156 +52,9 @@ def learning_rate(config: TrainConfig, iteration: int) -> float:
     return config.lr * config.lr_gamma ** (iteration // config.lr_step)
 
 
-class PseudoTargets(NamedTuple):
-    """What both networks learn from on the unlabeled crops (all detached): the pseudo label, the reliable
-    voxels of the entropy filter, the unreliable voxels L_c pulls, M_diff (None without L_reg) and, with
-    ``contrastive_pull="negatives"``, the (voxel, class) pairs L_c pushes apart (else None)."""
-    pseudo: torch.Tensor
-    reliable: torch.Tensor
-    pulled: torch.Tensor
-    mdiff: Optional[torch.Tensor]
-    negatives: Optional[torch.Tensor] = None
-
-
-def uses_unlabeled_terms(config: TrainConfig) -> bool:
-    return config.method == "ours" and (config.use_unsupervised or config.use_regularization
-                                        or config.use_contrastive)
-
-
-def loss_weights(config: TrainConfig, iteration: int) -> Tuple[float, float]:
-    """(λu, λc) of Eq. 3 at this iteration: 0 before ``unlabeled_start`` of the budget, then the schedules run
-    over the iterations left as they would over a whole training."""
-    start = int(config.unlabeled_start * config.iterations)
-    if iteration < start:
-        return 0.0, 0.0
-    iteration, total = iteration - start, config.iterations - start
-    lam_c = losses.lambda_c(iteration, total, config.lambda_c_schedule, config.lambda_c_max)
-    lam_u = config.lambda_u
-    if config.lambda_u_rampup > 0:  # the same sigmoid ramp-up as λc, over the first share of training
-        lam_u *= losses.lambda_c(iteration, max(1, int(config.lambda_u_rampup * total)), "rampup", 1.0)
-    return lam_u, lam_c
-
-
-def _filtered_targets(config: TrainConfig, num_classes: int, source_probs: torch.Tensor,
-                      agreed: Optional[torch.Tensor], mdiff: Optional[torch.Tensor]) -> PseudoTargets:
-    """The argmax of ``source_probs`` as the pseudo label, split by the entropy filter into reliable voxels
-    (L_u, prototypes) and unreliable ones (the voxels L_c pulls)."""
-    pseudo = source_probs.argmax(dim=1)
-    entropy = losses.voxel_entropy(source_probs)
-    # The entropy percentile is a rank statistic of the global batch: every process's voxels count.
-    if config.reliability == "class":  # the labels travel as bytes where they fit
-        small = pseudo.to(torch.uint8) if num_classes <= 256 else pseudo
-        reliable = distributed.current().on_global_batch(
-            lambda e, p: losses.reliable_mask_per_class(e, p.to(torch.int64), config.reliable_fraction, num_classes),
-            entropy, small)
-    else:
-        reliable = distributed.current().on_global_batch(
-            lambda e: losses.reliable_mask(e, config.reliable_fraction), entropy)
-    if config.reliable_confidence > 0:
-        reliable = reliable & (source_probs.amax(dim=1) >= config.reliable_confidence)
-    if config.contrastive_pull == "negatives":  # no voxel pulled; the unreliable ones are negatives only
-        return PseudoTargets(pseudo, reliable, torch.zeros_like(reliable), mdiff,
-                             losses.negative_classes(source_probs, ~reliable))
-    pulled = ~reliable if agreed is None else ~reliable & agreed
-    return PseudoTargets(pseudo, reliable, pulled, mdiff)
-
-
-def pseudo_targets(config: TrainConfig, iteration: int, num_classes: int, probs: Tuple[torch.Tensor, torch.Tensor],
-                   supervised: Tuple[torch.Tensor, torch.Tensor]
-                   ) -> Tuple[Tuple[PseudoTargets, PseudoTargets], Dict[str, torch.Tensor]]:
-    """What networks A and B learn from on the unlabeled crops, ``((targets_a, targets_b), stats)``.
-
-    The paper's pseudo label (``pseudo_label="lower-loss"``) comes from the network with the lower supervised
-    loss and teaches both; ``"ensemble"`` takes both networks' averaged softmax; ``"cross"`` teaches each
-    network the other's (as CPS does), so no network trains on its own argmax. M_diff holds the voxels where
-    both networks are confident and disagree (Eq. 4). ``probs`` are both networks' softmax on the unlabeled
-    crops."""
-    probs = tuple(p.detach() for p in probs)
-    mdiff = None
-    stats: Dict[str, torch.Tensor] = {}
-    if config.use_regularization:
-        threshold = losses.confidence_threshold(iteration, config.iterations, config.threshold_start,
-                                                config.threshold_end)
-        mdiff = losses.disagreement_mask(probs[0], probs[1], threshold)
-        stats["mdiff_voxels"] = mdiff.sum().float()
-    if config.pseudo_label == "cross":
-        sources = [probs[1], probs[0]]  # A learns B's pseudo label, B learns A's
-    elif config.pseudo_label == "ensemble":
-        sources = [(probs[0] + probs[1]) / 2]
-    else:
-        sources = [losses.select_pseudo_labels(probs[0], probs[1], supervised[0].detach(), supervised[1].detach())[1]]
-    agreed = probs[0].argmax(dim=1) == probs[1].argmax(dim=1) if config.contrastive_pull == "agreed" else None
-    distinct = [_filtered_targets(config, num_classes, source, agreed, mdiff) for source in sources]
-    stats["reliable_fraction"] = sum(t.reliable.float().mean() for t in distinct) / len(distinct)
-    stats["pulled_fraction"] = sum(t.pulled.float().mean() for t in distinct) / len(distinct)
-    targets = (distinct[0], distinct[-1])  # one object for both networks unless "cross"
-    lam_u, lam_c = loss_weights(config, iteration)
-    stats["lambda_u"], stats["lambda_c"] = torch.tensor(lam_u), torch.tensor(lam_c)
-    return targets, stats
-
-
-def network_terms(config: TrainConfig, iteration: int, num_classes: int, labeled_count: int, labels: torch.Tensor,
-                  logits: torch.Tensor, features: torch.Tensor, other_probs: torch.Tensor, targets: PseudoTargets,
-                  generator: torch.Generator, name: str) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
-    """λu·(L_u + L_reg) + λc·L_c of Eq. 3 as they reach ONE network (``name`` "a" or "b"), with gradient.
-
-    ``logits``/``features`` are this network's over the whole batch, labeled crops first; ``other_probs`` is
-    the other network's softmax on the unlabeled crops, a constant here. L_reg depends on both networks, so
-    each network's share holds all of it: its gradient with respect to this network is the joint loss's, and
-    summing both shares counts L_reg's value twice (:meth:`Trainer.step` reports it once).
-    """
-    n = labeled_count
-    reduce = distributed.current().reduce  # sums and counts over the global batch (None: one process)
-    logits_u = logits[n:].float()
-    zero = logits_u.sum() * 0.0
-    lam_u, lam_c = loss_weights(config, iteration)
-    stats: Dict[str, torch.Tensor] = {}
-    total_u = zero
-    if config.use_unsupervised:
-        stats[f"unsup_{name}"] = losses.unsupervised_loss(logits_u, targets.pseudo, targets.reliable, num_classes,
-                                                                   reduce)
-        total_u = total_u + stats[f"unsup_{name}"]
-    if config.use_regularization:
-        stats["reg"] = losses.regularization_loss(torch.softmax(logits_u, dim=1), other_probs.detach(), targets.mdiff,
-                                                  config.regularization_average, reduce)
-        total_u = total_u + stats["reg"]
-    total_c = zero
-    if config.use_contrastive:
-        feat = features.float()
-        if config.prototypes_from_labeled:  # ground truth is the most reliable label there is
-            proto_feat = feat
-            proto_labels = torch.cat([labels, targets.pseudo])
-            proto_mask = torch.cat([torch.ones_like(labels, dtype=torch.bool), targets.reliable])
-        else:
-            proto_feat, proto_labels, proto_mask = feat[n:], targets.pseudo, targets.reliable
-        prototypes, present = losses.class_prototypes(proto_feat, proto_labels, proto_mask, num_classes, detach=False,
-                                                          reduce=reduce)
-        stats[f"contrast_{name}"] = losses.contrastive_loss(
-            feat[n:], targets.pseudo, targets.pulled, prototypes, present, config.contrastive_temperature,
-            config.contrastive_max_voxels, config.prototype_margin, generator, reduce)
-        if targets.negatives is not None:
-            stats[f"contrast_{name}"] = stats[f"contrast_{name}"] + losses.negative_loss(
-                feat[n:], targets.negatives, prototypes, present, config.contrastive_temperature,
-                config.contrastive_max_voxels, generator, reduce)
-        total_c = stats[f"contrast_{name}"]
-    return lam_u * total_u + lam_c * total_c, stats
-
-
-def reference_correction(logits_a: torch.Tensor, logits_b: torch.Tensor, labels: torch.Tensor,
-                         threshold: float = 0.6, weight: float = 0.5) -> torch.Tensor:
-    """The released reference code's only extra trained term (for comparison, not the paper): on the
-    labeled crops, squared error between each network's softmax and the ground truth over voxels where
-    exactly one network predicts foreground (1 - p(background)) with probability >= 0.6."""
-    probs = [torch.softmax(lg.float(), 1) for lg in (logits_a, logits_b)]
-    confident = [(1.0 - p[:, 0]) >= threshold for p in probs]
-    mask = (confident[0] ^ confident[1]).unsqueeze(1).float()
-    target = torch.nn.functional.one_hot(labels, probs[0].shape[1]).movedim(-1, 1).float()
-    count = mask.sum().clamp_min(1.0) * probs[0].shape[1]
-    return weight * sum(((p - target) ** 2 * mask).sum() / count for p in probs)
-
-
 class Trainer:
-    """Both networks, their optimisers and the data; :meth:`step` runs one iteration of Eq. 3."""
+    """Both networks, their optimisers and the data; :meth:`step` runs one iteration of the method
+    (``config.method``, :mod:`.methods`). What a method may use of it is :class:`.methods.base.TrainerView`."""
 
     def __init__(self, config: TrainConfig, num_classes: int, labeled: list, unlabeled: list,
                  device: torch.device):
@@ -211,8 +65,9 @@ class Trainer:
         gpu.configure_cuda(device, config.cudnn_benchmark)
         # "auto": sequential until the first step on CUDA has measured whether the joint backward fits.
         self.sequential_backward = config.sequential_backward is not False
-        self._backward_chooser = (gpu.BackwardChooser(device) if config.sequential_backward == "auto"
-                                  and device.type == "cuda" else None)
+        self.backward_chooser = (gpu.BackwardChooser(device) if config.sequential_backward == "auto"
+                                 and device.type == "cuda" else None)
+        self.method = methods.create(config)
         self.dist = distributed.current()
         # The same initial weights on every process; its own crops, dropout and voxel samples on each.
         torch.manual_seed(config.seed)
@@ -222,14 +77,13 @@ class Trainer:
         self.generator.manual_seed(seed)
         self.memory_format = memory_format(device)
         self.net_a, self.net_b = (n.to(device, memory_format=self.memory_format) for n in build_networks(
-            num_classes, config.base_filters, config.resnet_blocks, config.dropout,
-            kinds=objectives.network_kinds(config.method)))
+            num_classes, config.base_filters, config.resnet_blocks, config.dropout, kinds=self.method.network_kinds,
+            decoder_dropout=self.method.decoder_dropout if config.decoder_dropout is None else config.decoder_dropout))
         if self.dist.rank:
             torch.manual_seed(seed)
-        self.baseline = config.method in objectives.BASELINES  # its terms live in objectives.py
-        # L_c's projection heads train with their network (one optimiser each) but are not in the model file.
+        # Projection heads (ours' L_c) train with their network (one optimiser each) but are not in the model file.
         self.projectors: Optional[torch.nn.ModuleList] = None
-        if config.method == "ours" and config.use_contrastive and config.projection_channels > 0:
+        if self.method.projection_heads():
             self.projectors = torch.nn.ModuleList(
                 ProjectionHead(config.base_filters, config.projection_channels) for _ in range(2)
             ).to(device, memory_format=self.memory_format)
@@ -238,18 +92,17 @@ class Trainer:
         self.optimizers = [torch.optim.SGD(list(net.parameters()) + list(head.parameters()), lr=config.lr,
                                            momentum=config.momentum, weight_decay=config.weight_decay)
                            for i, (net, head) in enumerate(zip((self.net_a, self.net_b), heads))
-                           if i in objectives.trained_networks(config.method)]
+                           if i in self.method.trained_networks]
         # fp16 needs loss scaling; bf16 and fp32 do not.
         self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
         patch = zyx(config.patch_size)
         self.labeled = PatchSampler(labeled, patch, self.rng, config.foreground_fraction, config.augment)
         self.unlabeled = (PatchSampler(unlabeled, patch, self.rng, 0.0, config.augment)
-                          if unlabeled and config.batch_unlabeled > 0
-                          and (config.method == "ours" or self.baseline) else None)
+                          if unlabeled and config.batch_unlabeled > 0 and self.method.uses_unlabeled else None)
         self.iteration = 0
         use_thread = config.prefetch is True or (config.prefetch == "auto" and device.type == "cuda")
-        on_gpu = (lambda: torch.cuda.set_device(device)) if device.type == "cuda" else None
-        self.prefetcher = Prefetcher(self._host_batch, self.rng, on_gpu) if use_thread else None
+        self.prefetcher = (Prefetcher(self._host_batch, self.rng, gpu.thread_device_setup(device)) if use_thread
+                           else None)
         self._replicate()
 
     def _replicate(self) -> None:
@@ -257,7 +110,7 @@ class Trainer:
         ``self.replicas`` (DDP-wrapped networks and projection heads; the bare modules in one process), state
         dicts come from the bare modules."""
         sync = self.config.sync_batchnorm
-        trained = objectives.trained_networks(self.config.method)  # a teacher follows by EMA: not wrapped
+        trained = self.method.trained_networks  # a teacher follows by EMA: not wrapped
         self.replicas = [self.dist.replicate(net, self.device, sync) if i in trained else net
                          for i, net in enumerate((self.net_a, self.net_b))]
         # Without unlabeled crops the heads' outputs are unused: DDP must not wait for their gradients then.
@@ -287,17 +140,9 @@ class Trainer:
         return images, labels
 
     def step(self) -> Dict[str, torch.Tensor]:
-        """One iteration; returns the loss terms as 0-dim tensors (no host sync here).
-
-        With ``sequential_backward`` (method "ours") the networks back-propagate one after the other, so only
-        one network's graph is alive at a time: Subnet A first runs without gradient (for the pseudo label and
-        L_reg's other half), B runs, computes its loss and back-propagates, then A runs again with gradient
-        from the same random state and batch-norm statistics (the same outputs) and back-propagates. Each
-        network's loss reaches the other only through constants (the pseudo label, the other softmax), so
-        the gradients are the joint loss's.
-        """
-        config, it = self.config, self.iteration
-        lr = learning_rate(config, it)
+        """One iteration of the method; returns its loss terms as 0-dim tensors (no host sync here)."""
+        config = self.config
+        lr = learning_rate(config, self.iteration)
         for opt in self.optimizers:
             for group in opt.param_groups:
                 group["lr"] = lr
@@ -309,64 +154,10 @@ class Trainer:
         inputs = [images, images]
         if config.unlabeled_views and images.shape[0] > n:  # same labeled crops, own view of the unlabeled
             inputs = [torch.cat([images[:n], intensity_view(images[n:], self.generator)]) for _ in range(2)]
-        if self.baseline:
-            terms = objectives.baseline_step(self, inputs, labels)
-            self._optimizer_step()
-            objectives.after_step(self)
-            return terms
-        semi = uses_unlabeled_terms(config) and images.shape[0] > n
-        sequential = semi and self.sequential_backward
-        measure = semi and self._backward_chooser is not None
-        if measure:
-            self._backward_chooser.before_step()
-        if sequential:
-            random_before_a, buffers_a = self._random_state(), [b.clone() for b in self.net_a.buffers()]
-            with torch.no_grad():
-                logits_a = self._forward(0, inputs[0], project=False)[0]
-        else:
-            logits_a, feat_a = self._forward(0, inputs[0])
-        logits_b, feat_b = self._forward(1, inputs[1])
-        sup_a = losses.supervised_loss(logits_a[:n].float(), labels, self.num_classes, self.dist.reduce)
-        sup_b = losses.supervised_loss(logits_b[:n].float(), labels, self.num_classes, self.dist.reduce)
-        if semi:
-            probs = tuple(torch.softmax(lg[n:].float().detach(), dim=1) for lg in (logits_a, logits_b))
-            (targets_a, targets_b), stats = pseudo_targets(config, it, self.num_classes, probs, (sup_a, sup_b))
-            extra_b, stats_b = network_terms(config, it, self.num_classes, n, labels, logits_b, feat_b, probs[0],
-                                             targets_b, self.generator, "b")
-            if sequential:
-                self._backward(sup_b + extra_b)
-                random_after_b = self._random_state()
-                del logits_b, feat_b  # B's graph is gone; free its outputs before A's graph is built
-                self._set_random_state(random_before_a)
-                for saved, buffer in zip(buffers_a, self.net_a.buffers()):
-                    buffer.copy_(saved)
-                logits_a, feat_a = self._forward(0, inputs[0])
-                sup_a = losses.supervised_loss(logits_a[:n].float(), labels, self.num_classes, self.dist.reduce)
-            extra_a, stats_a = network_terms(config, it, self.num_classes, n, labels, logits_a, feat_a, probs[1],
-                                             targets_a, self.generator, "a")
-            if sequential:
-                self._backward(sup_a + extra_a)
-                self._set_random_state(random_after_b)
-            else:
-                self._backward(sup_a + sup_b + extra_a + extra_b)
-            stats.update(stats_a)
-            stats.update(stats_b)
-            if measure:  # once: every process takes the joint backward only if it fits on all of them
-                self.sequential_backward = self.dist.any(not self._backward_chooser.decide())[0]
-                self._backward_chooser = None
-            loss = (sup_a + sup_b + extra_a + extra_b).detach()  # for the log: the backward passes are done
-            if "reg" in stats:  # each network's share holds all of L_reg; the loss counts it once
-                loss = loss - loss_weights(config, it)[0] * stats["reg"].detach()
-        else:
-            if config.method == "reference":
-                stats = {"correction": reference_correction(logits_a[:n], logits_b[:n], labels)}
-            else:
-                stats = {}
-            loss = sup_a + sup_b + sum(stats.values(), torch.zeros((), device=sup_a.device))
-            self._backward(loss)
+        terms = self.method.step(self, inputs, labels)
         self._optimizer_step()
-        return {"loss": loss.detach(), "sup_a": sup_a.detach(), "sup_b": sup_b.detach(),
-                **{k: v.detach() for k, v in stats.items()}}
+        self.method.after_step(self)
+        return terms
 
     def _optimizer_step(self) -> None:
         if self.scaler is not None:
@@ -378,7 +169,9 @@ class Trainer:
                 opt.step()
         self.iteration += 1
 
-    def _forward(self, index: int, images: torch.Tensor, project: bool = True) -> Tuple[torch.Tensor, torch.Tensor]:
+    # ------------------------------------------------------------------- what a method uses (TrainerView)
+
+    def forward(self, index: int, images: torch.Tensor, project: bool = True) -> Tuple[torch.Tensor, torch.Tensor]:
         """(logits, features) of network ``index`` (0: A, 1: B); features through its projection head."""
         with autocast(self.device, self.amp_dtype):
             logits, features = self.replicas[index](images)
@@ -386,10 +179,10 @@ class Trainer:
                 features = self.head_replicas[index](features)
         return logits, features
 
-    def _backward(self, loss: torch.Tensor) -> None:
+    def backward(self, loss: torch.Tensor) -> None:
         (loss if self.scaler is None else self.scaler.scale(loss)).backward()
 
-    def _random_state(self) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    def dropout_state(self) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
         """The generators that dropout draws from (the CPU's, and the GPU's when training on one)."""
         if self.device.type == "cuda":
             return torch.get_rng_state(), torch.cuda.get_rng_state(self.device)
@@ -397,12 +190,16 @@ class Trainer:
             return torch.get_rng_state(), torch.mps.get_rng_state()
         return torch.get_rng_state(), None
 
-    def _set_random_state(self, state: Tuple[torch.Tensor, Optional[torch.Tensor]]) -> None:
+    def set_dropout_state(self, state: Tuple[torch.Tensor, Optional[torch.Tensor]]) -> None:
         torch.set_rng_state(state[0])
         if state[1] is not None and self.device.type == "cuda":
             torch.cuda.set_rng_state(state[1], self.device)
         elif state[1] is not None:
             torch.mps.set_rng_state(state[1])
+
+    def restart_optimizer(self, index: int = 0) -> None:
+        """Forgets optimiser ``index``'s momentum, as a new optimiser would start."""
+        self.optimizers[index].state.clear()
 
     # ---------------------------------------------------------------------------------- state
 
@@ -458,6 +255,9 @@ class Trainer:
             state["scaler"] = self.scaler.state_dict()
         if self.projectors is not None:
             state["projectors"] = self.projectors.state_dict()
+        method_state = self.method.state()
+        if method_state:
+            state["method_state"] = method_state
         return state
 
     def load_state(self, state: Dict[str, Any]) -> str:
@@ -471,6 +271,8 @@ class Trainer:
             self.scaler.load_state_dict(state["scaler"])
         if "projectors" in state and self.projectors is not None:
             self.projectors.load_state_dict(state["projectors"])
+        if "method_state" in state:
+            self.method.load_state(state["method_state"])
         self.iteration = int(state["iteration"])
         return note
 
@@ -488,6 +290,7 @@ def model_metadata(config: TrainConfig, manifest: Manifest, labeled: list, unlab
     classes = [dict(c.to_dict(), color=class_color(manifest.classes, i) if i else [0.0, 0.0, 0.0])
                for i, c in enumerate(manifest.classes)]
     preset_defaults = preset_config(config.preset).to_dict() if config.preset else {}
+    method = methods.create(config)
     overrides = {k: v for k, v in config.to_dict().items() if preset_defaults.get(k) != v}
     spacings = np.array([c.geometry.spacing for c in labeled + unlabeled])  # the grids the networks saw
     return {
@@ -501,30 +304,31 @@ def model_metadata(config: TrainConfig, manifest: Manifest, labeled: list, unlab
         "preset": config.preset,
         "overrides": overrides,
         "config": config.to_dict(),
-        "networks": dict(zip("ab", objectives.network_kinds(config.method)), base_filters=config.base_filters,
+        "networks": dict(zip("ab", method.network_kinds), base_filters=config.base_filters,
                          resnet_blocks=list(config.resnet_blocks), in_channels=1),
-        "inference": objectives.inference_networks(config),
+        "inference": method.inference_networks(),
         "training": {"iterations": iteration, "labeled_cases": len(labeled), "unlabeled_cases": len(unlabeled),
                      "device": str(device), "processes": processes,
                      "finished_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")},
     }
 
 
-def _validate(trainer: Trainer, manifest: Manifest, held_out: List[CaseEntry], metadata: Dict[str, Any],
-              model_path: str, output_dir: str, reporter: Reporter) -> None:
+def _validate(run: "Run", metadata: Dict[str, Any], model_path: str) -> None:
     """Segments the held-out cases with the model file just written and reports their Dice: a ``validation``
     event, ``validation.json`` and the model file's metadata (``semisupseg info`` shows it)."""
     from .evaluation import describe_validation, validate_held_out
 
-    reporter.emit("start", "validate", message=f"Segmenting the {len(held_out)} held-out case(s) to validate...")
-    validation = validate_held_out(model_path, held_out, manifest.classes, str(trainer.device))
+    trainer, output_dir = run.trainer, run.output_dir
+    run.reporter.emit("start", "validate",
+                      message=f"Segmenting the {len(run.held_out)} held-out case(s) to validate...")
+    validation = validate_held_out(model_path, run.held_out, run.manifest.classes, str(trainer.device))
     validation.update(method=trainer.config.method, iterations=trainer.iteration)
     with disk_errors(output_dir, "the validation"):
         write_text_atomic(os.path.join(output_dir, VALIDATION_NAME), json.dumps(validation, indent=2))
         save_model(model_path, trainer.net_a.state_dict(), trainer.net_b.state_dict(),
                    dict(metadata, validation=validation))
-    reporter.emit("validation", "train", path=os.path.join(output_dir, VALIDATION_NAME),
-                  message=describe_validation(validation), **validation)
+    run.reporter.emit("validation", "train", path=os.path.join(output_dir, VALIDATION_NAME),
+                      message=describe_validation(validation), **validation)
 
 
 def _image_paths(manifest: Manifest) -> list:
@@ -538,7 +342,8 @@ def train(manifest_path: Union[str, Manifest, None], output_dir: str, config: Op
           cancel_event: Optional[threading.Event] = None, log_every: int = 10,
           stop_file: Optional[str] = None, run_settings: Optional[Dict[str, Any]] = None) -> str:
     """Trains both networks and writes ``output_dir/model.pt``; returns its path. ``manifest_path``: a
-    manifest file, a dataset folder (see :mod:`.layouts`) or a :class:`Manifest`.
+    manifest file, a dataset folder (see :mod:`.layouts`) or a :class:`Manifest`; without ``config`` the
+    default preset (:data:`config.DEFAULT_PRESET`, which trains :data:`config.DEFAULT_METHOD`).
 
     ``resume=True`` continues the checkpoint in ``output_dir`` (manifest and settings come from it) with the
     same iteration count, schedules, optimiser and random states: the result equals an uninterrupted run. A
@@ -606,7 +411,7 @@ def _open_run_folder(output_dir: str, hold: contextlib.ExitStack, manifest_path:
             if manifest_path is None:
                 raise InputError("Give a manifest (--manifest) to train on, or --resume a stopped training.")
             manifest = manifest_path if isinstance(manifest_path, Manifest) else load_cases(manifest_path)
-            start = {"config": config or preset_config("paper"), "manifest": manifest,
+            start = {"config": config or preset_config(DEFAULT_PRESET), "manifest": manifest,
                      "checkpoint": None, "init_model": init_model, "note": ""}
         start["config"].validate()
         hold_out(start["manifest"], start["config"].validate_cases)  # enough labeled cases left to train on?
@@ -655,8 +460,8 @@ def _train_from(start: Dict[str, Any], output_dir: str, group: "distributed.Cont
                 if os.path.exists(stale):
                     os.remove(stale)
             write_run_record(output_dir, config, manifest, init_model)
-    return _run(trainer, manifest, labeled, unlabeled, geometry_meta, output_dir, reporter, stop, log_every, note,
-                held_out)
+    return _run(Run(trainer, manifest, labeled, unlabeled, geometry_meta, output_dir, reporter, stop, log_every,
+                    note, list(held_out or [])))
 
 
 def _load_rank_random_state(trainer: "Trainer", checkpoint: Dict[str, Any]) -> str:
@@ -681,7 +486,7 @@ def out_of_memory_message(trainer: Trainer, output_dir: str) -> str:
     kept = os.path.exists(os.path.join(output_dir, CHECKPOINT_NAME))
     where = (f"at iteration {trainer.iteration + 1} (patch size {tuple(config.patch_size)}, batch "
              f"{config.batch_labeled}+{config.batch_unlabeled}")
-    if not trainer.sequential_backward and uses_unlabeled_terms(config) and trainer.unlabeled is not None:
+    if trainer.method.joint_backward(trainer):
         helps = ("back-propagate one network at a time, about half the peak memory: " +
                  (f"'semisupseg train --resume {output_dir} --set sequential_backward=true'" if kept else
                   "train again with --set sequential_backward=true"))
@@ -699,8 +504,8 @@ def _init_from_model(trainer: Trainer, path: str, manifest: Manifest) -> None:
         raise InputError(f"The model file {path} was trained for other classes than the manifest's; retrain "
                          f"from scratch or use a manifest with the model's classes.")
     networks = meta.get("networks") or {}
-    kinds = (networks.get("a", objectives.PAPER_NETWORKS[0]), networks.get("b", objectives.PAPER_NETWORKS[1]))
-    wanted = objectives.network_kinds(trainer.config.method)
+    kinds = (networks.get("a", NETWORK_KINDS[0]), networks.get("b", NETWORK_KINDS[1]))
+    wanted = trainer.method.network_kinds
     if kinds != wanted:
         method = (meta.get("config") or {}).get("method", "?")
         raise InputError(f"The model file {path} holds the networks {'+'.join(kinds)} of the method {method}, but "
@@ -713,97 +518,134 @@ def _init_from_model(trainer: Trainer, path: str, manifest: Manifest) -> None:
                          f"preset it was trained with ({meta.get('preset')}).") from None
 
 
-def _run(trainer: Trainer, manifest: Manifest, labeled: list, unlabeled: list, geometry_meta: Dict[str, Any],
-         output_dir: str, reporter: Reporter, stop: StopRequest, log_every: int, note: str = "",
-         held_out: Optional[list] = None) -> str:
-    group = trainer.dist
+@dataclasses.dataclass
+class Run:
+    """One training as its loop sees it: the trainer, what it trains on, where it writes, whom it tells."""
+    trainer: Trainer
+    manifest: Manifest
+    labeled: list
+    unlabeled: list
+    geometry_meta: Dict[str, Any]   # the geometry stage's record of the grid the cases were loaded on
+    output_dir: str
+    reporter: Reporter
+    stop: StopRequest
+    log_every: int
+    note: str = ""                  # said once in the start event
+    held_out: List[CaseEntry] = dataclasses.field(default_factory=list)   # validated after training
+
+    @property
+    def config(self) -> TrainConfig:
+        return self.trainer.config
+
+    @property
+    def group(self) -> "distributed.Context":
+        return self.trainer.dist
+
+
+def _run(run: Run) -> str:
     try:
-        return _loop(trainer, manifest, labeled, unlabeled, geometry_meta, output_dir, reporter, stop, log_every,
-                     note, held_out or [])
+        return _loop(run, CheckpointClock(run.config.checkpoint_every, run.config.checkpoint_minutes))
     except Exception as e:
-        if group.enabled and distributed.is_peer_failure(e):
-            raise distributed.peer_failure(group, e) from None
+        if run.group.enabled and distributed.is_peer_failure(e):
+            raise distributed.peer_failure(run.group, e) from None
         raise
 
 
-def _loop(trainer: Trainer, manifest: Manifest, labeled: list, unlabeled: list, geometry_meta: Dict[str, Any],
-          output_dir: str, reporter: Reporter, stop: StopRequest, log_every: int, note: str,
-          held_out: list) -> str:
-    config, group = trainer.config, trainer.dist
-    first = trainer.iteration
-    log_path = os.path.join(output_dir, LOG_NAME)
-    manifest_data = manifest_to_dict(manifest)
-    clock = CheckpointClock(config.checkpoint_every, config.checkpoint_minutes)
+def _checkpoint(run: Run, clock: CheckpointClock) -> Optional[str]:
+    """Every process takes part (each one's random state goes in); rank 0 writes; all wait for it."""
+    trainer, group = run.trainer, run.group
+    ranks = group.gather(trainer.random_state()) if group.enabled else None
+    path = None
+    if group.is_main:
+        payload = dict(trainer.state(), format=CHECKPOINT_FORMAT, config=run.config.to_dict(),
+                       manifest=manifest_to_dict(run.manifest), manifest_path=run.manifest.path or "")
+        if ranks is not None:
+            payload["rng_ranks"] = ranks
+        with disk_errors(run.output_dir, "the checkpoint"):
+            path = write_checkpoint(run.output_dir, payload)
+        run.reporter.emit("checkpoint", "train", iteration=trainer.iteration, path=path)
+    group.barrier()
+    clock.written()
+    return path
 
-    def checkpoint() -> Optional[str]:
-        """Every process takes part (each one's random state goes in); rank 0 writes; all wait for it."""
-        ranks = group.gather(trainer.random_state()) if group.enabled else None
-        path = None
-        if group.is_main:
-            payload = dict(trainer.state(), format=CHECKPOINT_FORMAT, config=config.to_dict(),
-                           manifest=manifest_data, manifest_path=manifest.path or "")
-            if ranks is not None:
-                payload["rng_ranks"] = ranks
-            with disk_errors(output_dir, "the checkpoint"):
-                path = write_checkpoint(output_dir, payload)
-            reporter.emit("checkpoint", "train", iteration=trainer.iteration, path=path)
-        group.barrier()
-        clock.written()
-        return path
 
+def _start_event(run: Run, first: int) -> None:
+    trainer, config = run.trainer, run.config
     what = f"Resuming at iteration {first} of {config.iterations}" if first else "Training"
     precision = precision_name(trainer.amp_dtype)
-    reporter.emit("start", "train", iteration=first, total=config.iterations, device=str(trainer.device),
-                  precision=precision,
-                  message=f"{what} on {trainer.device} in {precision} ({len(labeled)} labeled, {len(unlabeled)} "
-                          f"unlabeled cases, preset {config.preset}, {config.iterations} iterations).{note}"
-                          + (f" Held out to validate: {', '.join(e.id for e in held_out)}." if held_out else ""))
-    with (open(log_path, "a") if group.is_main else contextlib.nullcontext()) as log:
+    held = f" Held out to validate: {', '.join(e.id for e in run.held_out)}." if run.held_out else ""
+    run.reporter.emit("start", "train", iteration=first, total=config.iterations, device=str(trainer.device),
+                      precision=precision,
+                      message=f"{what} on {trainer.device} in {precision} ({len(run.labeled)} labeled, "
+                              f"{len(run.unlabeled)} unlabeled cases, preset {config.preset or 'none'}, "
+                              f"{config.iterations} iterations).{run.note}{held}")
+
+
+def _step(run: Run) -> Dict[str, torch.Tensor]:
+    """One iteration; running out of memory becomes one sentence (and ends the other processes' wait)."""
+    try:
+        return run.trainer.step()
+    except Exception as e:
+        if not is_out_of_memory(e):
+            raise
+        if run.group.enabled:  # the other processes wait in a collective: end it for them now
+            distributed.abort()
+        raise MemoryError(out_of_memory_message(run.trainer, run.output_dir)) from None
+
+
+def _report(run: Run, terms: Dict[str, torch.Tensor], first: int, log) -> None:
+    """A progress event; every ``log_every`` iterations (and the first and last) with the losses, logged."""
+    it, total = run.trainer.iteration, run.config.iterations
+    if not (it % run.log_every == 0 or it == total or it == first + 1):
+        run.reporter.progress("train", it, total, first)
+        return
+    values = {k: round(float(v), 5) for k, v in terms.items()}
+    if not np.isfinite(values["loss"]):  # the loss is the global batch's: all processes agree
+        raise InputError(f"Training diverged at iteration {it} (loss is not finite); lower the "
+                         f"learning rate (--set lr=0.001) or check the images' intensities.")
+    stats = {k: values.pop(k) for k in STAT_KEYS if k in values}
+    event = run.reporter.progress("train", it, total, first, losses=values, stats=stats,
+                                  lr=learning_rate(run.config, it - 1))
+    if log is not None:
+        log.write(json.dumps(event) + "\n")
+        log.flush()
+
+
+def _loop(run: Run, clock: CheckpointClock) -> str:
+    trainer, config, group = run.trainer, run.config, run.group
+    first = trainer.iteration
+    _start_event(run, first)
+    with (open(os.path.join(run.output_dir, LOG_NAME), "a") if group.is_main else contextlib.nullcontext()) as log:
         while trainer.iteration < config.iterations:
             # One all-reduce: a stop asked of any process, or any process's clock, acts on all of them here.
-            stop_now, time_is_up = group.any(stop.requested, clock.time_is_up())
+            stop_now, time_is_up = group.any(run.stop.requested, clock.time_is_up())
             if stop_now:
-                path = checkpoint()
-                stop.consume()
-                reporter.emit("cancelled", "train", iteration=trainer.iteration, checkpoint=path,
-                              message=f"Cancelled at iteration {trainer.iteration}; resume with "
-                                      f"'semisupseg train --resume {output_dir}'.")
+                path = _checkpoint(run, clock)
+                run.stop.consume()
+                run.reporter.emit("cancelled", "train", iteration=trainer.iteration, checkpoint=path,
+                                  message=f"Cancelled at iteration {trainer.iteration}; resume with "
+                                          f"'semisupseg train --resume {run.output_dir}'.")
                 raise Cancelled()
             if time_is_up and trainer.iteration > first:
-                checkpoint()
-            try:
-                terms = trainer.step()
-            except Exception as e:
-                if not is_out_of_memory(e):
-                    raise
-                if group.enabled:  # the other processes wait in a collective: end it for them now
-                    distributed.abort()
-                raise MemoryError(out_of_memory_message(trainer, output_dir)) from None
-            it = trainer.iteration
-            if it % log_every == 0 or it == config.iterations or it == first + 1:
-                values = {k: round(float(v), 5) for k, v in terms.items()}
-                if not np.isfinite(values["loss"]):  # the loss is the global batch's: all processes agree
-                    raise InputError(f"Training diverged at iteration {it} (loss is not finite); lower the "
-                                     f"learning rate (--set lr=0.001) or check the images' intensities.")
-                stats = {k: values.pop(k) for k in STAT_KEYS if k in values}
-                event = reporter.progress("train", it, config.iterations, first, losses=values, stats=stats,
-                                          lr=learning_rate(config, it - 1))
-                if log is not None:
-                    log.write(json.dumps(event) + "\n")
-                    log.flush()
-            else:
-                reporter.progress("train", it, config.iterations, first)
-            if clock.counts(it) and it < config.iterations:
-                checkpoint()
-    model_path = os.path.join(output_dir, MODEL_NAME)
+                _checkpoint(run, clock)
+            _report(run, _step(run), first, log)
+            if clock.counts(trainer.iteration) and trainer.iteration < config.iterations:
+                _checkpoint(run, clock)
+    return _finish(run, clock)
+
+
+def _finish(run: Run, clock: CheckpointClock) -> str:
+    """The model file, the last checkpoint, then the held-out cases' validation."""
+    trainer, config, group = run.trainer, run.config, run.group
+    model_path = os.path.join(run.output_dir, MODEL_NAME)
     if group.is_main:
-        metadata = model_metadata(config, manifest, labeled, unlabeled, trainer.iteration, trainer.device,
-                                  geometry_meta, group.world_size)
-        with disk_errors(output_dir, "the model file"):
+        metadata = model_metadata(config, run.manifest, run.labeled, run.unlabeled, trainer.iteration,
+                                  trainer.device, run.geometry_meta, group.world_size)
+        with disk_errors(run.output_dir, "the model file"):
             save_model(model_path, trainer.net_a.state_dict(), trainer.net_b.state_dict(), metadata)
-    checkpoint()
-    if held_out and group.is_main:  # after the final checkpoint: a kill here resumes straight into validation
-        _validate(trainer, manifest, held_out, metadata, model_path, output_dir, reporter)
-    reporter.emit("done", "train", iteration=trainer.iteration, total=config.iterations, model=model_path,
-                  message=f"Model file written: {model_path}")
+    _checkpoint(run, clock)
+    if run.held_out and group.is_main:  # after the final checkpoint: a kill here resumes straight into validation
+        _validate(run, metadata, model_path)
+    run.reporter.emit("done", "train", iteration=trainer.iteration, total=config.iterations, model=model_path,
+                      message=f"Model file written: {model_path}")
     return model_path

@@ -11,7 +11,7 @@ file in an installed extension, one folder up in a source checkout.
 import os
 import sys
 
-from .commands import locate_engine
+from .engine_path import locate_engine
 
 ENGINE_PARENT = locate_engine(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 if ENGINE_PARENT and ENGINE_PARENT not in sys.path:

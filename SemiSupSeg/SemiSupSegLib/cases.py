@@ -94,29 +94,43 @@ class CaseTable:
         return None
 
     def add_volume(self, volume_node_id: str, volume_name: str = "",
-                   segmentation_node_id: Optional[str] = None, segmentation_name: str = "") -> Tuple[CaseRow, bool]:
+                   segmentation_node_id: Optional[str] = None, segmentation_name: str = "",
+                   image_path: Optional[str] = None) -> Tuple[CaseRow, bool]:
         """Adds a volume node (with its segmentation node, then it is labeled); a volume that is in the table
-        already is not added twice (its segmentation is set when one is given). Returns (row, added)."""
+        already is not added twice and its row is left as it is (its label changes only by the user's choice
+        in the table or *Use as label*). ``image_path``: the file it was loaded from (the same file is then
+        not added again as a file case). Returns (row, added)."""
         index = self.find_volume(volume_node_id)
         if index is not None:
-            row = self.rows[index]
-            if segmentation_node_id and not row.segmentation_node_id:
-                self.set_segmentation(index, segmentation_node_id, segmentation_name)
-            return row, False
+            return self.rows[index], False
         row = CaseRow(id=self.unique_id(volume_name or volume_node_id), volume_node_id=volume_node_id,
                       volume_name=volume_name, segmentation_node_id=segmentation_node_id,
                       segmentation_name=segmentation_name if segmentation_node_id else "",
-                      labeled=bool(segmentation_node_id))
+                      labeled=bool(segmentation_node_id), image_path=image_path)
         self.rows.append(row)
         return row, True
+
+    def find_file(self, image_path: str) -> Optional[int]:
+        """The row of an image file (a file case, maybe loaded into the scene already), or None."""
+        wanted = os.path.normcase(os.path.abspath(image_path))
+        for index, row in enumerate(self.rows):
+            if row.image_path and os.path.normcase(os.path.abspath(row.image_path)) == wanted:
+                return index
+        return None
+
+    def attach_volume(self, index: int, volume_node_id: str, volume_name: str = "") -> None:
+        """A file case loaded into the scene: its row goes on with the volume node (the file is kept, so the
+        row falls back to it when the node leaves the scene)."""
+        row = self.rows[index]
+        row.volume_node_id, row.volume_name = volume_node_id, volume_name
 
     def add_files(self, image_path: str, label_path: Optional[str] = None, case_id: Optional[str] = None,
                   labeled: bool = True) -> Tuple[CaseRow, bool]:
         """Adds an image file (with its label file); the same image file is not added twice."""
         image_path = os.path.abspath(image_path)
-        for row in self.rows:
-            if row.image_path and os.path.abspath(row.image_path) == image_path and not row.volume_node_id:
-                return row, False
+        index = self.find_file(image_path)
+        if index is not None:
+            return self.rows[index], False
         stem, _ = split_image_name(os.path.basename(image_path))
         row = CaseRow(id=self.unique_id(case_id or stem), image_path=image_path,
                       label_path=os.path.abspath(label_path) if label_path else None,
@@ -160,9 +174,14 @@ class CaseTable:
         row.labeled = bool(labeled)
 
     def forget_missing_nodes(self, existing_node_ids: Iterable[str]) -> List[str]:
-        """Drops the rows whose volume node left the scene and the segmentations that did; returns the ids
-        of the dropped cases."""
+        """Drops the rows whose volume node left the scene (a file case goes back to its file) and the
+        segmentations that did; returns the ids of the dropped cases."""
         existing = set(existing_node_ids)
+        for row in self.rows:
+            if row.image_path and row.volume_node_id and row.volume_node_id not in existing:
+                row.volume_node_id, row.volume_name = None, ""
+                row.segmentation_node_id, row.segmentation_name = None, ""
+                row.labeled = row.labeled and bool(row.label_path)
         dropped = [r.id for r in self.rows if r.volume_node_id and r.volume_node_id not in existing]
         self.rows = [r for r in self.rows if not (r.volume_node_id and r.volume_node_id not in existing)]
         for index, row in enumerate(self.rows):
@@ -241,7 +260,8 @@ class CaseTable:
         if len(volume_node_ids) == len(table.rows) == len(segmentation_node_ids):
             for row, volume, segmentation in zip(table.rows, volume_node_ids, segmentation_node_ids):
                 row.volume_node_id = volume or None
-                row.segmentation_node_id = segmentation or None
+                # a segmentation node labels a case only with its volume node (a file case: its label file)
+                row.segmentation_node_id = (segmentation or None) if volume else None
                 if not row.has_label:
                     row.labeled = False
             # a row whose volume node left the scene (its reference is gone) is no case any more

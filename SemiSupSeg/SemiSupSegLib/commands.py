@@ -13,15 +13,24 @@ import shutil
 import sys
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
-ENGINE_PACKAGE = "SemiSupSegTraining"
+from .engine_path import ENGINE_PACKAGE, engine_candidates, locate_engine  # noqa: F401  (re-exported)
 
-#: Presets of ``train --preset`` (SemiSupSegTraining.config.PRESETS), cheapest first.
-PRESETS = ("tiny", "demo", "cpu-fast", "paper", "pancreas")
-DEFAULT_PRESET = "cpu-fast"
-#: Methods of ``train --set method=...`` (SemiSupSegTraining.config.METHODS without the reference code's
-#: training): labels alone, the paper's, then the baselines. The default is the engine's.
-METHODS = ("supervised", "ours", "ua-mt", "mean-teacher", "cps", "bcp")
-DEFAULT_METHOD = "supervised"
+# The engine's own lists and its one default (plain Python, no torch): the module keeps no copy of them.
+from SemiSupSegTraining.config import DEFAULT_METHOD, DEFAULT_PRESET, preset_method
+from SemiSupSegTraining.config import METHODS as ENGINE_METHODS
+from SemiSupSegTraining.config import PRESETS as ENGINE_PRESETS
+
+
+#: Presets of ``train --preset``, in the engine's order.
+PRESETS = tuple(ENGINE_PRESETS)
+#: The Method control's first choice: the preset's own method (no ``--set method=``).
+PRESET_METHOD = "(preset's)"
+#: Methods of ``train --set method=...``: the engine's, without the reference code's training (benchmarks only).
+METHODS = tuple(m for m in ENGINE_METHODS if m != "reference")
+#: The Method control's choices.
+METHOD_CHOICES = (PRESET_METHOD,) + METHODS
+__all__ = ["DEFAULT_METHOD", "DEFAULT_PRESET", "preset_method"]  # re-exported: the widget shows them
+
 #: Devices of ``--device``.
 DEVICES = ("auto", "cuda", "cpu", "mps")
 MODALITIES = ("MRI", "CT")
@@ -60,24 +69,6 @@ def find_python_slicer(which: Callable[[str], Optional[str]] = shutil.which,
     return executable
 
 
-def engine_candidates(module_dir: str) -> List[str]:
-    """Folders that may hold the ``SemiSupSegTraining`` package, best first.
-
-    Installed extension: the package sits beside ``SemiSupSeg.py`` (qt-scripted-modules). Source checkout
-    loaded with the Extension Wizard: it sits in the repository root, one level up.
-    """
-    module_dir = os.path.abspath(module_dir)
-    return [module_dir, os.path.dirname(module_dir)]
-
-
-def locate_engine(module_dir: str) -> Optional[str]:
-    """The folder that contains the ``SemiSupSegTraining`` package (to put on sys.path / PYTHONPATH)."""
-    for folder in engine_candidates(module_dir):
-        if os.path.isfile(os.path.join(folder, ENGINE_PACKAGE, "__init__.py")):
-            return folder
-    return None
-
-
 def engine_environment(engine_parent: Optional[str], base_env: Optional[Mapping[str, str]] = None,
                        cpu_only: bool = False) -> Dict[str, str]:
     """Environment variables to add for the engine process (only the changed ones).
@@ -95,6 +86,53 @@ def engine_environment(engine_parent: Optional[str], base_env: Optional[Mapping[
     if cpu_only:
         updates["CUDA_VISIBLE_DEVICES"] = "-1"
     return updates
+
+
+def method_argument(choice: Optional[str]) -> Optional[str]:
+    """The ``--set method=`` of the Method control's choice: None for the preset's own method."""
+    return None if not choice or choice == PRESET_METHOD else choice
+
+
+def effective_method(preset: str, choice: Optional[str]) -> str:
+    """The method a training with this preset and Method choice trains (shown beside the preset)."""
+    return method_argument(choice) or preset_method(preset or DEFAULT_PRESET)
+
+
+#: Image files the engine reads as they are (SimpleITK): a volume loaded from one and not changed since
+#: is not written again for a training.
+ENGINE_READABLE = (".nrrd", ".nhdr", ".nii", ".nii.gz", ".mha", ".mhd")
+
+
+def reusable_volume_file(path: Optional[str], modified_since_read: bool, has_parent_transform: bool) -> bool:
+    """Whether the engine can read a volume node's own file instead of an export: a file in a format it
+    reads, that exists, that the node was not changed since, and no parent transform (the export ignores
+    it too, but a file may hold another one)."""
+    return bool(path) and not modified_since_read and not has_parent_transform \
+        and path.lower().endswith(ENGINE_READABLE) and os.path.isfile(path)
+
+
+def same_grid(file_grid: Tuple[Sequence[int], Sequence[float], Sequence[float], Sequence[float]],
+              node_grid_ras: Tuple[Sequence[int], Sequence[float], Sequence[float], Sequence[Sequence[float]]],
+              tolerance: float = 1e-4) -> bool:
+    """Whether a file's grid (size, spacing, origin and row-major direction, in ITK's LPS) is the node's grid
+    (dimensions, spacing, origin and IJK-to-RAS direction matrix, in Slicer's RAS): a volume loaded with
+    "center" or "ignore orientation" is not on its file's grid, and then its file is not the engine's input."""
+    size, spacing, origin, direction = file_grid
+    node_size, node_spacing, node_origin, node_directions = node_grid_ras
+    flip = (-1.0, -1.0, 1.0)  # RAS -> LPS
+    lps_origin = [flip[i] * node_origin[i] for i in range(3)]
+    lps_direction = [flip[i] * node_directions[i][j] for i in range(3) for j in range(3)]
+    close = all(abs(float(a) - float(b)) <= tolerance * max(1.0, abs(float(b)))
+                for a, b in zip(list(spacing) + list(origin) + list(direction),
+                                list(node_spacing) + lps_origin + lps_direction))
+    return close and [int(v) for v in size] == [int(v) for v in node_size]
+
+
+def export_cache_name(node_id: str, session: str, *modified_times: int) -> str:
+    """The file name of a volume's cached export: it changes whenever the node or its voxels change (their
+    modified times, which count up within one Slicer session) and between sessions."""
+    clean = re.sub(r"[^A-Za-z0-9_-]+", "_", node_id)
+    return f"{clean}-{session}-" + "-".join(str(int(t)) for t in modified_times) + ".nrrd"
 
 
 def _check_choice(value: Optional[str], choices: Sequence[str], what: str) -> None:
@@ -118,6 +156,7 @@ def train_command(python: str, manifest: Optional[str] = None, output: Optional[
     the last that many labeled cases out of training and report their Dice (a resumed training keeps its own).
     ``method``: what trains (``--set method=...``); a resumed training keeps its own."""
     _check_choice(preset, PRESETS, "Preset")
+    method = method_argument(method)
     _check_choice(method, METHODS, "Method")
     _check_device(device)
     command = [python, "-m", ENGINE_PACKAGE, "train"]
@@ -245,3 +284,33 @@ def default_model_folder(app_local_data: Optional[str], home: str) -> str:
     per-user data folder: local, never Documents, which on Windows is often redirected to a cloud-synced
     folder where replacing a checkpoint by a rename can fail); the home folder when Qt gives none."""
     return os.path.join(app_local_data or os.path.join(home, ".semisupseg"), "SemiSupSeg", "models")
+
+
+def imported_model_folder(model_folder: str, source: str, now: Optional[datetime.datetime] = None) -> str:
+    """A fresh folder in the model folder for a model file someone gave you: ``imported-<name>-YYYYmmdd-HHMMSS``."""
+    stem = re.sub(r"[^A-Za-z0-9_-]+", "_", os.path.splitext(os.path.basename(source))[0]).strip("_") or "model"
+    now = now or datetime.datetime.now()
+    base = os.path.join(model_folder, f"imported-{stem}-" + now.strftime("%Y%m%d-%H%M%S"))
+    path, n = base, 2
+    while os.path.exists(path):
+        path = f"{base}-{n}"
+        n += 1
+    return path
+
+
+def device_problem(device: str, torch_version: Optional[str], system: str, machine: str,
+                   has_nvidia_driver: bool) -> Optional[str]:
+    """One sentence when the chosen device cannot be there, known before a job starts (from the platform, the
+    installed torch build and the NVIDIA driver's ``nvidia-smi``, without importing torch); None otherwise
+    (``auto`` always works: the engine falls back to the CPU)."""
+    if device.startswith("cuda"):
+        if system == "Darwin":
+            return "CUDA does not exist on macOS: choose the device auto, mps or cpu."
+        if torch_version and "+cpu" in torch_version:
+            return (f"The installed PyTorch {torch_version} is a CPU build: choose the device auto or cpu, or "
+                    f"reinstall PyTorch with CUDA in the PyTorch Utils module.")
+        if not has_nvidia_driver:
+            return "No NVIDIA driver was found on this computer (no nvidia-smi): choose the device auto or cpu."
+    if device == "mps" and (system != "Darwin" or machine.lower() not in ("arm64", "aarch64")):
+        return "Apple's MPS exists only on Macs with Apple silicon: choose the device auto or cpu."
+    return None

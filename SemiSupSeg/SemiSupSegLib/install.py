@@ -162,3 +162,42 @@ def check_torch(version: Optional[str], minimum: str) -> Optional[str]:
         return (f"PyTorch {version} is too old for SemiSupSeg (it needs {minimum} or later): in the PyTorch Utils "
                 f"module uninstall it and install it again with the version requirement '>={minimum}'.")
     return None
+
+
+def platform_refusal(system: str, machine: str, torch_installed: Optional[str]) -> Optional[str]:
+    """One sentence, before any download, where no torch this module runs on can be installed: PyTorch
+    publishes no macOS x86_64 (Intel Mac) wheels after 2.2.2, below the 2.3 the engine needs. None elsewhere,
+    or where a torch is installed already (its version is checked then)."""
+    if torch_installed is None and system == "Darwin" and machine.lower() in ("x86_64", "amd64", "i386"):
+        return ("PyTorch 2.3 or later, which this module needs, is not published for Intel Macs (the last "
+                "macOS x86_64 release is 2.2.2): use a Mac with Apple silicon and the arm64 Slicer, or train "
+                "on Windows or Linux and segment there.")
+    return None
+
+
+def offline_message(requirements: Sequence[str], error: BaseException) -> str:
+    """One sentence for a failed pip install: what to fetch by hand on a connected machine."""
+    return (f"Installing {', '.join(requirements)} failed ({str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__}). "
+            f"Without a network connection, download these wheels on a connected machine "
+            f"(pip download {' '.join(requirements)} --python-version {python_version()} --only-binary=:all:), "
+            f"copy them here and run slicer.util.pip_install(['--no-index', '--find-links', FOLDER] + "
+            f"{list(requirements)!r}) in Slicer's Python console.")
+
+
+#: What the Dependencies section lists: package -> where it comes from.
+DEPENDENCIES = (("torch", "the PyTorch extension"), ("numpy", "Slicer"), ("SimpleITK", "Slicer"),
+                ("monai", "pip, on first use"), ("scipy", "Slicer or pip"), ("psutil", "pip, on first use"))
+
+
+def dependency_lines(version_of: Optional[Callable[[str], str]] = None) -> List[str]:
+    """One line per package of :data:`DEPENDENCIES`: its installed version, or "not installed" and where it
+    comes from (package metadata only: nothing is imported)."""
+    if version_of is None:
+        from importlib.metadata import version as version_of
+    lines = []
+    for name, source in DEPENDENCIES:
+        try:
+            lines.append(f"{name} {version_of(name)}")
+        except Exception:  # PackageNotFoundError
+            lines.append(f"{name}: not installed ({source})")
+    return lines

@@ -19,6 +19,19 @@ EventCallback = Optional[Callable[[Any], None]]
 class SemiSupSegLogicProtocol(Protocol):
     """The logic as the widget sees it."""
 
+    def setupPythonRequirements(self, askConfirmation: Optional[bool] = None) -> None:
+        """Installs what the engine needs (PyTorch through its extension, then monai, scipy, psutil with torch
+        and numpy held); RuntimeError with one sentence when something is missing, declined or offline."""
+
+    def makeDemoCases(self) -> Any:
+        """Writes the demo's synthetic phantoms (no download); returns (their manifest path, the preset)."""
+
+    def exportModel(self, modelFile: str, path: str) -> str:
+        """Copies a model file (weights and metadata in one file) to ``path``; returns it."""
+
+    def importModel(self, path: str, modelFolder: str) -> str:
+        """A model file someone gave you, copied into the model folder and read safely; returns the copy."""
+
     def getParameterNode(self) -> Any:
         """The module's parameter node (``parameter_node.SemiSupSegParameterNode``) of the scene."""
 

@@ -87,6 +87,19 @@ def resumable(job: "Job") -> bool:
     return job.state == CANCELLED and bool(job.checkpoint)
 
 
+def finish_detached(jobs: Sequence["Job"], timeout_s: float, interval_s: float = 0.1,
+                    clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep) -> None:
+    """Polls cancelled jobs until they have ended (a training writes its checkpoint, its ``cleanup`` records it
+    for Resume and removes what it should) for at most ``timeout_s``; what still runs then is killed (a second
+    cancel). For quitting Slicer or reloading the module, when no timer will poll them any more."""
+    deadline = clock() + timeout_s
+    while any(not job.poll() for job in jobs) and clock() < deadline:
+        sleep(interval_s)
+    for job in jobs:
+        if not job.finished:
+            job.cancel()
+
+
 def work_folder_cleanup(folder: str, keep: bool = False) -> Callable[["Job"], None]:
     """A ``cleanup`` that removes a job's temporary folder (the exported cases, the stop file) on every
     outcome except a resumable cancel, whose resume reads the cases from it; ``keep``: never remove."""

@@ -103,12 +103,19 @@ def import_lookup(class_values: Sequence[int]) -> np.ndarray:
 
 
 def remap(array: np.ndarray, lookup: np.ndarray) -> np.ndarray:
-    """``lookup[array]``, with values outside the table (or negative) mapped to 0."""
+    """``lookup[array]``, with values outside the table (or negative) mapped to 0. The array itself comes back
+    (no copy) when the lookup leaves its values as they are; no int64 copy is made otherwise."""
     array = np.asarray(array)
-    inside = (array >= 0) & (array < len(lookup))
-    out = np.zeros(array.shape, dtype=lookup.dtype)
-    out[inside] = lookup[array[inside].astype(np.int64)]
-    return out
+    if array.dtype.kind not in "biu":
+        array = np.rint(array).astype(np.int32)
+    size = len(lookup)
+    low, high = (int(array.min()), int(array.max())) if array.size else (0, 0)
+    if low >= 0 and high < size and np.array_equal(lookup[:high + 1], np.arange(high + 1)):
+        return array
+    table = np.append(lookup, np.zeros(1, dtype=lookup.dtype))  # index ``size``: outside -> 0
+    if low < 0 or high >= size:
+        array = np.where((array < 0) | (array >= size), size, array)
+    return np.take(table, array)
 
 
 def segment_specs(classes: Sequence) -> List[Tuple[str, str, List[float]]]:

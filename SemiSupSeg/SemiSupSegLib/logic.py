@@ -8,6 +8,7 @@ through :class:`SemiSupSegLib.interfaces.SemiSupSegLogicProtocol`.
 import importlib
 import logging
 import os
+import platform
 import shutil
 import time
 from typing import Callable, List, Optional, Tuple
@@ -18,7 +19,7 @@ import slicer
 from slicer.i18n import tr as _
 from slicer.ScriptedLoadableModule import ScriptedLoadableModuleLogic
 
-from . import ENGINE_PARENT, commands, install, nodes, review
+from . import ENGINE_PARENT, commands, demo_cases, install, nodes, review
 from . import job as jobs
 from .cases import CaseTable, build_manifest
 from .labels import classes_for_training, parse_structure_names
@@ -53,8 +54,10 @@ class SemiSupSegLogic(ScriptedLoadableModuleLogic):
         self.keepTemporaryFiles = False
         self.runner = None  # a SemiSupSegLib.job runner; None: jobs.SubprocessRunner with Slicer's startup environment
         self.lastUncertaintyVolume = None
-        self.stopGracePeriod = float(slicer.app.userSettings().value(self.SETTINGS_STOP_GRACE,
-                                                                     jobs.DEFAULT_STOP_GRACE_S))
+        #: where the last model and the resumable training are remembered: the user's settings, or (the
+        #: self-test) a settings file of its own
+        self.settings = slicer.app.userSettings()
+        self.stopGracePeriod = float(self.settings.value(self.SETTINGS_STOP_GRACE, jobs.DEFAULT_STOP_GRACE_S))
         self._requirementsReady = False
 
     def getParameterNode(self):
@@ -69,14 +72,12 @@ class SemiSupSegLogic(ScriptedLoadableModuleLogic):
         return commands.default_model_folder(
             qt.QStandardPaths.writableLocation(qt.QStandardPaths.AppLocalDataLocation), os.path.expanduser("~"))
 
-    @classmethod
-    def lastModelFile(cls) -> str:
-        path = slicer.app.userSettings().value(cls.SETTINGS_LAST_MODEL, "")
+    def lastModelFile(self) -> str:
+        path = self.settings.value(self.SETTINGS_LAST_MODEL, "")
         return path if path and os.path.isfile(path) else ""
 
-    @classmethod
-    def setLastModelFile(cls, path: str) -> None:
-        slicer.app.userSettings().setValue(cls.SETTINGS_LAST_MODEL, path)
+    def setLastModelFile(self, path: str) -> None:
+        self.settings.setValue(self.SETTINGS_LAST_MODEL, path)
 
     # -- dependencies ------------------------------------------------------------------------------------
 
@@ -89,6 +90,9 @@ class SemiSupSegLogic(ScriptedLoadableModuleLogic):
             return
         ask = self.askConfirmation if askConfirmation is None else askConfirmation
         # torch is looked up by its package metadata: PyTorchUtils' torchInstalled would import it into Slicer
+        refusal = install.platform_refusal(platform.system(), platform.machine(), install.installed_versions()["torch"])
+        if refusal:
+            raise RuntimeError(refusal)
         if install.installed_versions()["torch"] is None:
             try:
                 import PyTorchUtils
@@ -118,7 +122,10 @@ class SemiSupSegLogic(ScriptedLoadableModuleLogic):
             pipFolder = slicer.util.tempDirectory("SemiSupSeg-pip-")
             try:
                 constraints = install.write_constraints(pipFolder, versions["torch"], versions["numpy"])
-                slicer.util.pip_install(install.pip_arguments(requirements, constraints))
+                try:
+                    slicer.util.pip_install(install.pip_arguments(requirements, constraints))
+                except Exception as e:  # offline, a proxy, no wheel: one sentence with what to fetch
+                    raise RuntimeError(install.offline_message(requirements, e)) from None
             finally:
                 shutil.rmtree(pipFolder, ignore_errors=True)
             importlib.invalidate_caches()
@@ -212,6 +219,48 @@ class SemiSupSegLogic(ScriptedLoadableModuleLogic):
                 dice=validation["mean_dice"], count=len(validation.get("cases") or []))
         return text
 
+    # -- models and demo cases ---------------------------------------------------------------------------
+
+    def makeDemoCases(self) -> Tuple[str, str]:
+        """Writes the demo's synthetic phantoms (no download) beside the default model folder; returns (their
+        manifest, the preset that trains them in minutes on a CPU)."""
+        return demo_cases.write_demo_cases(os.path.join(os.path.dirname(self.defaultModelFolder()), "demo-cases"))
+
+    @staticmethod
+    def exportModel(modelFile: str, path: str) -> str:
+        """Copies a model file (its weights and metadata are one file) to ``path`` for a colleague, under a
+        temporary name first."""
+        if not modelFile or not os.path.isfile(modelFile):
+            raise ValueError(_("There is no model file to export: train one, or choose one under Model file."))
+        partial = path + ".partial"
+        shutil.copyfile(modelFile, partial)
+        os.replace(partial, path)
+        return path
+
+    def importModel(self, path: str, modelFolder: str) -> str:
+        """Copies a model file someone gave you into its own folder of the model folder and has the engine
+        read it (weights only, never code; ``semisupseg info --write-metadata``); returns the copy. A file the
+        engine refuses is removed again, with one sentence."""
+        folder = commands.imported_model_folder(modelFolder or self.defaultModelFolder(), path)
+        os.makedirs(folder)
+        target = commands.model_file_in(folder)
+        try:
+            shutil.copyfile(path, target)
+            self.readModelMetadata(target)
+        except Exception as e:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise RuntimeError(_("{path} cannot be used as a model file: {error}").format(path=path, error=e)) from None
+        self.setLastModelFile(target)
+        return target
+
+    @staticmethod
+    def checkDevice(device: str) -> None:
+        """One sentence (RuntimeError) before a job starts when the chosen device cannot be there."""
+        problem = commands.device_problem(device or "auto", install.installed_versions()["torch"], platform.system(),
+                                          platform.machine(), shutil.which("nvidia-smi") is not None)
+        if problem:
+            raise RuntimeError(problem)
+
     # -- cases -------------------------------------------------------------------------------------------
 
     @staticmethod
@@ -261,18 +310,28 @@ class SemiSupSegLogic(ScriptedLoadableModuleLogic):
                 colors.update({k: v for k, v in nodes.segmentColors(segmentationNode).items() if k not in colors})
         return classes_for_training(typed, namesPerCase, segment_colors=colors)
 
+    @staticmethod
+    def exportCacheFolder() -> str:
+        """Where volume exports are kept between jobs (each named by the node's modified times)."""
+        folder = os.path.join(slicer.app.temporaryPath, "SemiSupSeg-exports")
+        os.makedirs(folder, exist_ok=True)
+        return folder
+
     def exportCases(self, table: CaseTable, folder: str, classes) -> List[Tuple[str, str, Optional[str], bool]]:
         """Writes the scene's volumes (and the segmentations of labeled cases) of the table into ``folder``;
-        file cases stay where they are. Returns manifest entries (id, image, label, labeled)."""
+        file cases stay where they are, and a volume unchanged since it was loaded is read from its own file
+        (``nodes.volumeFileForEngine``). Returns manifest entries (id, image, label, labeled)."""
         entries = []
-        for row in table:
+        for number, row in enumerate(table, start=1):
+            logging.info("Preparing case %d of %d: %s", number, len(table), row.id)
+            slicer.app.processEvents()
             if not row.volume_node_id:
                 entries.append((row.id, row.image_path, row.label_path, row.labeled))
                 continue
             volumeNode = slicer.mrmlScene.GetNodeByID(row.volume_node_id)
             if volumeNode is None:
                 raise ValueError(_("The volume of case '{id}' is no longer in the scene.").format(id=row.id))
-            image = nodes.writeVolume(volumeNode, os.path.join(folder, "images", row.id + ".nrrd"))
+            image = nodes.volumeFileForEngine(volumeNode, self.exportCacheFolder())
             label = None
             if row.is_labeled:
                 segmentationNode = slicer.mrmlScene.GetNodeByID(row.segmentation_node_id)
@@ -312,6 +371,7 @@ class SemiSupSegLogic(ScriptedLoadableModuleLogic):
           is the model file path once it is done).
         """
         self.setupPythonRequirements()
+        self.checkDevice(device)
         python = self.enginePython()
         if not modelFolder:
             raise ValueError(_("Choose a model folder."))
@@ -346,6 +406,7 @@ class SemiSupSegLogic(ScriptedLoadableModuleLogic):
         """Continues a cancelled training from the last checkpoint of ``runFolder`` (``train --resume``);
         ``workFolder``: the temporary folder with the cases it was started with (removed once it is over)."""
         self.setupPythonRequirements()
+        self.checkDevice(device)
         python = self.enginePython()
         if not runFolder or not os.path.isdir(runFolder):
             raise ValueError(_("The training folder {path} does not exist any more.").format(path=runFolder))
@@ -358,7 +419,7 @@ class SemiSupSegLogic(ScriptedLoadableModuleLogic):
 
     def _startTraining(self, command, runFolder, workFolder, stopFile, device, onEvent, onState, onLog,
                        waitForCompletion):
-        def importModel(job):
+        def importTrainedModel(job):
             model = job.done_event.get("model") if job.done_event else None
             if not model or not os.path.isfile(model):
                 model = commands.model_file_in(runFolder)
@@ -373,28 +434,24 @@ class SemiSupSegLogic(ScriptedLoadableModuleLogic):
             elif self.resumableTraining()[0] == runFolder:  # the resumed one is over
                 self.setResumableTraining("", "")
 
-        return self._startJob(command, _("Training"), importModel, device, onEvent, onState, onLog,
+        return self._startJob(command, _("Training"), importTrainedModel, device, onEvent, onState, onLog,
                               waitForCompletion, stopFile, workFolder, {"runFolder": runFolder}, remember)
 
-    @classmethod
-    def resumableTraining(cls) -> Tuple[str, str]:
+    def resumableTraining(self) -> Tuple[str, str]:
         """(run folder, temporary folder) of the last training cancelled with a checkpoint; ("", "") if none."""
-        settings = slicer.app.userSettings()
-        runFolder = settings.value(cls.SETTINGS_RESUMABLE_RUN, "")
+        runFolder = self.settings.value(self.SETTINGS_RESUMABLE_RUN, "")
         if not runFolder or not os.path.isdir(runFolder):
             return "", ""
-        return runFolder, settings.value(cls.SETTINGS_RESUMABLE_WORK, "")
+        return runFolder, self.settings.value(self.SETTINGS_RESUMABLE_WORK, "")
 
-    @classmethod
-    def setResumableTraining(cls, runFolder: str, workFolder: str) -> None:
+    def setResumableTraining(self, runFolder: str, workFolder: str) -> None:
         """Remembers the training to resume; the temporary folder of the one it replaces is removed (only the
         last cancelled training is offered for resuming)."""
-        settings = slicer.app.userSettings()
-        previous = settings.value(cls.SETTINGS_RESUMABLE_WORK, "")
+        previous = self.settings.value(self.SETTINGS_RESUMABLE_WORK, "")
         if previous and previous != workFolder and os.path.basename(previous).startswith("SemiSupSeg-train-"):
             shutil.rmtree(previous, ignore_errors=True)
-        settings.setValue(cls.SETTINGS_RESUMABLE_RUN, runFolder)
-        settings.setValue(cls.SETTINGS_RESUMABLE_WORK, workFolder)
+        self.settings.setValue(self.SETTINGS_RESUMABLE_RUN, runFolder)
+        self.settings.setValue(self.SETTINGS_RESUMABLE_WORK, workFolder)
 
     def segment(self, volumeNode, modelFile: str, outputSegmentation=None, roiNode=None, device: str = "auto",
                 uncertainty: bool = False, keepLargest: bool = False, waitForCompletion: bool = True,
@@ -412,11 +469,12 @@ class SemiSupSegLogic(ScriptedLoadableModuleLogic):
             raise ValueError(_("Choose the volume to segment."))
         self._refuseCaseSegmentation(volumeNode, outputSegmentation)
         self.setupPythonRequirements()
+        self.checkDevice(device)
         python = self.enginePython()
         meta = self.readModelMetadata(modelFile)
         workFolder = slicer.util.tempDirectory("SemiSupSeg-segment-")
         try:
-            inputPath = nodes.writeVolume(volumeNode, os.path.join(workFolder, "input.nrrd"))
+            inputPath = nodes.volumeFileForEngine(volumeNode, self.exportCacheFolder())
             roi = nodes.roiIndexBox(roiNode, volumeNode) if roiNode is not None else None
         except Exception:
             jobs.work_folder_cleanup(workFolder)(None)
@@ -431,23 +489,39 @@ class SemiSupSegLogic(ScriptedLoadableModuleLogic):
         def importResult(job):
             if not slicer.mrmlScene.IsNodePresent(volumeNode):
                 raise RuntimeError(_("The volume that was segmented is no longer in the scene."))
-            target = outputSegmentation
-            if target is not None and (not slicer.mrmlScene.IsNodePresent(target)
-                                       or review.segment_target(self.sceneCases(), volumeNode.GetID(),
-                                                                target.GetID())[1]):
-                target = None  # gone, or made a case's label while segmenting: a new node instead
-            segmentationNode = target or nodes.newSegmentationFor(volumeNode)
-            nodes.importLabelmapFile(outputPath, segmentationNode, meta["classes"], volumeNode)
-            if uncertaintyPath:
-                self.lastUncertaintyVolume = nodes.readVolume(uncertaintyPath, name=slicer.mrmlScene.GenerateUniqueName(
-                    volumeNode.GetName() + " uncertainty"))
-                self.lastUncertaintyVolume.SetAndObserveTransformNodeID(volumeNode.GetTransformNodeID())
-                self.lastUncertaintyVolume.CreateDefaultDisplayNodes()
-                nodes.placeInStudyOf(self.lastUncertaintyVolume, volumeNode)
-            return segmentationNode
+            return self.importSegmentation(outputPath, meta["classes"], volumeNode, modelFile, outputSegmentation,
+                                           uncertaintyPath)
 
         return self._startJob(command, _("Segmenting"), importResult, device, onEvent, onState, onLog,
-                              waitForCompletion, stopFile, workFolder)
+                              waitForCompletion, stopFile, workFolder, {"volume": volumeNode.GetID()})
+
+    def importSegmentation(self, labelmapPath: str, classes, volumeNode, modelFile: str, target=None,
+                           uncertaintyPath: Optional[str] = None):
+        """Brings a result file into the scene: always into a new segmentation node (a failed import empties
+        nothing), marked as the module's result on ``volumeNode``; it takes the place of ``target`` only when
+        the ownership rules allow (``review.writable_result``: the module's own, unchanged result on this
+        volume), otherwise ``target`` stays as it is."""
+        result = nodes.newSegmentationFor(volumeNode)
+        try:
+            nodes.importLabelmapFile(labelmapPath, result, classes, volumeNode)
+        except Exception:
+            slicer.mrmlScene.RemoveNode(result)
+            raise
+        replace = target is not None and slicer.mrmlScene.IsNodePresent(target) and review.writable_result(
+            self.sceneCases(), nodes.nodeInfo(target), volumeNode.GetID())
+        if replace:  # the swap: the unchanged old result goes, the new one takes its name
+            name = target.GetName()
+            slicer.mrmlScene.RemoveNode(target)
+            result.SetName(name)
+        nodes.setProvenance(result, review.ROLE_RESULT, volumeNode, modelFile)
+        if uncertaintyPath:
+            self.lastUncertaintyVolume = nodes.readVolume(uncertaintyPath, name=slicer.mrmlScene.GenerateUniqueName(
+                volumeNode.GetName() + " uncertainty"))
+            self.lastUncertaintyVolume.SetAndObserveTransformNodeID(volumeNode.GetTransformNodeID())
+            self.lastUncertaintyVolume.CreateDefaultDisplayNodes()
+            nodes.placeInStudyOf(self.lastUncertaintyVolume, volumeNode)
+            nodes.setProvenance(self.lastUncertaintyVolume, review.ROLE_UNCERTAINTY, volumeNode, modelFile)
+        return result
 
     def sceneCases(self) -> CaseTable:
         """The case table saved in this scene's parameter node."""
@@ -470,6 +544,7 @@ class SemiSupSegLogic(ScriptedLoadableModuleLogic):
           "rank"}, ...]``, ids as in the table; with ``waitForCompletion=False`` the running Job.
         """
         self.setupPythonRequirements()
+        self.checkDevice(device)
         python = self.enginePython()
         meta = self.readModelMetadata(modelFile)
         unlabeled = CaseTable(self.caseTable(cases).unlabeled_rows)

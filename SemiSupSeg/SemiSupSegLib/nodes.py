@@ -11,21 +11,110 @@ The decisions (which segment gets which value, how values map back to segments, 
 by the plain-Python ``labels`` and ``commands`` modules.
 """
 
+import glob
 import logging
 import os
+import uuid
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import slicer
 import vtk
 
-from .commands import roi_index_box
+from . import review
+from .commands import export_cache_name, reusable_volume_file, roi_index_box, same_grid
 from .labels import export_lookup, import_lookup, remap, segment_plan, segment_specs
 from .terminology import terminology_entry
 
 TEMP_NODE_NAME = "__SemiSupSeg_temp__"
+#: Modified times count up within one run of Slicer only: stamps and cache names carry this run's token.
+SESSION = uuid.uuid4().hex[:8]
 
 
-def writeVolume(volumeNode, path: str) -> str:
+# -- provenance ------------------------------------------------------------------------------------------
+
+def contentStamp(segmentationNode) -> str:
+    """A stamp of a segmentation's content: its segments (IDs, names, colors) and the modified time of
+    each segment's source representation (a Segment Editor stroke modifies it). Equal stamps: unchanged."""
+    segmentation = segmentationNode.GetSegmentation()
+    source = segmentation.GetSourceRepresentationName()
+    parts = [SESSION]
+    for index in range(segmentation.GetNumberOfSegments()):
+        segmentId = segmentation.GetNthSegmentID(index)
+        segment = segmentation.GetSegment(segmentId)
+        representation = segment.GetRepresentation(source)
+        color = ",".join(f"{c:.4f}" for c in segment.GetColor())
+        parts.append(f"{segmentId}:{segment.GetName()}:{color}:{representation.GetMTime() if representation else 0}")
+    return "|".join(parts)
+
+
+def nodeInfo(node) -> Optional[review.NodeInfo]:
+    """The plain record of a node that the ownership rules (``review``) decide on."""
+    if node is None:
+        return None
+    attributes = {name: node.GetAttribute(name) or "" for name in review.PROVENANCE}
+    source = node.GetNodeReference(review.SOURCE_VOLUME_ROLE)
+    info = review.NodeInfo(id=node.GetID(), class_name=node.GetClassName(), name=node.GetName(),
+                           attributes={k: v for k, v in attributes.items() if v},
+                           source_volume_id=source.GetID() if source else None)
+    if node.IsA("vtkMRMLSegmentationNode"):
+        reference = node.GetNodeReference(node.GetReferenceImageGeometryReferenceRole())
+        info.reference_volume_id = reference.GetID() if reference else None
+        info.stamp = contentStamp(node)
+    elif node.IsA("vtkMRMLVolumeNode"):
+        storageNode = node.GetStorageNode()
+        info.file = storageNode.GetFileName() if storageNode else None
+    return info
+
+
+def setProvenance(node, role: str, volumeNode, model: str = "") -> None:
+    """Marks a node as the module's: its role, model and volume; a segmentation also gets its content stamp."""
+    node.SetNodeReferenceID(review.SOURCE_VOLUME_ROLE, volumeNode.GetID() if volumeNode else None)
+    stamp = contentStamp(node) if node.IsA("vtkMRMLSegmentationNode") else ""
+    for name, value in review.provenance(role, model, stamp).items():
+        node.SetAttribute(name, value)
+
+
+# -- volumes ---------------------------------------------------------------------------------------------
+
+def volumeFileForEngine(volumeNode, cacheFolder: str) -> str:
+    """A file of the volume for the engine without writing more than needed: its own file when it is
+    unchanged since it was read, else a compressed export cached by the node's modified times."""
+    storageNode = volumeNode.GetStorageNode()
+    ownFile = storageNode.GetFileName() if storageNode else None
+    if reusable_volume_file(ownFile, volumeNode.GetModifiedSinceRead(), volumeNode.GetParentTransformNode() is not None) \
+            and _onFileGrid(volumeNode, ownFile):
+        return ownFile
+    imageData = volumeNode.GetImageData()
+    name = export_cache_name(volumeNode.GetID(), SESSION, volumeNode.GetMTime(),
+                             imageData.GetMTime() if imageData else 0)
+    path = os.path.join(cacheFolder, name)
+    if not os.path.isfile(path):
+        prefix = name.split("-" + SESSION)[0] + "-"
+        for old in glob.glob(os.path.join(cacheFolder, glob.escape(prefix) + "*.nrrd")):
+            os.remove(old)  # an older export of this node: it changed since
+        writeVolume(volumeNode, path, compress=True)
+    return path
+
+
+def _onFileGrid(volumeNode, path: str) -> bool:
+    """Whether the node is on its file's grid (read from the file's header only)."""
+    import SimpleITK as sitk
+
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(path)
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError:
+        return False
+    matrix = vtk.vtkMatrix4x4()
+    volumeNode.GetIJKToRASDirectionMatrix(matrix)
+    directions = [[matrix.GetElement(i, j) for j in range(3)] for i in range(3)]
+    fileGrid = (reader.GetSize(), reader.GetSpacing(), reader.GetOrigin(), reader.GetDirection())
+    nodeGrid = (volumeNode.GetImageData().GetDimensions(), volumeNode.GetSpacing(), volumeNode.GetOrigin(), directions)
+    return reader.GetDimension() == 3 and reader.GetNumberOfComponents() == 1 and same_grid(fileGrid, nodeGrid)
+
+
+def writeVolume(volumeNode, path: str, compress: bool = False) -> str:
     """Writes a volume (or label map) node to ``path`` (.nrrd) in the volume's own coordinates.
 
     A temporary storage node is used, so the node keeps pointing at its own file (``slicer.util.saveNode``
@@ -34,13 +123,17 @@ def writeVolume(volumeNode, path: str) -> str:
     """
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     storageNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLVolumeArchetypeStorageNode")
+    partial = path + ".partial.nrrd"  # renamed once complete: a cancelled write leaves no file under its name
     try:
-        storageNode.SetFileName(path)
-        storageNode.UseCompressionOff()
+        storageNode.SetFileName(partial)
+        storageNode.SetUseCompression(1 if compress else 0)
         if not storageNode.WriteData(volumeNode):
             raise RuntimeError(f"Could not write {volumeNode.GetName()} to {path}.")
+        os.replace(partial, path)
     finally:
         slicer.mrmlScene.RemoveNode(storageNode)
+        if os.path.exists(partial):
+            os.remove(partial)
     return path
 
 
@@ -59,12 +152,15 @@ def readVolume(path: str, className: str = "vtkMRMLScalarVolumeNode", name: Opti
 
 
 def removeNodeWithColorTable(labelmapNode) -> None:
-    """Removes a temporary label map node and the color table that an export made for it."""
+    """Removes a temporary label map node with the display node and color table an export made for it
+    (``vtkMRMLScene::RemoveNode`` removes one node: the others would stay in the scene and be saved with it)."""
     displayNode = labelmapNode.GetDisplayNode()
     colorNode = displayNode.GetColorNode() if displayNode else None
     if colorNode is not None and colorNode.GetName().startswith(TEMP_NODE_NAME):
         slicer.mrmlScene.RemoveNode(colorNode)
     slicer.mrmlScene.RemoveNode(labelmapNode)
+    if displayNode is not None:
+        slicer.mrmlScene.RemoveNode(displayNode)
 
 
 def segments(segmentationNode) -> List[Tuple[str, str]]:
@@ -104,28 +200,34 @@ def writeSegmentationAsLabelmap(segmentationNode, referenceVolumeNode, classes: 
         if not slicer.modules.segmentations.logic().ExportSegmentsToLabelmapNode(
                 segmentationNode, segmentIds, labelmapNode, referenceVolumeNode):
             raise RuntimeError(f"Could not export segmentation '{segmentationNode.GetName()}' as a label map.")
-        values = remap(slicer.util.arrayFromVolume(labelmapNode), export_lookup(plan))
-        slicer.util.updateVolumeFromArray(labelmapNode, values)
-        writeVolume(labelmapNode, path)
+        _remapInPlace(labelmapNode, export_lookup(plan))
+        writeVolume(labelmapNode, path, compress=True)
     finally:
         removeNodeWithColorTable(labelmapNode)
     if unmatched:
-        logging.info("Segments not used for training (no structure of that name): %s", ", ".join(unmatched))
+        logging.warning("Segments of '%s' not used for training (no structure of that name; add the name to "
+                        "Structures to learn it): %s", segmentationNode.GetName(), ", ".join(unmatched))
     return unmatched
 
 
+def _remapInPlace(labelmapNode, lookup) -> None:
+    """The label map's values through ``lookup``; nothing is copied when the lookup changes nothing."""
+    array = slicer.util.arrayFromVolume(labelmapNode)
+    values = remap(array, lookup)
+    if values is not array:
+        slicer.util.updateVolumeFromArray(labelmapNode, values)
+
+
 def importLabelmapFile(path: str, segmentationNode, classes: Sequence[dict], referenceVolumeNode) -> List[str]:
-    """Replaces the segments of ``segmentationNode`` with the classes of the label map file (the engine's
-    result, on the reference volume's grid): one segment per foreground class, named and colored like the
-    class. Returns the segment IDs."""
+    """Fills ``segmentationNode`` (a new, empty node: the logic swaps it in only when this succeeded) with the
+    classes of the label map file (the engine's result, on the reference volume's grid): one segment per
+    foreground class, named and colored like the class. Returns the segment IDs."""
     labelmapNode = readVolume(path, "vtkMRMLLabelMapVolumeNode")
     try:
         labelmapNode.SetAndObserveTransformNodeID(referenceVolumeNode.GetTransformNodeID())
-        values = remap(slicer.util.arrayFromVolume(labelmapNode), import_lookup([c["value"] for c in classes]))
-        slicer.util.updateVolumeFromArray(labelmapNode, values)
+        _remapInPlace(labelmapNode, import_lookup([c["value"] for c in classes]))
         specs = segment_specs(classes)
         segmentation = segmentationNode.GetSegmentation()
-        segmentation.RemoveAllSegments()
         if not segmentationNode.GetDisplayNode():
             segmentationNode.CreateDefaultDisplayNodes()
         segmentationNode.SetReferenceImageGeometryParameterFromVolumeNode(referenceVolumeNode)
@@ -187,13 +289,3 @@ def roiIndexBox(roiNode, volumeNode, margin: int = 0) -> Tuple[int, int, int, in
         raise ValueError(f"The region of interest '{roiNode.GetName()}' does not overlap volume "
                          f"'{volumeNode.GetName()}'; move it over the organ or choose 'Whole volume'.")
     return box
-
-
-def findSegmentationOf(volumeNode):
-    """A segmentation node made on this volume (its reference geometry volume), or None."""
-    role = slicer.vtkMRMLSegmentationNode.GetReferenceImageGeometryReferenceRole()
-    for segmentationNode in slicer.util.getNodesByClass("vtkMRMLSegmentationNode"):
-        reference = segmentationNode.GetNodeReference(role)
-        if reference is not None and reference.GetID() == volumeNode.GetID():
-            return segmentationNode
-    return None

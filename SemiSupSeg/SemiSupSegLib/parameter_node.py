@@ -18,7 +18,8 @@ class SemiSupSegParameterNode:
     structureNames - names of the structures to learn, comma separated ("" = the segment names).
     modality - MRI (z-score) or CT (HU window) intensity normalisation.
     preset, iterations, device - training settings (iterations 0 = the preset's number).
-    method - what trains: the paper's method, labels alone, or a baseline (``--set method=...``).
+    method - what trains: "(preset's)" (the preset's own method), or the paper's method, labels alone or a
+      baseline (``--set method=...``).
     validateCases - labeled cases held out of training and scored after it (0 = off).
     inputVolume, outputSegmentation, roi, uncertainty, keepLargest - segmenting settings.
     cases - the case table as JSON without node IDs; caseVolumes, caseSegmentations - each row's volume and
@@ -31,7 +32,7 @@ class SemiSupSegParameterNode:
     preset: Annotated[str, Choice(list(commands.PRESETS))] = commands.DEFAULT_PRESET
     iterations: Annotated[int, WithinRange(0, 1000000)] = 0
     device: Annotated[str, Choice(list(commands.DEVICES))] = "auto"
-    method: Annotated[str, Choice(list(commands.METHODS))] = commands.DEFAULT_METHOD
+    method: Annotated[str, Choice(list(commands.METHOD_CHOICES))] = commands.PRESET_METHOD
     validateCases: Annotated[int, WithinRange(0, 1000)] = 0
     showLossCurve: bool = True
     inputVolume: vtkMRMLScalarVolumeNode

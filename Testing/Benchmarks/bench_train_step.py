@@ -182,10 +182,11 @@ def child_step(task: Dict[str, Any]) -> Dict[str, Any]:
     if procedure.startswith("ours") and procedure != "ours-default-allocator":
         keep_freed_memory()  # as the engine's command line does
     manifest = load_manifest(task["manifest"])
-    config = preset_config("paper", {"patch_size": task["patch"], "base_filters": task["base_filters"],
-                                     "resnet_blocks": task["resnet_blocks"], "device": device, "seed": 0,
-                                     "sequential_backward": procedure != "ours-joint",
-                                     "amp": task.get("amp", "auto")})
+    config = preset_config("paper", dict({"patch_size": task["patch"], "base_filters": task["base_filters"],
+                                          "resnet_blocks": task["resnet_blocks"], "device": device, "seed": 0,
+                                          "sequential_backward": task.get("sequential_backward",
+                                                                          procedure != "ours-joint"),
+                                          "amp": task.get("amp", "auto")}, **task.get("overrides", {})))
     labeled, unlabeled = load_training_cases(manifest, normalization_for(manifest.modality, config.normalization),
                                              config.ct_window)
     trainer = Trainer(config, len(manifest.classes), labeled, unlabeled, torch.device(device))
@@ -217,13 +218,16 @@ def child_step(task: Dict[str, Any]) -> Dict[str, Any]:
     data = benchlib.timed(trainer.next_batch, task["data_samples"], sync)
     data.pop("result")
     values = {k: float(v) for k, v in last.items()}
-    return {"procedure": procedure, "warmup_times_s": warm["times_s"], "step": run, "data": data,
+    if trainer.prefetcher is not None:  # its thread holds the trainer: the next child_step here needs the memory
+        trainer.prefetcher.close()
+    return {"procedure": procedure, "backward": "sequential" if trainer.sequential_backward else "joint", "warmup_times_s": warm["times_s"], "step": run, "data": data,
             "precision": "float32" if trainer.amp_dtype is None or procedure == "reference"
             else str(trainer.amp_dtype).replace("torch.", ""),
             "last_losses": {k: round(v, 5) for k, v in values.items()},
             "finite": bool(all(math.isfinite(v) for k, v in values.items() if k != "contrast")),
             "memory": dict(benchlib.peak_memory(), rss_before_mib=None if rss_before is None else round(rss_before, 1),
-                           cuda_peak_mib=benchlib.cuda_peak_mib(device)),
+                           cuda_peak_mib=benchlib.cuda_peak_mib(device),
+                           cuda_reserved_peak_mib=benchlib.cuda_reserved_peak_mib(device)),
             "torch": benchlib.torch_info(device)}
 
 

@@ -23,6 +23,8 @@ ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
+from SemiSupSegTraining.atomicio import write_json_atomic  # noqa: E402  (plain Python: no torch here)
+
 MIB = 1024.0 * 1024.0
 
 
@@ -166,6 +168,15 @@ def cuda_peak_mib(device: str) -> Optional[float]:
     return round(torch.cuda.max_memory_allocated() / MIB, 1)
 
 
+def cuda_reserved_peak_mib(device: str) -> Optional[float]:
+    """The most torch's caching allocator held at once: what a smaller card would need to have."""
+    if not device.startswith("cuda"):
+        return None
+    import torch
+
+    return round(torch.cuda.max_memory_reserved() / MIB, 1)
+
+
 # -------------------------------------------------------------------------------------------- timing
 
 def median(values: Sequence[float]) -> float:
@@ -263,14 +274,9 @@ def command_line() -> str:
 
 
 def write_json(path: Optional[str], data: Dict[str, Any]) -> None:
-    if not path:
-        return
-    path = os.path.abspath(path)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.partial{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=2)
-    os.replace(tmp, path)
+    """The results as JSON, written atomically (the engine's one atomic write); nothing without a path."""
+    if path:
+        write_json_atomic(path, data)
 
 
 def dice(a, b, num_classes: int) -> Optional[float]:

@@ -101,23 +101,23 @@ def _model_payload(good: Good) -> dict:
 
 # ------------------------------------------------------------------------------------------- entries
 
+def _first_half(data: bytes, path: str) -> str:
+    with open(path, "wb") as f:
+        f.write(data[: len(data) // 2])
+    return path
+
+
 def truncated_nifti(folder: str, good: Good) -> Entry:
     """A compressed NIfTI cut off halfway (an interrupted copy or download)."""
     data = open(good.image, "rb").read()
-    path = os.path.join(folder, "truncated.nii.gz")
-    with open(path, "wb") as f:
-        f.write(data[: len(data) // 2])
-    return _segment(folder, good, path)
+    return _segment(folder, good, _first_half(data, os.path.join(folder, "truncated.nii.gz")))
 
 
 def truncated_nifti_uncompressed(folder: str, good: Good) -> Entry:
     """An uncompressed NIfTI whose voxel data stops halfway."""
     with gzip.open(good.image, "rb") as f:
         data = f.read()
-    path = os.path.join(folder, "truncated.nii")
-    with open(path, "wb") as f:
-        f.write(data[: len(data) // 2])
-    return _segment(folder, good, path)
+    return _segment(folder, good, _first_half(data, os.path.join(folder, "truncated.nii")))
 
 
 def wrong_magic(folder: str, good: Good) -> Entry:

@@ -47,3 +47,14 @@ def test_mark_default_rewrites_a_committed_summary(tmp_path):
     path.write_text(json.dumps(summary))
     assert bench_accuracy.main(["--mark-default", str(path)]) == 0
     assert _marked(json.loads(path.read_text())) == ["supervised"]
+
+
+def test_every_named_variant_is_a_valid_configuration_with_a_label():
+    from SemiSupSegTraining.config import preset_config
+
+    for name, settings in bench_accuracy.METHODS.items():
+        preset_config(bench_accuracy.PRESET, dict(settings))   # raises for a setting or value that is gone
+        assert name in bench_accuracy.METHOD_LABELS
+    hybrid = preset_config(bench_accuracy.PRESET, dict(bench_accuracy.METHODS["cps-hybrid"]))
+    assert (hybrid.method, hybrid.cps_rampup, hybrid.cps_supervision, hybrid.cps_segments) == (
+        "cps", 0.4, "ce+dice", "both")

@@ -16,6 +16,7 @@ sys.path.insert(0, os.path.join(ROOT, "Testing", "Benchmarks"))
 import bench_laptop  # noqa: E402
 import benchmarks_doc  # noqa: E402
 import headline  # noqa: E402
+from source_tree import python_files  # noqa: E402
 
 DOCS = ["README.md", "CHANGELOG.md"] + sorted(os.path.join("docs", f) for f in os.listdir(os.path.join(ROOT, "docs"))
                               if f.endswith(".md"))
@@ -223,25 +224,50 @@ def test_the_headline_table_bolds_the_default_and_marks_missing_methods(tmp_path
 
 @pytest.mark.parametrize("folder", ["SemiSupSegTraining", os.path.join("SemiSupSeg", "SemiSupSegLib")])
 def test_the_layout_in_development_md_lists_exactly_the_code_files(folder):
+    """Subpackages included: a file of SemiSupSegTraining/datasets/ is listed as `datasets/name.py`."""
     development = _read(os.path.join("docs", "development.md"))
     section = development.split(f"`{folder.replace(os.sep, '/')}/`")[1].split("\n### ")[0].split("\n## ")[0]
-    listed = set(re.findall(r"`([\w]+\.py)`", section))
-    present = {f for f in os.listdir(os.path.join(ROOT, folder)) if f.endswith(".py")}
+    listed = set(re.findall(r"`([\w/]+\.py)`", section))
+    present = set(python_files(os.path.join(ROOT, folder)))
     assert present - listed == set(), "files missing from docs/development.md"
     assert listed - present == set(), "docs/development.md lists files that do not exist"
 
 
-def test_the_engine_imports_run_one_way():
+def _engine_imports():
+    """{module: the engine modules it imports relatively}, modules named by their path in the package
+    ('train', 'datasets.la', 'datasets' for datasets/__init__.py)."""
     folder = os.path.join(ROOT, "SemiSupSegTraining")
+    files = python_files(folder)
+    names = {f[:-3].replace("/", ".").replace(".__init__", "") for f in files}
     graph = {}
-    for name in os.listdir(folder):
-        if name.endswith(".py"):
-            tree = ast.parse(_read(os.path.join("SemiSupSegTraining", name)))
-            deps = set()
-            for node in ast.walk(tree):
-                if isinstance(node, ast.ImportFrom) and node.level == 1:
-                    deps.update([node.module.split(".")[0]] if node.module else [a.name for a in node.names])
-            graph[name[:-3]] = deps & {f[:-3] for f in os.listdir(folder)}
+    for path in files:
+        module = path[:-3].replace("/", ".").replace(".__init__", "")
+        package = module if path.endswith("/__init__.py") else module.rpartition(".")[0]
+        tree = ast.parse(_read(os.path.join("SemiSupSegTraining", path)))
+        deps = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.level >= 1:
+                base = ".".join(package.split(".")[:len(package.split(".")) - node.level + 1]) if package else ""
+                targets = ([node.module] if node.module else [a.name for a in node.names])
+                for target in targets:
+                    target = f"{base}.{target}" if base else target
+                    while target and target not in names:      # 'config.X' is the module 'config'
+                        target = target.rpartition(".")[0]
+                    if target and target != module:
+                        deps.add(target)
+        graph[module] = deps
+    return graph
+
+
+def test_the_engine_imports_are_read_in_subpackages_too():
+    graph = _engine_imports()
+    assert {"datasets.convert", "datasets.folds", "fileio"} <= graph["datasets.la"]
+    assert "datasets.la" in graph["prepare"] and "la" not in graph
+    assert graph["cli"] >= {"prepare", "config"}
+
+
+def test_the_engine_imports_run_one_way():
+    graph = _engine_imports()
     state = {}
 
     def visit(module, path):

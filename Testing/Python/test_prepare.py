@@ -1,6 +1,7 @@
-"""Tests of SemiSupSegTraining.prepare: small synthetic copies of the paper's dataset layouts (left-atrium
-nrrd and h5 folders, NIH Pancreas-CT DICOM series with NIfTI labels) turned into volumes, manifests and
-folds; geometry kept through crops; clear errors for broken inputs; a fold manifest that train accepts."""
+"""Tests of SemiSupSegTraining.datasets and its command line (prepare.py): small synthetic copies of the
+paper's dataset layouts (left-atrium nrrd and h5 folders, NIH Pancreas-CT DICOM series with NIfTI labels)
+turned into volumes, manifests and folds; geometry kept through crops; clear errors for broken inputs; a
+fold manifest that train accepts."""
 
 import argparse
 import json
@@ -10,10 +11,15 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from SemiSupSegTraining import prepare as P
+from SemiSupSegTraining.cli import main
 from SemiSupSegTraining.data import load_case
+from SemiSupSegTraining.datasets.folds import contiguous_folds, make_folds
+from SemiSupSegTraining.datasets.grids import crop_box
+from SemiSupSegTraining.datasets.la import find_la_cases, prepare_la
+from SemiSupSegTraining.datasets.pancreas import prepare_pancreas
 from SemiSupSegTraining.errors import InputError
 from SemiSupSegTraining.manifest import load_manifest
+from SemiSupSegTraining.prepare import add_prepare_parser, run_prepare
 from SemiSupSegTraining.progress import Reporter
 
 SIZE = (32, 32, 16)                                   # x, y, z
@@ -144,8 +150,8 @@ def pancreas(tmp_path_factory):
 @pytest.fixture(scope="module")
 def pancreas_prepared(pancreas, tmp_path_factory):
     out = tmp_path_factory.mktemp("pancreas_out")
-    P.prepare_pancreas(str(pancreas[0]), str(pancreas[1]), str(out), labeled=[2], margin=2,
-                       min_crop_size=(0, 0, 0))
+    prepare_pancreas(str(pancreas[0]), str(pancreas[1]), str(out), labeled=[2], margin=2,
+                     min_crop_size=(0, 0, 0))
     return out
 
 
@@ -153,17 +159,17 @@ def pancreas_prepared(pancreas, tmp_path_factory):
 
 def test_folds_standard_split_and_partition():
     ids = [f"c{i:03d}" for i in range(100)]
-    folds = P.contiguous_folds(ids, 5)
+    folds = contiguous_folds(ids, 5)
     assert folds[0] == (ids[:80], ids[80:])               # fold 0: the standard 80/20 split
     tests = [t for _, t in folds]
     assert sorted(sum(tests, [])) == ids                   # every case is tested exactly once
     for train, test in folds:
         assert not set(train) & set(test) and len(train) + len(test) == 100
-    data = P.make_folds(ids, 5, [8, 16], "la")
+    data = make_folds(ids, 5, [8, 16], "la")
     assert data["folds"][0]["labeled"] == {"8": ids[:8], "16": ids[:16]}
     assert [t for _, t in folds[1:]] == [ids[0:20], ids[20:40], ids[40:60], ids[60:80]]
     pids = [f"PANCREAS_{i:04d}" for i in range(1, 83)]
-    pancreas = P.contiguous_folds(pids, 4)                 # the reference code's pancreas folds
+    pancreas = contiguous_folds(pids, 4)                 # the reference code's pancreas folds
     assert [t for _, t in pancreas] == [pids[62:], pids[:20], pids[20:41], pids[41:62]]
     assert pancreas[2][0] == pids[:20] + pids[41:]        # training cases stay sorted
 
@@ -176,37 +182,37 @@ def test_fold_lists_from_reference_files(tmp_path):
     (lists / "test0.list").write_text("".join(f"{i}.h5\n" for i in ids[3:5]))
     (lists / "train1.list").write_text("\n".join(ids[2:]) + "\n")
     (lists / "test1.list").write_text("\n".join(ids[:2]) + "\n")
-    data = P.make_folds(ids, 4, [2], "pancreas", str(lists))
+    data = make_folds(ids, 4, [2], "pancreas", str(lists))
     assert len(data["folds"]) == 2
     assert data["folds"][0]["test"] == ids[3:5]
     assert data["folds"][0]["labeled"]["2"] == ids[5:7]    # the file's order, not sorted
     (lists / "test1.list").write_text("PANCREAS_0099\n")
     with pytest.raises(InputError, match=r"test1.list names case 'PANCREAS_0099'"):
-        P.make_folds(ids, 4, [2], "pancreas", str(lists))
+        make_folds(ids, 4, [2], "pancreas", str(lists))
     (lists / "test1.list").write_text(ids[2] + "\n")
     with pytest.raises(InputError, match=r"share case 'PANCREAS_0003'"):
-        P.make_folds(ids, 4, [2], "pancreas", str(lists))
+        make_folds(ids, 4, [2], "pancreas", str(lists))
 
 
 def test_folds_refuse_impossible_requests():
     with pytest.raises(InputError, match="folds need at least 5"):
-        P.make_folds(["a", "b", "c"], 5, [1], "la")
+        make_folds(["a", "b", "c"], 5, [1], "la")
     with pytest.raises(InputError, match="smaller --labeled"):
-        P.make_folds([f"c{i}" for i in range(10)], 5, [9], "la")
+        make_folds([f"c{i}" for i in range(10)], 5, [9], "la")
 
 
 def test_crop_box_margin_widening_and_clipping():
     mask = _box_mask(((10, 14), (12, 20), (4, 10)))
-    assert P.crop_box(mask, (2, 2, 0), (0, 0, 0), (True, True, False)) == ((8, 10, 0), (16, 22, 16))
-    assert P.crop_box(mask, (0, 0, 0), (10, 0, 0)) == ((7, 12, 4), (17, 20, 10))   # widened, centred
-    assert P.crop_box(mask, (30, 0, 0), (0, 0, 0)) == ((0, 12, 4), (32, 20, 10))   # clipped to the volume
+    assert crop_box(mask, (2, 2, 0), (0, 0, 0), (True, True, False)) == ((8, 10, 0), (16, 22, 16))
+    assert crop_box(mask, (0, 0, 0), (10, 0, 0)) == ((7, 12, 4), (17, 20, 10))   # widened, centred
+    assert crop_box(mask, (30, 0, 0), (0, 0, 0)) == ((0, 12, 4), (32, 20, 10))   # clipped to the volume
 
 
 # ------------------------------------------------------------------------------------- left atrium
 
 def test_la_nrrd_full_volumes(la_nrrd, tmp_path):
     out = tmp_path / "out"
-    path = P.prepare_la(str(la_nrrd), str(out), labeled=[2, 3])
+    path = prepare_la(str(la_nrrd), str(out), labeled=[2, 3])
     manifest = load_manifest(path)
     assert manifest.modality == "MRI" and manifest.class_names == ["background", "left atrium"]
     assert [c.id for c in manifest.cases] == [f"case{i:02d}" for i in range(1, 7)]
@@ -225,7 +231,7 @@ def test_la_nrrd_full_volumes(la_nrrd, tmp_path):
 
 def test_la_nrrd_crop_keeps_physical_positions(la_nrrd, tmp_path):
     out = tmp_path / "out"
-    path = P.prepare_la(str(la_nrrd), str(out), labeled=[2], crop_margin=3, min_crop_xy=(0, 0))
+    path = prepare_la(str(la_nrrd), str(out), labeled=[2], crop_margin=3, min_crop_xy=(0, 0))
     case = load_manifest(path).cases[0]
     image, label = sitk.ReadImage(case.image), sitk.ReadImage(case.label)
     start = (LA_BOX[0][0] - 3, LA_BOX[1][0] - 3, 0)
@@ -244,7 +250,7 @@ def test_la_nrrd_crop_keeps_physical_positions(la_nrrd, tmp_path):
 
 def test_la_folds_and_fold_manifests(la_nrrd, tmp_path):
     out = tmp_path / "out"
-    P.prepare_la(str(la_nrrd), str(out), labeled=[2, 3])
+    prepare_la(str(la_nrrd), str(out), labeled=[2, 3])
     data = _folds(out)
     ids = [f"case{i:02d}" for i in range(1, 7)]
     assert data["cases"] == ids and len(data["folds"]) == 5
@@ -269,7 +275,7 @@ def test_la_h5_layout(tmp_path):
     for i in range(6):
         _write_h5(root / f"case{i:02d}" / "mri_norm2.h5", *_h5_arrays(i))
     out = tmp_path / "out"
-    manifest = load_manifest(P.prepare_la(str(root), str(out), labeled=[1]))
+    manifest = load_manifest(prepare_la(str(root), str(out), labeled=[1]))
     image = sitk.ReadImage(manifest.cases[2].image)
     source_image, source_label = _h5_arrays(2)
     assert image.GetSize() == (32, 28, 16) and image.GetSpacing() == (0.625, 0.625, 0.625)
@@ -278,21 +284,21 @@ def test_la_h5_layout(tmp_path):
     np.testing.assert_array_equal(label, source_label.transpose(2, 1, 0))
     assert json.load(open(out / "prepare.json"))["layout"] == "h5"
     with pytest.raises(InputError, match="already cropped"):
-        P.prepare_la(str(root), str(tmp_path / "again"), labeled=[1], crop_margin=10)
+        prepare_la(str(root), str(tmp_path / "again"), labeled=[1], crop_margin=10)
 
 
 def test_la_autodetect_prefers_nrrd_when_both(la_nrrd, tmp_path):
-    layout, cases = P.find_la_cases(str(la_nrrd))
+    layout, cases = find_la_cases(str(la_nrrd))
     assert layout == "nrrd" and len(cases) == 6
     with pytest.raises(InputError, match="no case folder with mri_norm2.h5"):
-        P.find_la_cases(str(la_nrrd), "h5")
+        find_la_cases(str(la_nrrd), "h5")
 
 
 def test_la_missing_label_file(tmp_path):
     root = _write_la_nrrd(tmp_path / "la", count=5)
     os.remove(root / "case03" / "laendo.nrrd")
     with pytest.raises(InputError, match=r"case03 has lgemri.nrrd but no laendo.nrrd"):
-        P.prepare_la(str(root), str(tmp_path / "out"), labeled=[1])
+        prepare_la(str(root), str(tmp_path / "out"), labeled=[1])
     assert not (tmp_path / "out" / "manifest.json").exists()
 
 
@@ -302,7 +308,7 @@ def test_la_h5_without_label(tmp_path):
         image, label = _h5_arrays(i)
         _write_h5(root / f"case{i}" / "mri_norm2.h5", image, None if i == 1 else label)
     with pytest.raises(InputError, match=r"case1.mri_norm2.h5 has no dataset 'label'"):
-        P.prepare_la(str(root), str(tmp_path / "out"), labeled=[1])
+        prepare_la(str(root), str(tmp_path / "out"), labeled=[1])
 
 
 def test_la_label_with_other_values_or_grid(tmp_path):
@@ -310,11 +316,11 @@ def test_la_label_with_other_values_or_grid(tmp_path):
     label = _image(_box_mask(LA_BOX) * 7, LA_SPACING, LA_ORIGIN, LA_DIRECTION)
     sitk.WriteImage(label, str(root / "case02" / "laendo.nrrd"))
     with pytest.raises(InputError, match=r"laendo.nrrd has value\(s\) 7"):
-        P.prepare_la(str(root), str(tmp_path / "out"), labeled=[1])
+        prepare_la(str(root), str(tmp_path / "out"), labeled=[1])
     sitk.WriteImage(_image(_box_mask(LA_BOX) * 255, (1.0, 1.0, 1.0), LA_ORIGIN, LA_DIRECTION),
                     str(root / "case02" / "laendo.nrrd"))
     with pytest.raises(InputError, match="does not lie on the grid of its image .*pick the label") as error:
-        P.prepare_la(str(root), str(tmp_path / "out"), labeled=[1])
+        prepare_la(str(root), str(tmp_path / "out"), labeled=[1])
     assert "--label-on-image-grid" not in str(error.value)       # an option of 'prepare pancreas' only
 
 
@@ -366,7 +372,7 @@ def test_pancreas_no_crop_and_flipped_label(tmp_path):
     assert flipped.GetDirection()[8] == -1.0
     sitk.WriteImage(flipped, str(labels / "label0002.nii.gz"))
     out = tmp_path / "out"
-    manifest = load_manifest(P.prepare_pancreas(str(images), str(labels), str(out), labeled=[1], margin=None))
+    manifest = load_manifest(prepare_pancreas(str(images), str(labels), str(out), labeled=[1], margin=None))
     image = sitk.ReadImage(manifest.cases[1].image)
     assert image.GetSize() == SIZE
     np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(manifest.cases[1].label)),
@@ -380,11 +386,11 @@ def test_pancreas_label_with_other_geometry(tmp_path):
     sitk.WriteImage(bad, str(labels / "label0003.nii.gz"))
     with pytest.raises(InputError, match=r"label0003.nii.gz does not lie on the grid of its image "
                                          r".*PANCREAS_0003.*--label-on-image-grid"):
-        P.prepare_pancreas(str(images), str(labels), str(tmp_path / "out"), labeled=[1])
+        prepare_pancreas(str(images), str(labels), str(tmp_path / "out"), labeled=[1])
     assert not (tmp_path / "out" / "manifest.json").exists()
     # The escape hatch for a label whose header alone is wrong.
-    manifest = load_manifest(P.prepare_pancreas(str(images), str(labels), str(tmp_path / "out"), labeled=[1],
-                                                margin=None, label_on_image_grid=True))
+    manifest = load_manifest(prepare_pancreas(str(images), str(labels), str(tmp_path / "out"), labeled=[1],
+                                              margin=None, label_on_image_grid=True))
     np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(manifest.cases[2].label)),
                                   _box_mask(PANCREAS_BOX))
 
@@ -393,7 +399,7 @@ def test_pancreas_case_without_label(tmp_path):
     images, labels = _write_pancreas(tmp_path / "data", count=4)
     os.remove(labels / "label0004.nii.gz")
     with pytest.raises(InputError, match=r"PANCREAS_0004 \(number 4\) has no label .*label0004.nii.gz"):
-        P.prepare_pancreas(str(images), str(labels), str(tmp_path / "out"), labeled=[1])
+        prepare_pancreas(str(images), str(labels), str(tmp_path / "out"), labeled=[1])
 
 
 def test_pancreas_empty_case_folder(tmp_path):
@@ -405,7 +411,78 @@ def test_pancreas_empty_case_folder(tmp_path):
         label = sitk.GetImageFromArray(_box_mask(PANCREAS_BOX))
         sitk.WriteImage(label, str(labels / f"label{n:04d}.nii.gz"))
     with pytest.raises(InputError, match="PANCREAS_0001 holds no DICOM series"):
-        P.prepare_pancreas(str(images), str(labels), str(tmp_path / "out"), labeled=[1])
+        prepare_pancreas(str(images), str(labels), str(tmp_path / "out"), labeled=[1])
+
+
+def test_the_largest_dicom_series_below_a_case_folder_is_its_scan(tmp_path):
+    """A two-slice localiser beside the CT series (deeper in the tree) is passed over; reading one folder
+    only (the engine's DICOM input) finds no series in a folder that holds only sub-folders."""
+    from SemiSupSegTraining.datasets.pancreas import read_dicom_case
+    from SemiSupSegTraining.fileio import largest_dicom_series
+
+    case = tmp_path / "PANCREAS_0001"
+    _write_dicom_series(case / "study" / "a-localiser", _pancreas_hu(1)[:2], (0.7, 0.7, 2.5), (0.0, 0.0, 0.0), 7)
+    _write_dicom_series(case / "study" / "b" / "ct", _pancreas_hu(1), (0.7, 0.7, 2.5), (0.0, 0.0, 0.0), 8)
+    image = read_dicom_case(str(case))
+    assert image.GetSize() == SIZE
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(image), _pancreas_hu(1))
+    assert largest_dicom_series(str(case)) == []
+    assert len(largest_dicom_series(str(case / "study" / "a-localiser"))) == 2
+
+
+def test_pancreas_from_image_files_through_the_command_line(tmp_path, capsys):
+    """Image files with the case number in the name (no DICOM folders): each label's header is checked
+    against its image's before anything is written, then cropped like the DICOM cases."""
+    images, labels = tmp_path / "images", tmp_path / "labels"
+    images.mkdir()
+    labels.mkdir()
+    for n in range(1, 5):
+        image = _image(_pancreas_hu(n), (0.8, 0.8, 2.0), (5.0, -3.0, 40.0 + n))
+        sitk.WriteImage(image, str(images / f"ct{n:04d}.nii.gz"))
+        label = sitk.GetImageFromArray(_box_mask(PANCREAS_BOX))
+        label.CopyInformation(image)
+        sitk.WriteImage(label, str(labels / f"label{n:04d}.nii.gz"))
+    out = tmp_path / "out"
+    argv = ["prepare", "pancreas", "--images", str(images), "--labels", str(labels), "--output", str(out),
+            "--labeled", "1", "--margin", "2", "--min-crop-size", "0", "0", "0", "--progress", "none"]
+    assert main(argv) == 0
+    manifest = load_manifest(str(out / "manifest.json"))
+    assert [c.id for c in manifest.cases] == [f"PANCREAS_{n:04d}" for n in range(1, 5)]
+    record = json.load(open(out / "prepare.json"))["cases"][2]
+    assert record["image_source"] == str(images / "ct0003.nii.gz")
+    assert (record["crop_start"], record["crop_stop"]) == ([10, 8, 3], [20, 18, 12])
+    image, label = sitk.ReadImage(manifest.cases[2].image), sitk.ReadImage(manifest.cases[2].label)
+    assert image.GetSize() == label.GetSize() == (10, 10, 9)
+    assert image.GetOrigin() == pytest.approx((5.0 + 10 * 0.8, -3.0 + 8 * 0.8, 43.0 + 3 * 2.0))
+    hu, mask = sitk.GetArrayFromImage(image), sitk.GetArrayFromImage(label)
+    assert mask.sum() == 6 * 6 * 5 and set(np.unique(hu[mask > 0])) == {PANCREAS_HU}
+    bad = sitk.ReadImage(str(labels / "label0002.nii.gz"))
+    bad.SetOrigin((0.0, 0.0, 0.0))
+    sitk.WriteImage(bad, str(labels / "label0002.nii.gz"))
+    with pytest.raises(InputError, match=r"label0002.nii.gz does not lie on the grid of its image .*ct0002"):
+        prepare_pancreas(str(images), str(labels), str(tmp_path / "again"), labeled=[1])
+    assert os.listdir(tmp_path / "again") == []                   # refused before anything was written
+
+
+def test_the_output_folder_is_neither_an_input_nor_a_file(la_nrrd, tmp_path):
+    with pytest.raises(InputError, match="is an input folder; give a separate --output"):
+        prepare_la(str(la_nrrd), str(la_nrrd), labeled=[1])
+    (tmp_path / "file").write_text("")
+    with pytest.raises(InputError, match="is a file; give a folder for --output"):
+        prepare_la(str(la_nrrd), str(tmp_path / "file"), labeled=[1])
+
+
+def test_impossible_folds_are_one_sentence(tmp_path):
+    ids = [f"c{i}" for i in range(6)]
+    with pytest.raises(InputError, match="--folds is 1; give at least 2 folds"):
+        make_folds(ids, 1, [1], "la")
+    with pytest.raises(InputError, match="must list numbers of at least 1 labeled case"):
+        make_folds(ids, 3, [0, 2], "la")
+    with pytest.raises(InputError, match="holds no test0.list"):
+        make_folds(ids, 3, [1], "la", str(tmp_path))
+    (tmp_path / "test0.list").write_text("c0\n")
+    with pytest.raises(InputError, match="has test0.list but no train0.list"):
+        make_folds(ids, 3, [1], "la", str(tmp_path))
 
 
 # --------------------------------------------------------------------------------------- CLI, train
@@ -413,7 +490,7 @@ def test_pancreas_empty_case_folder(tmp_path):
 def _parser():
     parser = argparse.ArgumentParser(prog="semisupseg")
     commands = parser.add_subparsers(dest="command")
-    P.add_prepare_parser(commands)
+    add_prepare_parser(commands)
     return parser
 
 
@@ -423,7 +500,7 @@ def test_cli_la_and_help(la_nrrd, tmp_path, capsys):
                               "--labeled", "2", "--crop-to-label", "--min-crop-size", "0", "0",
                               "--progress", "json"])
     assert args.crop_to_label == 15
-    P.run_prepare(args)
+    run_prepare(args)
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [e["case"] for e in lines if e["event"] == "progress"] == [f"case{i:02d}" for i in range(1, 7)]
     assert lines[-1]["event"] == "done" and lines[-1]["manifest"].endswith("manifest.json")
@@ -460,8 +537,8 @@ def test_pancreas_names_its_preset_and_overlap(pancreas, tmp_path, capsys):
     from SemiSupSegTraining.infer import window_count
 
     events = []
-    P.prepare_pancreas(str(pancreas[0]), str(pancreas[1]), str(tmp_path / "out"), labeled=[2], margin=2,
-                       min_crop_size=(0, 0, 0), reporter=Reporter("none", events.append))
+    prepare_pancreas(str(pancreas[0]), str(pancreas[1]), str(tmp_path / "out"), labeled=[2], margin=2,
+                     min_crop_size=(0, 0, 0), reporter=Reporter("none", events.append))
     done = events[-1]["message"]
     assert "--preset pancreas" in done and f"--overlap {PANCREAS_OVERLAP}" in done
     assert preset_config("pancreas").patch_size == (96, 96, 96)

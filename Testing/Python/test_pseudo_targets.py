@@ -1,4 +1,4 @@
-"""Tests of what the unlabeled crops teach (train.pseudo_targets): M_diff under the rising threshold T, the
+"""Tests of what the unlabeled crops teach (methods.ours.pseudo_targets): M_diff under the rising threshold T, the
 entropy filter, λu's ramp-up, and the switches issue 14 added where the paper is silent: the pseudo label's
 source, a confidence floor on reliable voxels, and which unreliable voxels L_c pulls. Four voxels, two
 classes, values worked out by hand in the comments."""
@@ -11,7 +11,7 @@ import torch
 
 from SemiSupSegTraining.config import TrainConfig
 from SemiSupSegTraining.errors import InputError
-from SemiSupSegTraining.train import pseudo_targets
+from SemiSupSegTraining.methods.ours import pseudo_targets
 
 # Foreground probability per voxel. Network b has the lower supervised loss, so it is the paper's winner.
 FOREGROUND_A = [0.95, 0.9, 0.3, 0.8]
@@ -169,7 +169,7 @@ def test_negatives_only_pulls_no_voxel_and_two_classes_leave_no_negatives():
 
 
 def test_unlabeled_start_holds_both_weights_at_zero_then_ramps_over_the_rest():
-    from SemiSupSegTraining.train import loss_weights
+    from SemiSupSegTraining.methods.ours import loss_weights
 
     config = TrainConfig(iterations=100, unlabeled_start=0.25, lambda_u_rampup=0.4)
     assert loss_weights(config, 0) == (0.0, 0.0) and loss_weights(config, 24) == (0.0, 0.0)

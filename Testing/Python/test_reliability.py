@@ -2,6 +2,7 @@
 the previous one, SIGINT/SIGTERM cancel with a checkpoint and exit code 3, one training per folder, atomic
 writes, and inference that steps down (fewer windows, then the CPU) when a device runs out of memory."""
 
+import contextlib
 import json
 import os
 import shutil
@@ -17,7 +18,7 @@ import torch
 
 import SemiSupSegTraining.infer as infer
 import SemiSupSegTraining.modelfile as modelfile
-from SemiSupSegTraining import runfolder
+from SemiSupSegTraining import atomicio, runfolder
 from SemiSupSegTraining import train as training
 from SemiSupSegTraining.cli import main
 from SemiSupSegTraining.config import preset_config
@@ -34,10 +35,19 @@ def _env():
     return dict(os.environ, PYTHONPATH=path, OMP_NUM_THREADS="1")
 
 
+@contextlib.contextmanager
 def _engine(args):
-    """``python -m SemiSupSegTraining ARGS`` with JSON progress on a pipe."""
-    return subprocess.Popen([sys.executable, "-m", "SemiSupSegTraining"] + args, stdout=subprocess.PIPE,
+    """``python -m SemiSupSegTraining ARGS`` with JSON progress on a pipe; killed (if still running) and its
+    pipes closed on leaving."""
+    proc = subprocess.Popen([sys.executable, "-m", "SemiSupSegTraining"] + args, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=_env(), cwd=ROOT)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.stdout.close()
+        proc.stderr.close()
 
 
 def _read_until(proc, event_name, seen):
@@ -164,17 +174,11 @@ def test_sigkill_mid_run_then_resume(phantom_dataset, tmp_path):
     """SIGKILL right after a checkpoint event (no handler can run): the checkpoint on disk is complete,
     the dead process's lock is taken over, and ``train --resume`` finishes all 12 iterations."""
     folder = str(tmp_path / "run")
-    proc = _engine(_train_args(phantom_dataset["train"], folder, 12, 2) + ["--progress", "json"])
     seen = []
-    try:
+    with _engine(_train_args(phantom_dataset["train"], folder, 12, 2) + ["--progress", "json"]) as proc:
         checkpoint = _read_until(proc, "checkpoint", seen)
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.stdout.close()
-        proc.stderr.close()
     assert proc.returncode == -signal.SIGKILL
     assert checkpoint["iteration"] == 2
     assert not os.path.exists(os.path.join(folder, training.MODEL_NAME))
@@ -194,9 +198,8 @@ def test_sigterm_cancels_with_checkpoint_and_exit_code_3(phantom_dataset, tmp_pa
     """SIGTERM (the Slicer module's cancel) after the first progress event: a `cancelled` event, a checkpoint,
     exit code 3, no model file; meanwhile a second training into the busy folder is refused; resume ends it."""
     folder = str(tmp_path / "run")
-    proc = _engine(_train_args(phantom_dataset["train"], folder, 30, 1000) + ["--progress", "json"])
     seen = []
-    try:
+    with _engine(_train_args(phantom_dataset["train"], folder, 30, 1000) + ["--progress", "json"]) as proc:
         _read_until(proc, "progress", seen)
         # One training per folder: a second one is refused while the first runs.
         second = main(_train_args(phantom_dataset["train"], folder, 30, 1000) + ["--progress", "none"])
@@ -204,11 +207,6 @@ def test_sigterm_cancels_with_checkpoint_and_exit_code_3(phantom_dataset, tmp_pa
         os.kill(proc.pid, signal.SIGTERM)
         cancelled = _read_until(proc, "cancelled", seen)
         proc.wait(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.stdout.close()
-        proc.stderr.close()
     assert second == EXIT_BAD_INPUT
     assert refusal.startswith("semisupseg: error: ") and "\n" not in refusal
     assert folder in refusal and "in use" in refusal and str(proc.pid) in refusal
@@ -268,7 +266,7 @@ def test_second_interrupt_while_writing_the_checkpoint_keeps_it_whole(phantom_da
     assert interrupts
     assert training.load_checkpoint(folder)["_skipped"] == []
     assert training.CHECKPOINT_NAME in os.listdir(folder)
-    assert not [name for name in os.listdir(folder) if modelfile.PARTIAL_MARK in name]
+    assert not [name for name in os.listdir(folder) if atomicio.PARTIAL_MARK in name]
 
 
 def test_full_disk_while_checkpointing_is_one_sentence(phantom_dataset, tmp_path, monkeypatch, capsys):

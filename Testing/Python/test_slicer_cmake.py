@@ -1,14 +1,15 @@
 """The extension's CMake files: every module script and resource is listed, the icons exist, and (when
 cmake is installed) configuring the module with stand-ins for Slicer's two CMake macros ships the engine
-package as qt-scripted-modules/SemiSupSegTraining/*.py beside the module."""
+package as qt-scripted-modules/SemiSupSegTraining/**/*.py beside the module, subpackages included."""
 
-import glob
 import os
 import re
 import shutil
 import subprocess
 
 import pytest
+
+from source_tree import ENGINE, PROBE, copy_with_probe, python_files
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 MODULE_DIR = os.path.join(ROOT, "SemiSupSeg")
@@ -23,9 +24,8 @@ def _cmake_list(text, variable):
 def test_module_cmake_lists_every_script_and_resource():
     text = open(os.path.join(MODULE_DIR, "CMakeLists.txt"), encoding="utf-8").read()
     scripts = _cmake_list(text, "MODULE_PYTHON_SCRIPTS")
-    on_disk = sorted(os.path.relpath(p, MODULE_DIR) for p in
-                     [os.path.join(MODULE_DIR, "SemiSupSeg.py")] + glob.glob(os.path.join(MODULE_DIR, "SemiSupSegLib", "*.py")))
-    assert sorted(scripts) == on_disk
+    on_disk = ["SemiSupSeg.py"] + ["SemiSupSegLib/" + p for p in python_files(os.path.join(MODULE_DIR, "SemiSupSegLib"))]
+    assert sorted(scripts) == sorted(on_disk)
     for resource in _cmake_list(text, "MODULE_PYTHON_RESOURCES"):
         assert os.path.isfile(os.path.join(MODULE_DIR, resource)), resource
     assert "slicer_add_python_unittest(SCRIPT ${MODULE_NAME}.py)" in text
@@ -77,16 +77,21 @@ add_subdirectory(@MODULE_DIR@ SemiSupSeg)
 
 @pytest.mark.skipif(shutil.which("cmake") is None, reason="cmake is not installed")
 def test_engine_package_is_shipped_beside_the_module(tmp_path):
-    (tmp_path / "src").mkdir()
-    (tmp_path / "src" / "CMakeLists.txt").write_text(STUB_PROJECT.replace("@MODULE_DIR@", MODULE_DIR.replace("\\", "/")))
+    """Configured from a copy of the module and the engine with one more subpackage (two levels deep): every
+    engine file ships under its own folder, every module file too."""
+    source = copy_with_probe(str(tmp_path / "src"), "SemiSupSeg", ENGINE)
+    (tmp_path / "src" / "CMakeLists.txt").write_text(
+        STUB_PROJECT.replace("@MODULE_DIR@", os.path.join(source, "SemiSupSeg").replace("\\", "/")))
     build = tmp_path / "build"
     build.mkdir()
     result = subprocess.run(["cmake", str(tmp_path / "src")], cwd=build, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
     installed = (build / "installed.txt").read_text().split("\n")
-    engine = sorted(os.path.basename(p) for p in glob.glob(os.path.join(ROOT, "SemiSupSegTraining", "*.py")))
-    assert sorted(p.split("/", 1)[1] for p in installed if p.startswith("SemiSupSegTraining/")) == engine
-    assert "SemiSupSeg.py" in installed and "SemiSupSegLib/job.py" in installed
+    engine = python_files(os.path.join(source, ENGINE))
+    assert f"{PROBE}/inner/step.py" in engine
+    assert sorted(p.split("/", 1)[1] for p in installed if p.startswith(ENGINE + "/")) == engine
+    module = ["SemiSupSegLib/" + p for p in python_files(os.path.join(MODULE_DIR, "SemiSupSegLib"))]
+    assert set(module) <= set(installed) and "SemiSupSeg.py" in installed
     assert "test SCRIPT SemiSupSeg.py" in installed
 
 

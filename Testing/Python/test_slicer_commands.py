@@ -151,9 +151,24 @@ def test_new_run_folder_is_fresh(tmp_path):
 
 def test_presets_and_devices_match_the_engine():
     config = pytest.importorskip("SemiSupSegTraining.config")
-    assert set(commands.PRESETS) == set(config.PRESETS) - {"paper-as-printed"}  # reproducing the paper: command line
+    assert set(commands.PRESETS) == set(config.PRESETS)
     assert commands.DEFAULT_PRESET in config.PRESETS
     assert set(commands.METHODS) == set(config.METHODS) - {"reference"}  # the reference code's step: benchmarks only
     assert commands.DEFAULT_METHOD == config.TrainConfig().method  # the module trains the engine's default
     devices = pytest.importorskip("SemiSupSegTraining.devices")
     assert set(commands.DEVICES) == set(devices.DEVICES)
+
+
+def test_the_module_imports_from_a_source_checkout_with_only_its_own_folder_on_the_path(tmp_path):
+    # Slicer puts the module's folder on sys.path, not the repository root: importing the package must put the
+    # engine there before commands.py imports the engine's settings.
+    import subprocess
+    import sys
+
+    module_dir = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+                              "SemiSupSeg")
+    code = (f"import sys; sys.path.insert(0, {module_dir!r}); "
+            "from SemiSupSegLib import commands; print(commands.DEFAULT_METHOD)")
+    result = subprocess.run([sys.executable, "-I", "-c", code], cwd=str(tmp_path), capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == commands.DEFAULT_METHOD

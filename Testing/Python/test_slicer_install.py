@@ -84,3 +84,33 @@ def test_the_torch_floor_covers_every_api_the_engine_calls_and_is_the_same_every
     assert re.search(r'"torch>=([\d.]+)"', pyproject).group(1) == commands.TORCH_REQUIREMENT.lstrip(">= ")
     assert install.check_torch("2.2.2", commands.TORCH_REQUIREMENT).startswith("PyTorch 2.2.2 is too old")
     assert install.check_torch("2.3.0+cu121", commands.TORCH_REQUIREMENT) is None
+
+
+def test_intel_macs_get_one_sentence_before_any_download():
+    message = install.platform_refusal("Darwin", "x86_64", None)
+    assert message and "Intel Mac" in message and "2.2.2" in message and message.count(". ") == 0
+    assert install.platform_refusal("Darwin", "arm64", None) is None
+    assert install.platform_refusal("Windows", "AMD64", None) is None
+    assert install.platform_refusal("Darwin", "x86_64", "2.2.2") is None  # installed: its version is checked
+
+
+def test_a_failed_install_names_the_exact_packages_to_fetch():
+    import subprocess
+
+    error = subprocess.CalledProcessError(1, ["pip", "install"], output="ERROR: No matching distribution found")
+    message = install.offline_message(["monai>=1.2,<1.6.0", "psutil>=5.9"], error)
+    assert "pip download monai>=1.2,<1.6.0 psutil>=5.9" in message and "--no-index" in message
+    assert "returned non-zero exit status 1" in message
+
+
+def test_the_dependencies_section_lists_versions_without_importing():
+    versions = {"torch": "2.4.1", "numpy": "1.26.4", "SimpleITK": "2.4.0"}
+
+    def version_of(name):
+        if name not in versions:
+            raise LookupError(name)
+        return versions[name]
+
+    lines = install.dependency_lines(version_of)
+    assert lines[:3] == ["torch 2.4.1", "numpy 1.26.4", "SimpleITK 2.4.0"]
+    assert "monai: not installed (pip, on first use)" in lines and len(lines) == len(install.DEPENDENCIES)

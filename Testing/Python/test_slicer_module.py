@@ -14,7 +14,7 @@ MODULE_DIR = os.path.join(ROOT, "SemiSupSeg")
 LIB_DIR = os.path.join(MODULE_DIR, "SemiSupSegLib")
 MODULE_FILES = [os.path.join(MODULE_DIR, "SemiSupSeg.py")] + sorted(glob.glob(os.path.join(LIB_DIR, "*.py")))
 PLAIN_PYTHON = ("__init__", "commands", "progress", "job", "cases", "labels", "install", "interfaces", "review",
-                "terminology", "recorded_engine")
+                "form", "demo_cases", "terminology", "recorded_engine")
 
 # The functions of slicer.util the module calls, with their parameters in Slicer 5.8.1 (read from
 # Base/Python/slicer/util.py at tag v5.8.1; "**" marks functions that take further keyword arguments).
@@ -176,7 +176,9 @@ def test_the_cases_are_node_reference_fields_of_the_parameter_node():
     assert fields["caseVolumes"] == "List[vtkMRMLScalarVolumeNode]"
     assert fields["caseSegmentations"] == "List[vtkMRMLSegmentationNode]"
     widget = open(os.path.join(LIB_DIR, "widget.py"), encoding="utf-8").read()
-    assert "readCases(self._parameterNode)" in widget and "writeCases(self._parameterNode, self.cases)" in widget
+    # no cached copy: the table is read from the parameter node each time and written back whole
+    assert "return readCases(self._parameterNode)" in widget and "writeCases(self._parameterNode, cases)" in widget
+    assert "self.cases =" not in widget
     assert "from_json" not in widget and ".cases = self.cases.to_json()" not in widget
 
 
@@ -186,7 +188,7 @@ def _torch_imports(path):
         names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
             [node.module or ""] if isinstance(node, ast.ImportFrom) else []
         found += [n for n in names if n.split(".")[0] == "torch" or n.endswith("modelfile")
-                  or n.startswith("SemiSupSegTraining.") and n.split(".")[1] not in ("manifest", "modelinfo", "layouts")]
+                  or n.startswith("SemiSupSegTraining.") and n.split(".")[1] not in ("manifest", "modelinfo", "layouts", "config", "phantoms")]
     return found
 
 
@@ -224,3 +226,78 @@ def test_the_ctest_self_test_is_quick_unless_the_full_one_is_asked_for():
     source = open(os.path.join(MODULE_DIR, "SemiSupSeg.py"), encoding="utf-8").read()
     assert 'FULL = os.environ.get("SEMISUPSEG_FULL_SELFTEST", "") not in ("", "0")' in source
     assert "if not self.FULL:\n            logic.runner = ReplayRunner(" in source
+
+
+# The MRML, segmentation and markups methods the module calls, each with the Slicer 5.8.1 header that declares
+# it (read at tag v5.8.1); VTK's, Qt's and the project's own names are listed apart.
+SLICER_581_METHODS = {
+    "AddEmptySegment": "Libs/vtkSegmentationCore/vtkSegmentation.h",
+    "AddNewNodeByClass": "Libs/MRML/Core/vtkMRMLScene.h",
+    "Clear": "Libs/MRML/Core/vtkMRMLScene.h",
+    "CreateDefaultDisplayNodes": "Libs/MRML/Core/vtkMRMLDisplayableNode.h",
+    "ExportSegmentsToLabelmapNode": "Modules/Loadable/Segmentations/Logic/vtkSlicerSegmentationsModuleLogic.h",
+    "GenerateUniqueName": "Libs/MRML/Core/vtkMRMLScene.h",
+    "GetAttribute": "Libs/MRML/Core/vtkMRMLNode.h",
+    "GetColor": "Libs/vtkSegmentationCore/vtkSegment.h",
+    "GetColorNode": "Libs/MRML/Core/vtkMRMLDisplayNode.h",
+    "GetDisplayNode": "Libs/MRML/Core/vtkMRMLDisplayableNode.h",
+    "GetFileName": "Libs/MRML/Core/vtkMRMLStorageNode.h",
+    "GetFirstNodeByClass": "Libs/MRML/Core/vtkMRMLScene.h",
+    "GetID": "Libs/MRML/Core/vtkMRMLNode.h",
+    "GetImageData": "Libs/MRML/Core/vtkMRMLVolumeNode.h",
+    "GetItemByDataNode": "Libs/MRML/Core/vtkMRMLSubjectHierarchyNode.h",
+    "GetItemParent": "Libs/MRML/Core/vtkMRMLSubjectHierarchyNode.h",
+    "GetModifiedSinceRead": "Libs/MRML/Core/vtkMRMLStorableNode.h",
+    "GetName": "Libs/MRML/Core/vtkMRMLNode.h, Libs/vtkSegmentationCore/vtkSegment.h",
+    "GetNodeByID": "Libs/MRML/Core/vtkMRMLScene.h",
+    "GetNodeReference": "Libs/MRML/Core/vtkMRMLNode.h",
+    "GetNthSegmentID": "Libs/vtkSegmentationCore/vtkSegmentation.h",
+    "GetNumberOfSegments": "Libs/vtkSegmentationCore/vtkSegmentation.h",
+    "GetParentTransformNode": "Libs/MRML/Core/vtkMRMLTransformableNode.h",
+    "GetRASBounds": "Modules/Loadable/Markups/MRML/vtkMRMLMarkupsROINode.h, Libs/MRML/Core/vtkMRMLDisplayableNode.h",
+    "GetRASToIJKMatrix": "Libs/MRML/Core/vtkMRMLVolumeNode.h",
+    "GetIJKToRASDirectionMatrix": "Libs/MRML/Core/vtkMRMLVolumeNode.h",
+    "GetSpacing": "Libs/MRML/Core/vtkMRMLVolumeNode.h",
+    "GetOrigin": "Libs/MRML/Core/vtkMRMLVolumeNode.h",
+    "GetReferenceImageGeometryReferenceRole": "Libs/MRML/Core/vtkMRMLSegmentationNode.h",
+    "GetRepresentation": "Libs/vtkSegmentationCore/vtkSegment.h",
+    "GetSegment": "Libs/vtkSegmentationCore/vtkSegmentation.h",
+    "GetSegmentation": "Libs/MRML/Core/vtkMRMLSegmentationNode.h",
+    "GetSourceRepresentationName": "Libs/vtkSegmentationCore/vtkSegmentation.h",
+    "GetStorageNode": "Libs/MRML/Core/vtkMRMLStorableNode.h",
+    "GetSubjectHierarchyNode": "Libs/MRML/Core/vtkMRMLSubjectHierarchyNode.h",
+    "GetTerminologyEntryTagName": "Libs/vtkSegmentationCore/vtkSegment.h",
+    "GetTransformBetweenNodes": "Libs/MRML/Core/vtkMRMLTransformNode.h",
+    "GetTransformNodeID": "Libs/MRML/Core/vtkMRMLTransformableNode.h",
+    "ImportLabelmapToSegmentationNode": "Modules/Loadable/Segmentations/Logic/vtkSlicerSegmentationsModuleLogic.h",
+    "IsNodePresent": "Libs/MRML/Core/vtkMRMLScene.h",
+    "ReadData": "Libs/MRML/Core/vtkMRMLStorageNode.h",
+    "RemoveNode": "Libs/MRML/Core/vtkMRMLScene.h",
+    "SetAndObserveTransformNodeID": "Libs/MRML/Core/vtkMRMLTransformableNode.h",
+    "SetAttribute": "Libs/MRML/Core/vtkMRMLNode.h",
+    "SetCenter": "Modules/Loadable/Markups/MRML/vtkMRMLMarkupsROINode.h",
+    "SetColor": "Libs/vtkSegmentationCore/vtkSegment.h",
+    "SetFileName": "Libs/MRML/Core/vtkMRMLStorageNode.h",
+    "SetItemParent": "Libs/MRML/Core/vtkMRMLSubjectHierarchyNode.h",
+    "SetName": "Libs/MRML/Core/vtkMRMLNode.h, Libs/vtkSegmentationCore/vtkSegment.h",
+    "SetNodeReferenceID": "Libs/MRML/Core/vtkMRMLNode.h",
+    "SetReferenceImageGeometryParameterFromVolumeNode": "Libs/MRML/Core/vtkMRMLSegmentationNode.h",
+    "SetSize": "Modules/Loadable/Markups/MRML/vtkMRMLMarkupsROINode.h",
+    "SetTag": "Libs/vtkSegmentationCore/vtkSegment.h",
+    "SetUseCompression": "Libs/MRML/Core/vtkMRMLStorageNode.h",
+    "WriteData": "Libs/MRML/Core/vtkMRMLStorageNode.h",
+}
+VTK_QT_AND_OWN = {"QDesktopServices", "QUrl", "ImageFileReader", "ReadImageInformation", "GetSize", "GetDirection",
+                  "GetDimension", "GetNumberOfComponents", "GetElement", "vtkMatrix4x4", "GetMTime", "GetDimensions", "InsertNextValue", "MultiplyPoint", "TransformPoint", "GetClassName",
+                  "IsA", "QSettings", "QTableWidgetItem", "QTimer", "FormState", "NodeInfo", "Job", "SubprocessRunner",
+                  "PyTorchUtilsLogic"}
+SLICER_FILES = [os.path.join(MODULE_DIR, "SemiSupSeg.py")] + [os.path.join(LIB_DIR, name + ".py") for name in
+                                                               ("nodes", "logic", "widget", "parameter_node")]
+
+
+@pytest.mark.parametrize("path", SLICER_FILES, ids=os.path.basename)
+def test_every_mrml_method_the_module_calls_was_checked_against_slicer_5_8_1(path):
+    called = {n.func.attr for n in ast.walk(_tree(path)) if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)
+              and n.func.attr[:1].isupper() and not ast.unparse(n.func.value).startswith("slicer.util")}
+    unchecked = called - set(SLICER_581_METHODS) - VTK_QT_AND_OWN
+    assert not unchecked, f"check these against Slicer 5.8.1's headers and list them: {sorted(unchecked)}"

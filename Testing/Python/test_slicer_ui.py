@@ -80,7 +80,7 @@ def test_choices_of_the_form_match_the_module(plain_form):
         return [combo.itemText(i) for i in range(combo.count())]
 
     assert items("presetComboBox") == list(commands.PRESETS)
-    assert items("methodComboBox") == list(commands.METHODS)
+    assert items("methodComboBox") == list(commands.METHOD_CHOICES)  # "(preset's)" first: the default
     assert items("deviceComboBox") == list(commands.DEVICES)
     assert items("modalityComboBox") == list(commands.MODALITIES)
 

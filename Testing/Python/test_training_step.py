@@ -128,7 +128,7 @@ def test_sequential_backward_gives_the_joint_loss_gradients(phantom_dataset):
         for (name, p), q in zip(seq_module.state_dict().items(), joint_module.state_dict().values()):
             torch.testing.assert_close(p, q, rtol=0, atol=1e-6, msg=name)  # weights and batch-norm statistics
     # dropout's generator ends where the joint step leaves it, so the next iteration draws the same masks
-    assert torch.equal(sequential._random_state()[0], joint._random_state()[0])
+    assert torch.equal(sequential.dropout_state()[0], joint.dropout_state()[0])
 
 
 def test_reported_loss_counts_each_term_once(phantom_dataset):
