@@ -4,7 +4,7 @@ Shapes: logits/probs ``(B, K, *spatial)``, integer labels ``(B, *spatial)`` int6
 ``0..K-1`` (class 0 = background), features ``(B, C, *spatial)``, masks bool ``(B, *spatial)``.
 Everything is generic in the number of spatial dimensions and in the number of classes ``K >= 2``.
 
-Deliberate differences from the released reference code (REFERENCE.md section 2):
+Deliberate differences from the released reference code (docs/method.md, "Reference facts the code relies on"):
 
 * the unlabeled losses (L_u, L_reg, L_c) keep their gradient: nothing here detaches network outputs
   except the targets (pseudo labels, the pull prototypes), and nothing runs under ``torch.no_grad``;
@@ -294,7 +294,7 @@ def regularization_loss(probs_a: torch.Tensor, probs_b: torch.Tensor, mdiff: tor
     ``sum_k |pA_k - pB_k|`` at every M_diff voxel (0 elsewhere, the Hadamard mask of Eq. 5), then
     averaged. ``average="voxels"`` (default) divides by the number of voxels in the batch, as every other
     voxel loss here: each disagreeing voxel gets the same gradient as a voxel of L_u. ``average="mdiff"``
-    divides by the number of M_diff voxels (../shared/REFERENCE.md's default): when only a handful of
+    divides by the number of M_diff voxels (the reference code's default, docs/method.md): when only a handful of
     voxels disagree, each gets a gradient ~10^5 times that of a voxel of L_u, and on the phantoms that
     spike cost 11 Dice points (Testing/Benchmarks/bench_accuracy.py; docs/benchmarks.md has the figures).
     Nothing is detached: the gradient reaches both networks, so each is pulled towards the other.
@@ -534,7 +534,7 @@ def lambda_c(iteration: int, max_iterations: int, schedule: str = "rampup", maxi
     * ``"rampup"`` (default): ``maximum * exp(-5 (1 - t/t_max)^2)``, the usual sigmoid ramp-up, rising
       from 0.1 * e^-5 = 0.00067 to 0.1.
     * ``"printed"``: ``maximum * exp(4 (1 - t/t_max)^2)`` exactly as printed in Sec. 3.1, which FALLS from
-      0.1 * e^4 = 5.46 to 0.1. Almost surely a typo for the ramp-up (REFERENCE.md section 1): a
+      0.1 * e^4 = 5.46 to 0.1. Almost surely a typo for the ramp-up (docs/method.md, "Reference facts the code relies on"): a
       contrastive weight 55 times the supervised loss on untrained prototypes is unlikely to be intended.
       Kept selectable so both can be measured.
     """
@@ -552,7 +552,7 @@ def lambda_c(iteration: int, max_iterations: int, schedule: str = "rampup", maxi
 def confidence_threshold(iteration: int, max_iterations: int, start: float = 0.7, end: float = 0.95) -> float:
     """Confidence threshold T of Eq. 4, rising linearly from ``start`` to ``end`` (t clipped to [0, t_max]).
 
-    The paper only says T is adjusted dynamically; a rising T (REFERENCE.md section 1 default) lets the
+    The paper only says T is adjusted dynamically; a rising T (the reference code's default, docs/method.md) lets the
     regularisation act on more voxels early and only on confident disagreements late.
     """
     if max_iterations <= 0:

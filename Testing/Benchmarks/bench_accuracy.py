@@ -51,14 +51,14 @@ unlabeled, and 8 separate test cases. Methods:
 * ``ours-no-c``: ours without L_c (``use_contrastive=False``); ``ours-no-u``: without L_u;
 * the baselines ``mean-teacher``, ``ua-mt``, ``cps`` and ``bcp`` (``SemiSupSegTraining/methods/``), as their
   authors' code runs them; every semi-supervised method gets the same intensity views of the unlabeled crops
-  (``unlabeled_views``, the default), and ``ours-same-input`` is ours without them (issue 20's fair table);
+  (``unlabeled_views``, the default), and ``ours-same-input`` is ours without them (the fair table);
 * with every supervised run, supervised-only with all 20 training cases labeled (``--no-ceiling`` skips
   it): the ceiling that labels alone reach, so the table shows how much there is for unlabeled data to add;
 * not in the default list, each choice the paper leaves open switched back to version 0.1's: ``ours-same-input``
   (both networks see the same unlabeled crops), ``ours-batch-filter`` (one entropy percentile over the
   batch), ``ours-constant-lambda-u`` (λu = 1 from the first iteration), ``ours-decoder-features`` (L_c on the
   decoder features, no projection head) and ``ours-v0.1`` (all four);
-* not in the default list, issue 14's changes where the paper is silent: ``ours-ensemble-pseudo`` (the pseudo
+* not in the default list, the changes where the paper is silent: ``ours-ensemble-pseudo`` (the pseudo
   label from both networks' averaged softmax), ``ours-cross-pseudo`` (each network learns the other's pseudo
   label, filtered by the other's entropy), ``ours-confidence-0.9`` (a reliable voxel also needs a top
   probability ≥ 0.9) and ``ours-agreed-pull`` (L_c pulls only the unreliable voxels both networks agree on).
@@ -70,7 +70,7 @@ unlabeled, and 8 separate test cases. Methods:
   as ``ours-ensemble-confidence``; not kept: ``ours-cross-pseudo`` (−1.1 ± 3.3), ``ours-agreed-pull`` (−0.2 ± 0.8).
   Together they scored −2.2 ± 6.3 there (seed 1 fell 9 points), so each kept change is run on Colin27 on
   its own (``ours-confidence-0.9``, the better of the two there, first).
-* not in the default list, issue 21's two switches: ``ours-negatives-only`` (``contrastive_pull=negatives``:
+* not in the default list, two switches: ``ours-negatives-only`` (``contrastive_pull=negatives``:
   L_c never pulls an unreliable voxel toward its pseudo class; it only pushes it from the prototypes of the
   classes it most surely is not, in the spirit of U2PL) and ``ours-late-unlabeled`` (``unlabeled_start=0.25``:
   the first quarter of the budget trains on the labeled crops' terms only, then λu and λc ramp up as usual over
@@ -80,8 +80,8 @@ unlabeled, and 8 separate test cases. Methods:
   code in the same output folder, never on the test cases; a switch is kept when its mean gain over ``ours``
   there is ≥ +0.5 points; if both are kept they are run together (``ours-negatives-late``) and judged the same
   way; every variant's test Dice is reported whatever the outcome. Choosing the product's default is not part
-  of this rule: that is issue 21's rule (best mean rank across headroom, phantoms and Colin27, never below
-  supervised-only on any of them), applied to the fair table of issue 20.
+  of this rule: that is choose_default.py's rule (best mean rank across headroom, phantoms and Colin27, never below
+  supervised-only on any of them), applied to the fair tables.
 
 Every run is one ``train(...)`` call into ``OUT/runs/<dataset>/<fraction>/<method>/seed<k>/`` followed by
 ``evaluate_model`` on the test cases; ``result.json`` there holds the per-case metrics (the run's
@@ -94,7 +94,7 @@ cases; the table shows mean ± std (sample std) of the run values over the seeds
 definitions, directed ASD) are in mm and voxels; a case-class with an empty prediction has no distance
 (Dice 0): those are counted in the ``n/a`` column and left out of the distance means.
 
-Goal (issue 3): at 10 % labels, ours full ≥ supervised-only + 3 Dice points, and each of L_reg and L_c
+Goal: at 10 % labels, ours full ≥ supervised-only + 3 Dice points, and each of L_reg and L_c
 worth ≥ 0.5 Dice points (ours full minus the ablation). The report states whether each is met.
 """
 
@@ -162,7 +162,7 @@ METHODS: Dict[str, Dict[str, object]] = {
     "ours-batch-filter": {"method": "ours", "reliability": "batch"},
     "ours-constant-lambda-u": {"method": "ours", "lambda_u_rampup": 0.0},
     "ours-decoder-features": {"method": "ours", "projection_channels": 0},
-    # Issue 14's changes where the paper is silent, one at a time, then together.
+    # The changes where the paper is silent, one at a time, then together.
     "ours-ensemble-pseudo": {"method": "ours", "pseudo_label": "ensemble"},
     "ours-cross-pseudo": {"method": "ours", "pseudo_label": "cross"},
     "ours-confidence-0.9": {"method": "ours", "reliable_confidence": 0.9},
@@ -170,7 +170,7 @@ METHODS: Dict[str, Dict[str, object]] = {
     "ours-ensemble-confidence": {"method": "ours", "pseudo_label": "ensemble", "reliable_confidence": 0.9},
     "ours-v0.1": {"method": "ours", "unlabeled_views": False, "reliability": "batch", "lambda_u_rampup": 0.0,
                   "projection_channels": 0},
-    # Issue 21's switches (the rule in the docstring was committed before they ran).
+    # Two switches (the rule in the docstring was committed before they ran).
     "ours-negatives-only": {"method": "ours", "contrastive_pull": "negatives"},
     "ours-late-unlabeled": {"method": "ours", "unlabeled_start": 0.25},
     "ours-negatives-late": {"method": "ours", "contrastive_pull": "negatives", "unlabeled_start": 0.25},

@@ -526,7 +526,7 @@ def test_confidence_threshold_schedule():
     assert L.confidence_threshold(0, 100, start=0.5, end=0.9) == pytest.approx(0.5)
 
 
-# ---------------------------------------------------------------- negatives-only L_c (issue 21, not the paper's)
+# ---------------------------------------------------------------- negatives-only L_c (not the paper's)
 
 
 def test_negative_classes_are_those_below_the_second_rank_of_an_unreliable_voxel():

@@ -1,5 +1,5 @@
 """Tests of what the unlabeled crops teach (methods.ours.pseudo_targets): M_diff under the rising threshold T, the
-entropy filter, λu's ramp-up, and the switches issue 14 added where the paper is silent: the pseudo label's
+entropy filter, λu's ramp-up, and the switches added where the paper is silent: the pseudo label's
 source, a confidence floor on reliable voxels, and which unreliable voxels L_c pulls. Four voxels, two
 classes, values worked out by hand in the comments."""
 
