@@ -71,7 +71,8 @@ WHAT = {
 NOTES = {
     "colin27": "BCP keeps each class's largest connected component in its pseudo labels, a step of its code made "
                "for one structure: here it erases one side of the bilateral caudate and putamen (the empty "
-               "predictions are caudates). Mean Teacher ran on the headroom benchmark only (UA-MT is Mean Teacher "
+               "predictions are caudates); whether that is why BCP falls here is not measured yet (the variant "
+               "`bcp-no-largest-component` runs it without the step). Mean Teacher ran on the headroom benchmark only (UA-MT is Mean Teacher "
                "with its filter, by the same code).",
 }
 
