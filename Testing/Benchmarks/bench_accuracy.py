@@ -180,6 +180,10 @@ METHODS: Dict[str, Dict[str, object]] = {
     "ua-mt-bottleneck-dropout": {"method": "ua-mt", "decoder_dropout": False},
     "bcp-short-pretraining": {"method": "bcp", "bcp_pretrain_iterations": 0, "decoder_dropout": False},
     "bcp-no-largest-component": {"method": "bcp", "bcp_largest_component": False},
+    # The strong (nnU-Net v2) augmentation (augment.py); ours on the labeled crops only, or on the unlabeled too.
+    "supervised-strong": {"method": "supervised", "augmentation": "strong"},
+    "ours-strong": {"method": "ours", "augmentation": "strong", "augment_unlabeled": False},
+    "ours-strong-all": {"method": "ours", "augmentation": "strong", "augment_unlabeled": True},
 }
 METHOD_LABELS = {
     "supervised": "supervised only",
@@ -209,6 +213,9 @@ METHOD_LABELS = {
     "bcp-short-pretraining": "BCP with 2/17 of the run as pre-training, bottleneck dropout only",
     "bcp-no-largest-component": "BCP without its largest-component step",
     "ours-negatives-late": "ours, negatives-only L_c and unlabeled terms from 25 % of the budget",
+    "supervised-strong": "supervised only, strong (nnU-Net) augmentation",
+    "ours-strong": "ours, strong augmentation of the labeled crops (unlabeled: the paper's flips and turns)",
+    "ours-strong-all": "ours, strong augmentation of the labeled and the unlabeled crops",
 }
 DATASET_LABELS = {
     "phantoms": "synthetic phantoms (left-atrium-like, binary, 1 mm)",
