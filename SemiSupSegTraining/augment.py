@@ -111,8 +111,9 @@ class StrongAugmentation:
             data["label"] = torch.as_tensor(np.ascontiguousarray(label, dtype=np.float32))[None]
         if affine is not None:
             keys = tuple(data)
+            # The window holds every voxel read: zeros never enter (a test checks it), they would show a bug.
             data = Affined(keys, affine=affine, spatial_size=self.patch, mode=("bilinear", "nearest")[:len(keys)],
-                           padding_mode="border")(data)
+                           padding_mode="zeros")(data)
         self.intensity_and_flips.set_random_state(seed=int(rng.integers(2 ** 31)))
         data = self.intensity_and_flips(data)
         out_image = np.asarray(torch.as_tensor(data["image"])[0], dtype=np.float32)
