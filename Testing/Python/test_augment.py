@@ -18,6 +18,7 @@ from SemiSupSegTraining.config import preset_config, TrainConfig
 from SemiSupSegTraining.data import Case, PatchSampler
 from SemiSupSegTraining.errors import Cancelled, InputError
 from SemiSupSegTraining.geometry import Geometry
+from SemiSupSegTraining.modelfile import read_metadata
 
 
 def _case(image, label=None):
@@ -183,5 +184,6 @@ def test_a_strong_training_resumes_exactly(phantom_dataset, tmp_path):
     for net in ("weights_a", "weights_b"):
         for name, tensor in weights[0][net].items():
             assert torch.equal(tensor, weights[1][net][name]), f"{net}.{name} differs"
+    assert read_metadata(resumed)["config"]["augmentation"] == "strong"  # the model file records the level
     assert os.path.exists(os.path.join(stopped, training.CHECKPOINT_NAME))
     shutil.rmtree(stopped)
