@@ -18,19 +18,6 @@ distributed training (its own generator) draws its own. This module does not hol
 from typing import Optional, Tuple
 
 import numpy as np
-import torch
-from monai.transforms import (
-    Affined,
-    Compose,
-    RandAdjustContrastd,
-    RandFlipd,
-    RandGaussianNoised,
-    RandGaussianSmoothd,
-    RandScaleIntensityd,
-    RandScaleIntensityFixedMeand,
-    RandSimulateLowResolutiond,
-)
-from monai.transforms.utils import create_rotate, create_scale
 
 LEVELS = ("none", "paper", "strong")
 
@@ -66,6 +53,18 @@ class StrongAugmentation:
     window to the crop in one resampling, then applies the intensity transforms and the flips."""
 
     def __init__(self, patch: Tuple[int, int, int]):
+        # MONAI (and torch) load here, not with the module: the other levels keep data.py free of torch.
+        from monai.transforms import (
+            Compose,
+            RandAdjustContrastd,
+            RandFlipd,
+            RandGaussianNoised,
+            RandGaussianSmoothd,
+            RandScaleIntensityd,
+            RandScaleIntensityFixedMeand,
+            RandSimulateLowResolutiond,
+        )
+
         self.patch = tuple(int(p) for p in patch)
         both = ("image", "label")
         self.intensity_and_flips = Compose([
@@ -83,6 +82,8 @@ class StrongAugmentation:
         """(affine from crop to window voxel offsets or None for neither rotation nor scaling, window size
         z, y, x). The window holds every voxel the rotated, scaled crop reads (plus one for interpolation),
         and exceeds the crop by an even count per axis so that both share their centre."""
+        from monai.transforms.utils import create_rotate, create_scale
+
         rotate = rng.random() < P_ROTATION
         scale = rng.random() < P_SCALING
         angles = rng.uniform(-MAX_ANGLE, MAX_ANGLE, 3) if rotate else None
@@ -106,6 +107,9 @@ class StrongAugmentation:
               rng: np.random.Generator) -> Tuple[np.ndarray, Optional[np.ndarray]]:
         """``image``/``label``: the window (z, y, x) of :meth:`draw_spatial` (the crop itself when ``affine`` is
         None); returns the augmented crop, image float32 and label of the label's dtype."""
+        import torch
+        from monai.transforms import Affined
+
         data = {"image": torch.as_tensor(np.ascontiguousarray(image, dtype=np.float32))[None]}
         if label is not None:
             data["label"] = torch.as_tensor(np.ascontiguousarray(label, dtype=np.float32))[None]

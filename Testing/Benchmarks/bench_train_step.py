@@ -35,11 +35,15 @@ Validation run (48×48×32 crops, 8 base filters, two timed steps; about a minut
 
     python Testing/Benchmarks/bench_train_step.py --quick
 
-The augmentation levels (``augment.py``): ``--levels none,strong`` also times ours with each of those levels
-(``ours`` itself is the default, ``paper``); ``draw`` is then the cost of drawing one batch on its own
-(``Trainer._host_batch``), which the batch thread overlaps with the step where a core is free::
+The augmentation levels (``augment.py``): ``--levels paper,none,strong`` also times ``--level-method`` (ours,
+or e.g. supervised) at each of those levels (``ours`` itself is ours at the default, ``paper``); ``draw`` is
+the cost of drawing one batch on its own (``Trainer._host_batch``), which the batch thread overlaps with the
+step where a core is free; the CPU seconds per step (every thread, and the step's own thread) are beside the
+wall time, which on a busy machine measures the other jobs too::
 
-    python Testing/Benchmarks/bench_train_step.py --quick --threads 1 --levels none,strong --steps 10
+    python Testing/Benchmarks/bench_train_step.py --quick --threads 1 --levels none,strong --steps 12
+    python Testing/Benchmarks/bench_train_step.py --quick --threads 1 --levels paper,strong \
+        --level-method supervised --steps 12
 """
 
 import argparse
@@ -187,7 +191,7 @@ def child_step(task: Dict[str, Any]) -> Dict[str, Any]:
 
     device = task["device"]
     procedure = task["procedure"]
-    if procedure.startswith("ours") and procedure != "ours-default-allocator":
+    if procedure != "reference" and procedure != "ours-default-allocator":
         keep_freed_memory()  # as the engine's command line does
     manifest = load_manifest(task["manifest"])
     config = preset_config("paper", dict({"patch_size": task["patch"], "base_filters": task["base_filters"],
@@ -195,7 +199,8 @@ def child_step(task: Dict[str, Any]) -> Dict[str, Any]:
                                           "sequential_backward": task.get("sequential_backward",
                                                                           procedure != "ours-joint"),
                                           "amp": task.get("amp", "auto"),
-                                          "augmentation": task.get("augmentation", "paper")},
+                                          "augmentation": task.get("augmentation", "paper"),
+                                          "method": task.get("method", "ours")},
                                          **task.get("overrides", {})))
     labeled, unlabeled = load_training_cases(manifest, normalization_for(manifest.modality, config.normalization),
                                              config.ct_window)
@@ -267,8 +272,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--with-bf16", action="store_true",
                    help="also time ours with bf16 autocast forced on (the engine keeps CPU training in fp32)")
     p.add_argument("--threads", type=int, help="torch threads in each child (default: torch's choice)")
-    p.add_argument("--levels", default="", help="also time ours with these augmentation levels, e.g. none,strong "
-                                                "(ours itself: paper)")
+    p.add_argument("--levels", default="", help="also time --level-method with these augmentation levels, e.g. "
+                                                "none,strong (ours itself: paper)")
+    p.add_argument("--level-method", default="ours", help="the method --levels times (default ours)")
     p.add_argument("--child", help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
@@ -285,6 +291,12 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     return benchlib.run_and_report("bench-train-step", run_all, format_report, args, settings)
 
 
+def level_settings(procedure: str) -> Dict[str, str]:
+    """``METHOD-aug-LEVEL`` (``--levels``): that method and augmentation level; others: ours at ``paper``."""
+    method, _, level = procedure.partition("-aug-")
+    return {"method": method, "augmentation": level} if level else {"method": "ours", "augmentation": "paper"}
+
+
 def run_all(args, settings: Dict[str, Any], machine: Dict[str, Any], work: str) -> Dict[str, Any]:
     from SemiSupSegTraining.phantoms import write_phantom_dataset
 
@@ -294,7 +306,7 @@ def run_all(args, settings: Dict[str, Any], machine: Dict[str, Any], work: str) 
                                         shape_zyx=shape[::-1])
     procedures = (["reference", "ours"] + (["ours-joint", "ours-default-allocator"] if args.ablation else [])
                   + (["ours-bf16"] if args.with_bf16 else [])
-                  + [f"ours-aug-{level}" for level in args.levels.split(",") if level and level != "paper"])
+                  + [f"{args.level_method}-aug-{level}" for level in args.levels.split(",") if level])
     results = {}
     for procedure in procedures:
         log(f"{procedure}: {settings['warmup']} warm-up + {settings['steps']} timed steps")
@@ -303,7 +315,7 @@ def run_all(args, settings: Dict[str, Any], machine: Dict[str, Any], work: str) 
             "manifest": manifest, "patch": list(settings["patch"]), "base_filters": settings["base_filters"],
             "resnet_blocks": list(settings["resnet_blocks"]), "warmup": settings["warmup"],
             "steps": settings["steps"], "data_samples": settings["data_samples"],
-            "augmentation": procedure[len("ours-aug-"):] if procedure.startswith("ours-aug-") else "paper"}, work)
+            **level_settings(procedure)}, work)
         log(f"{procedure}: {results[procedure]['step']['median_s']} s per step")
     ref, ours = results["reference"], results["ours"]
     speedup = ref["step"]["median_s"] / ours["step"]["median_s"]
@@ -337,7 +349,7 @@ def format_report(r: Dict[str, Any]) -> str:
              "ours-joint": "ours with the joint backward (sequential_backward=false)",
              "ours-default-allocator": "ours with glibc's default allocator settings",
              "ours-bf16": "ours with bf16 autocast forced (experiment)",
-             "ours-aug-none": "ours, augmentation none", "ours-aug-strong": "ours, augmentation strong"}
+             **{key: "{}, augmentation {}".format(*key.split("-aug-")) for key in r["results"] if "-aug-" in key}}
     ref = r["results"]["reference"]
     rows = []
     cuda = r["device"].startswith("cuda")
