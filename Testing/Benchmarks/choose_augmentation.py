@@ -1,8 +1,11 @@
 """Each method's augmentation level by the rule committed before the runs (docs/benchmarks.md, "The training
 augmentation: paper or strong"), from the runs of ``bench_accuracy.py``.
 
-    python Testing/Benchmarks/choose_augmentation.py benchmark-augmentation/accuracy.json \
+    python Testing/Benchmarks/choose_augmentation.py benchmark-augmentation \
         --json Testing/Benchmarks/results/augmentation-headroom.json
+
+(a bench_accuracy ``--out`` folder: every finished run's ``result.json`` in it; or its ``accuracy.json`` files,
+which hold the runs of the last command only).
 
 Per method, the paper level (``supervised``, ``ours``) against its strong variant (``supervised-strong``; for
 ours first ``ours-strong`` or ``ours-strong-all``, whichever has the higher headroom Dice at seed 0): Dice and
@@ -12,6 +15,7 @@ at 3 seeds) and no benchmark's paired mean is below −0.5 points; otherwise the
 """
 
 import argparse
+import glob
 import json
 import os
 import sys
@@ -101,16 +105,24 @@ def markdown(summary: dict) -> str:
 
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("accuracy", nargs="+", help="accuracy.json files written by bench_accuracy.py")
+    parser.add_argument("accuracy", nargs="+", help="bench_accuracy.py --out folders or their accuracy.json files")
     parser.add_argument("--json", help="write the summary here")
+    parser.add_argument("--runs-command", help="the bench_accuracy command(s) that trained the runs, to record")
+    parser.add_argument("--machine", help="the machine that trained them, to record")
     args = parser.parse_args(argv)
     runs, sources = [], []
     for path in args.accuracy:
+        if os.path.isdir(path):
+            for result in sorted(glob.glob(os.path.join(path, "runs", "*", "*", "*", "seed*", "result.json"))):
+                with open(result) as f:
+                    runs.append(json.load(f))
+            continue
         with open(path) as f:
             data = json.load(f)
         runs += data["runs"]
         sources.append({"command": data.get("command"), "settings": data.get("settings")})
-    summary = dict(summarise(runs), sources=sources)
+    summary = dict(summarise(runs), sources=sources, runs_command=args.runs_command, machine=args.machine,
+                   train_seconds={f"{r['dataset']} {r['method']} seed{r['seed']}": r["train_seconds"] for r in runs})
     print(markdown(summary))
     if args.json:
         tmp = args.json + ".tmp"
