@@ -121,7 +121,10 @@ def main(argv: Optional[List[str]] = None) -> int:
             data = json.load(f)
         runs += data["runs"]
         sources.append({"command": data.get("command"), "settings": data.get("settings")})
-    summary = dict(summarise(runs), sources=sources, runs_command=args.runs_command, machine=args.machine,
+    settings = {r["dataset"]: {"preset": r.get("preset"), "iterations": r.get("iterations"), "labeled": r.get("labeled"),
+                               "device": r.get("device"), "torch_threads": r.get("torch_threads")} for r in runs}
+    summary = dict(summarise(runs), sources=sources, settings=settings, runs_command=args.runs_command,
+                   machine=args.machine,
                    train_seconds={f"{r['dataset']} {r['method']} seed{r['seed']}": r["train_seconds"] for r in runs})
     print(markdown(summary))
     if args.json:
