@@ -151,7 +151,7 @@ def test_settings_old_and_new():
     assert TrainConfig.from_dict({"augment": False, "augmentation": "strong"}).augmentation == "strong"
     assert "augment" not in TrainConfig().to_dict() and TrainConfig().augmentation == "paper"
     assert preset_config("demo", {"augmentation": "strong"}).to_dict()["augmentation"] == "strong"
-    with pytest.raises(InputError, match="augmentation is 'heavy'; use 'paper', 'strong' or 'none'"):
+    with pytest.raises(InputError, match="augmentation is 'heavy'; use one of paper, strong, none"):
         TrainConfig.from_dict({"augmentation": "heavy"})
     with pytest.raises(InputError, match="use one of none, paper, strong"):
         PatchSampler([], (16, 16, 16), np.random.default_rng(0), augmentation="heavy")
