@@ -60,12 +60,12 @@ def paired(a: Dict[int, dict], b: Dict[int, dict]) -> dict:
 
 def decide(gains: Dict[str, dict]) -> dict:
     """The rule on {dataset: paired gain}: {"level", "why"}."""
+    losing = [d for d, g in gains.items() if len(g["seeds"]) >= SEEDS_NEEDED and g["mean"] < -MAX_LOSS]
+    if losing:  # decisive whatever is still missing
+        return {"level": "paper", "why": f"loses more than {MAX_LOSS} on {', '.join(losing)}"}
     missing = [d for d in DECIDING if len(gains.get(d, {}).get("seeds", [])) < SEEDS_NEEDED]
     if missing:
         return {"level": "paper", "why": f"not measured at {SEEDS_NEEDED} seeds on {', '.join(missing)}"}
-    losing = [d for d, g in gains.items() if g["mean"] is not None and g["mean"] < -MAX_LOSS]
-    if losing:
-        return {"level": "paper", "why": f"loses more than {MAX_LOSS} on {', '.join(losing)}"}
     not_gaining = [d for d in DECIDING if gains[d]["mean"] <= 0]
     if not_gaining:
         return {"level": "paper", "why": f"no gain on {', '.join(not_gaining)}"}

@@ -49,3 +49,10 @@ def test_fewer_than_three_seeds_or_no_phantoms_decide_nothing():
     assert decision["level"] == "paper" and "phantoms" in decision["why"]
     two_seeds = headroom_only + _runs("phantoms", {"supervised": [96, 96], "supervised-strong": [99, 99]})
     assert choose_augmentation.summarise(two_seeds)["methods"]["supervised"]["level"] == "paper"
+
+
+def test_a_loss_decides_before_the_missing_benchmarks():
+    headroom_only = _runs("headroom", {"ours": [75, 75, 75], "ours-strong": [74, 74, 75], "ours-strong-all": [70]})
+    decision = choose_augmentation.summarise(headroom_only)["methods"]["ours"]
+    assert decision["paired_dice_gain"]["headroom"]["mean"] == -0.67
+    assert decision["level"] == "paper" and decision["why"] == "loses more than 0.5 on headroom"
