@@ -57,10 +57,11 @@ class TrainConfig:
     """Unlabeled crops per iteration, after the labeled ones (methods that learn from unlabeled cases)."""
     foreground_fraction: float = 0.5
     """Share of the labeled crops centred on a foreground voxel; the rest are uniform."""
-    augmentation: Literal["paper", "strong", "none"] = "paper"
+    augmentation: Optional[Literal["paper", "strong", "none"]] = None
     """The crops' augmentation (augment.py; docs/method.md): ``paper`` (a random flip per axis and 90° turns in
     the axial plane, the paper's code), ``strong`` (nnU-Net v2's: rotation, scaling, noise, blur, brightness,
-    contrast, low resolution, gamma, flips) or ``none``."""
+    contrast, low resolution, gamma, flips) or ``none``. None: the method's own level, chosen by the rule of
+    docs/benchmarks.md (``strong`` for supervised, ``paper`` for every other method)."""
     augment_unlabeled: bool = True
     """The unlabeled crops get the same level; false: at most the paper's flips and turns (only the labeled
     crops change)."""

@@ -147,7 +147,7 @@ DATASET_SETTINGS: Dict[str, Dict[str, object]] = {
 }
 
 METHODS: Dict[str, Dict[str, object]] = {
-    "supervised": {"method": "supervised"},
+    "supervised": {"method": "supervised", "augmentation": "paper"},  # as the fair tables measured it
     "reference": {"method": "reference"},
     "mean-teacher": {"method": "mean-teacher"},
     "ua-mt": {"method": "ua-mt"},
@@ -533,6 +533,10 @@ def default_methods(default: Optional[TrainConfig] = None) -> List[str]:
     several such, the one that spells out the most of them (``ours`` sets only the method: after a default
     changes, the entry naming the new setting is the default's, and ``ours`` should then name the paper's)."""
     base = (default or TrainConfig()).to_dict()
+    if base.get("augmentation") is None:  # the method's own level
+        from SemiSupSegTraining.methods import method_class
+
+        base["augmentation"] = method_class(base["method"]).augmentation
     same = [m for m, settings in METHODS.items() if all(base.get(k) == v for k, v in settings.items())]
     most = max((len(METHODS[m]) for m in same), default=0)
     return [m for m in same if len(METHODS[m]) == most]

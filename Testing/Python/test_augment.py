@@ -149,12 +149,30 @@ def test_settings_old_and_new():
     assert TrainConfig.from_dict({"augment": True}).augmentation == "paper"
     assert TrainConfig.from_dict({"augment": False}).augmentation == "none"
     assert TrainConfig.from_dict({"augment": False, "augmentation": "strong"}).augmentation == "strong"
-    assert "augment" not in TrainConfig().to_dict() and TrainConfig().augmentation == "paper"
+    assert "augment" not in TrainConfig().to_dict() and TrainConfig().augmentation is None  # the method's own
     assert preset_config("demo", {"augmentation": "strong"}).to_dict()["augmentation"] == "strong"
     with pytest.raises(InputError, match="augmentation is 'heavy'; use one of paper, strong, none"):
         TrainConfig.from_dict({"augmentation": "heavy"})
     with pytest.raises(InputError, match="use one of none, paper, strong"):
         PatchSampler([], (16, 16, 16), np.random.default_rng(0), augmentation="heavy")
+
+
+def test_each_method_trains_at_its_own_level_unless_told(phantom_dataset):
+    """The rule of docs/benchmarks.md: labels alone at strong, every other method (the reference code's
+    training included) at the paper's level; the setting overrides it."""
+    from SemiSupSegTraining.data import load_training_cases
+    from SemiSupSegTraining.manifest import load_manifest
+
+    manifest = load_manifest(phantom_dataset["train"])
+    labeled, unlabeled = load_training_cases(manifest, "zscore", (-120.0, 240.0))
+    for method, setting, level in (("supervised", None, "strong"), ("reference", None, "paper"),
+                                   ("ours", None, "paper"), ("supervised", "paper", "paper"), ("ours", "none", "none")):
+        config = preset_config("tiny", {"device": "cpu", "method": method, "augmentation": setting})
+        trainer = training.Trainer(config, len(manifest.classes), labeled, unlabeled, torch.device("cpu"))
+        assert trainer.labeled.augmentation == level, (method, setting)
+        assert (trainer.prefetcher is not None) == (level == "strong")  # the batch thread on a CPU: for strong
+        if trainer.prefetcher is not None:
+            trainer.prefetcher.close()
 
 
 # ------------------------------------------------------------------------------------ exact resume
