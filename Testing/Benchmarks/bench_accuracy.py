@@ -43,7 +43,10 @@ Data (the split is fixed: data seed 0; the seeds change network initialisation a
 Each dataset has 20 training cases, of which the first 2 (10 %) or 4 (20 %) are labeled and the rest
 unlabeled, and 8 separate test cases. Methods:
 
-* ``supervised``: both networks on the labeled crops only (``method="supervised"``);
+* ``supervised``: both networks on the labeled crops only (``method="supervised"``), at the paper's augmentation
+  as every fair table measured it; ``supervised-strong``: at ``strong``, labels alone's default since the
+  augmentation rule (docs/benchmarks.md); ``ours-strong`` / ``ours-strong-all``: ours with the labeled crops,
+  or all crops, at ``strong``;
 * ``reference``: what the released reference code trains (``method="reference"``): supervised losses plus
   its labeled-data correction; its unlabeled terms carry no gradient, so it uses no unlabeled data;
 * ``ours``: the paper's method with gradient through every term (``method="ours"``);
