@@ -265,6 +265,8 @@ class TrainConfig:
         from .methods import method_class
 
         method_class(self.method).check(self)
+        if self.augmentation is None:  # the method's own level, so that run folders and model files record it
+            self.augmentation = method_class(self.method).augmentation
         from .geometry import parse_target_spacing
 
         parsed = parse_target_spacing(self.target_spacing)  # "0.7,0.7,2" from --set becomes [0.7, 0.7, 2.0]

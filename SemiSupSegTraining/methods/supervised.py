@@ -49,5 +49,6 @@ class Supervised(Method):
 
 class Reference(Supervised):
     augmentation = "paper"  # what the released reference code trains with
+
     def extra_terms(self, logits_a, logits_b, labels):
         return {"correction": reference_correction(logits_a, logits_b, labels)}

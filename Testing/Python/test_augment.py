@@ -168,6 +168,7 @@ def test_each_method_trains_at_its_own_level_unless_told(phantom_dataset):
     for method, setting, level in (("supervised", None, "strong"), ("reference", None, "paper"),
                                    ("ours", None, "paper"), ("supervised", "paper", "paper"), ("ours", "none", "none")):
         config = preset_config("tiny", {"device": "cpu", "method": method, "augmentation": setting})
+        assert config.augmentation == level  # resolved: the run folder and the model file record the level
         trainer = training.Trainer(config, len(manifest.classes), labeled, unlabeled, torch.device("cpu"))
         assert trainer.labeled.augmentation == level, (method, setting)
         assert (trainer.prefetcher is not None) == (level == "strong")  # the batch thread on a CPU: for strong
