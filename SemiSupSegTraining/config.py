@@ -57,8 +57,14 @@ class TrainConfig:
     """Unlabeled crops per iteration, after the labeled ones (methods that learn from unlabeled cases)."""
     foreground_fraction: float = 0.5
     """Share of the labeled crops centred on a foreground voxel; the rest are uniform."""
-    augment: bool = True
-    """Random flips and 90° rotations in the axial plane."""
+    augmentation: Optional[Literal["paper", "strong", "none"]] = None
+    """The crops' augmentation (augment.py; docs/method.md): ``paper`` (a random flip per axis and 90° turns in
+    the axial plane, the paper's code), ``strong`` (nnU-Net v2's: rotation, scaling, noise, blur, brightness,
+    contrast, low resolution, gamma, flips) or ``none``. None: the method's own level, chosen by the rule of
+    docs/benchmarks.md (``strong`` for supervised, ``paper`` for every other method)."""
+    augment_unlabeled: bool = True
+    """The unlabeled crops get the same level; false: at most the paper's flips and turns (only the labeled
+    crops change)."""
     normalization: Optional[Literal["zscore", "window"]] = None
     """Intensity normalisation; None: from the manifest's modality (``zscore`` for MRI, ``window`` for CT)."""
     ct_window: Tuple[float, float] = (-120.0, 240.0)
@@ -209,7 +215,8 @@ class TrainConfig:
     cudnn_benchmark: bool = True
     """CUDA only: cuDNN's autotuner for the fixed crop shape."""
     prefetch: Union[bool, Literal["auto"]] = "auto"
-    """The next batch drawn into pinned memory on a background thread (``auto``: on CUDA)."""
+    """The next batch drawn into pinned memory on a background thread (``auto``: on CUDA, and on CPUs with the
+    strong augmentation, whose resampling then overlaps the step)."""
     checkpoint_every: int = 500
     """A checkpoint every this many iterations ..."""
     checkpoint_minutes: float = 10.0
@@ -223,6 +230,9 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, data: Dict[str, Any]) -> "TrainConfig":
         known = {f.name: f for f in dataclasses.fields(cls)}
+        if "augment" in data:  # earlier versions' switch: true was today's paper level
+            data = dict(data)
+            data.setdefault("augmentation", "paper" if data.pop("augment") else "none")
         data = {k: v for k, v in data.items() if k not in REMOVED_SETTINGS}  # older run folders and model files
         unknown = sorted(set(data) - set(known))
         if unknown:
@@ -255,6 +265,8 @@ class TrainConfig:
         from .methods import method_class
 
         method_class(self.method).check(self)
+        if self.augmentation is None:  # the method's own level, so that run folders and model files record it
+            self.augmentation = method_class(self.method).augmentation
         from .geometry import parse_target_spacing
 
         parsed = parse_target_spacing(self.target_spacing)  # "0.7,0.7,2" from --set becomes [0.7, 0.7, 2.0]

@@ -7,6 +7,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from .augment import LEVELS, paper_augment, StrongAugmentation
 from .errors import InputError
 from .fileio import read_image, read_label
 from .geometry import Geometry, normalize, to_canonical
@@ -73,14 +74,18 @@ class PatchSampler:
     Labeled crops are centred on a voxel of a random foreground class with probability
     ``foreground_fraction`` (classes drawn uniformly, so small structures are seen as often as large ones);
     other crops are uniform. Volumes smaller than a crop are padded (image with its minimum, label with 0).
+    ``augmentation``: one of :data:`augment.LEVELS`.
     """
 
     def __init__(self, cases: List[Case], patch_zyx: Tuple[int, int, int], rng: np.random.Generator,
-                 foreground_fraction: float = 0.5, augment: bool = False):
+                 foreground_fraction: float = 0.5, augmentation: str = "none"):
+        if augmentation not in LEVELS:
+            raise InputError(f"augmentation is {augmentation!r}; use one of {', '.join(LEVELS)}.")
         self.patch = tuple(int(p) for p in patch_zyx)
         self.rng = rng
         self.foreground_fraction = foreground_fraction
-        self.augment = augment
+        self.augmentation = augmentation
+        self.strong = StrongAugmentation(self.patch) if augmentation == "strong" else None
         self.images, self.labels, self.class_voxels = [], [], []
         for case in cases:
             image, label = self._pad(case.image, case.label)
@@ -126,25 +131,38 @@ class PatchSampler:
         for _ in range(count):
             i = int(self.rng.integers(len(self.images)))
             fg = self.labels[i] is not None and self.rng.random() < self.foreground_fraction
-            z, y, x = self._corner(i, fg)
-            window = (slice(z, z + self.patch[0]), slice(y, y + self.patch[1]), slice(x, x + self.patch[2]))
-            image = self.images[i][window]
-            label = self.labels[i][window] if self.labels[i] is not None else None
-            if self.augment:
-                image, label = self._augment(image, label)
+            corner = self._corner(i, fg)
+            if self.strong is not None:
+                image, label = self._strong_crop(i, corner)
+            else:
+                window = tuple(slice(c, c + p) for c, p in zip(corner, self.patch))
+                image = self.images[i][window]
+                label = self.labels[i][window] if self.labels[i] is not None else None
+                if self.augmentation == "paper":
+                    image, label = paper_augment(image, label, self.rng)
             images.append(np.ascontiguousarray(image))
             if label is not None:
                 labels.append(np.ascontiguousarray(label))
         stacked_labels = np.stack(labels).astype(np.int64) if len(labels) == count else None
         return np.stack(images)[:, None], stacked_labels
 
-    def _augment(self, image, label):
-        for axis in range(3):
-            if self.rng.random() < 0.5:
-                image = np.flip(image, axis)
-                label = np.flip(label, axis) if label is not None else None
-        if self.patch[1] == self.patch[2]:  # 90° turns in the axial plane keep a square crop's shape
-            turns = int(self.rng.integers(4))
-            image = np.rot90(image, turns, axes=(1, 2))
-            label = np.rot90(label, turns, axes=(1, 2)) if label is not None else None
-        return image, label
+    def _strong_crop(self, index: int, corner: Tuple[int, ...]):
+        """The crop at ``corner`` through :class:`StrongAugmentation`: a window large enough for the drawn
+        rotation and scaling is cut around it (moved inside the volume where the volume is large enough, so
+        that no padding enters the field of view; edge voxels repeated only where the volume is smaller than
+        the window), then resampled to the crop."""
+        affine, window = self.strong.draw_spatial(self.rng)
+        image, label = self.images[index], self.labels[index]
+        slices, pads = [], []
+        for c, p, w, s in zip(corner, self.patch, window, image.shape):
+            start = c - (w - p) // 2
+            if w <= s:
+                start = min(max(start, 0), s - w)
+            slices.append(slice(max(start, 0), min(start + w, s)))
+            pads.append((max(0, -start), max(0, start + w - s)))
+        image = image[tuple(slices)]
+        label = label[tuple(slices)] if label is not None else None
+        if any(a or b for a, b in pads):
+            image = np.pad(image, pads, mode="edge")
+            label = np.pad(label, pads, mode="edge") if label is not None else None
+        return self.strong.apply(image, label, affine, self.rng)

@@ -17,6 +17,7 @@ import torch
 
 from . import distributed, fileio, geometry, gpu, methods
 from .config import DEFAULT_PRESET, TrainConfig, preset_config, with_run_settings, zyx
+from .augment import unlabeled_level
 from .data import load_training_cases, PatchSampler
 from .geometry import normalization_for
 from .devices import autocast, autocast_dtype, memory_format, precision_name, select_device
@@ -96,11 +97,14 @@ class Trainer:
         # fp16 needs loss scaling; bf16 and fp32 do not.
         self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
         patch = zyx(config.patch_size)
-        self.labeled = PatchSampler(labeled, patch, self.rng, config.foreground_fraction, config.augment)
-        self.unlabeled = (PatchSampler(unlabeled, patch, self.rng, 0.0, config.augment)
+        level = config.augmentation or self.method.augmentation
+        self.labeled = PatchSampler(labeled, patch, self.rng, config.foreground_fraction, level)
+        self.unlabeled = (PatchSampler(unlabeled, patch, self.rng, 0.0, unlabeled_level(level, config.augment_unlabeled))
                           if unlabeled and config.batch_unlabeled > 0 and self.method.uses_unlabeled else None)
         self.iteration = 0
-        use_thread = config.prefetch is True or (config.prefetch == "auto" and device.type == "cuda")
+        # "auto": also on CPUs for the strong augmentation, whose resampling then overlaps the step.
+        use_thread = config.prefetch is True or (config.prefetch == "auto" and (
+            device.type == "cuda" or level == "strong"))
         self.prefetcher = (Prefetcher(self._host_batch, self.rng, gpu.thread_device_setup(device)) if use_thread
                            else None)
         self._replicate()

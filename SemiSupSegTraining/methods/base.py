@@ -58,6 +58,8 @@ class Method:
     #: Whether the networks drop out their last decoder features too, as the authors' V-Net (the setting
     #: ``decoder_dropout`` overrides it).
     decoder_dropout: bool = False
+    #: The crops' augmentation level when the setting ``augmentation`` is None (docs/benchmarks.md's rule).
+    augmentation: str = "paper"
     #: Whether the batch holds unlabeled crops (``batch_unlabeled`` of them) after the labeled ones.
     uses_unlabeled: bool = True
 

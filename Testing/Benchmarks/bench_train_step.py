@@ -33,12 +33,23 @@ per child)::
 Validation run (48×48×32 crops, 8 base filters, two timed steps; about a minute)::
 
     python Testing/Benchmarks/bench_train_step.py --quick
+
+The augmentation levels (``augment.py``): ``--levels paper,none,strong`` also times ``--level-method`` (ours,
+or e.g. supervised) at each of those levels (``ours`` itself is ours at the default, ``paper``); ``draw`` is
+the cost of drawing one batch on its own (``Trainer._host_batch``), which the batch thread overlaps with the
+step where a core is free; the CPU seconds per step (every thread, and the step's own thread) are beside the
+wall time, which on a busy machine measures the other jobs too::
+
+    python Testing/Benchmarks/bench_train_step.py --quick --threads 1 --levels none,strong --steps 12
+    python Testing/Benchmarks/bench_train_step.py --quick --threads 1 --levels paper,strong \
+        --level-method supervised --steps 12
 """
 
 import argparse
 import math
 import os
 import sys
+import time
 from typing import Any, Dict, Optional, Sequence
 
 import numpy as np
@@ -179,14 +190,17 @@ def child_step(task: Dict[str, Any]) -> Dict[str, Any]:
 
     device = task["device"]
     procedure = task["procedure"]
-    if procedure.startswith("ours") and procedure != "ours-default-allocator":
+    if procedure != "reference" and procedure != "ours-default-allocator":
         keep_freed_memory()  # as the engine's command line does
     manifest = load_manifest(task["manifest"])
     config = preset_config("paper", dict({"patch_size": task["patch"], "base_filters": task["base_filters"],
                                           "resnet_blocks": task["resnet_blocks"], "device": device, "seed": 0,
                                           "sequential_backward": task.get("sequential_backward",
                                                                           procedure != "ours-joint"),
-                                          "amp": task.get("amp", "auto")}, **task.get("overrides", {})))
+                                          "amp": task.get("amp", "auto"),
+                                          "augmentation": task.get("augmentation", "paper"),
+                                          "method": task.get("method", "ours")},
+                                         **task.get("overrides", {})))
     labeled, unlabeled = load_training_cases(manifest, normalization_for(manifest.modality, config.normalization),
                                              config.ct_window)
     trainer = Trainer(config, len(manifest.classes), labeled, unlabeled, torch.device(device))
@@ -213,14 +227,23 @@ def child_step(task: Dict[str, Any]) -> Dict[str, Any]:
             last = trainer.step()
 
     warm = benchlib.timed(step, task["warmup"], sync) if task["warmup"] else {"times_s": []}
+    # CPU seconds as well as wall time: on a machine that other jobs keep busy, wall time measures them too.
+    cpu_before, thread_before = time.process_time(), time.thread_time()
     run = benchlib.timed(step, task["steps"], sync)
+    run["cpu_s_per_step"] = round((time.process_time() - cpu_before) / task["steps"], 4)          # every thread
+    run["main_thread_cpu_s_per_step"] = round((time.thread_time() - thread_before) / task["steps"], 4)
     run.pop("result")
     data = benchlib.timed(trainer.next_batch, task["data_samples"], sync)
     data.pop("result")
+    if trainer.prefetcher is not None:
+        trainer.prefetcher.reset()  # the thread's pending draw done: the generator is free for this one
+    draw = benchlib.timed(trainer._host_batch, task["data_samples"], sync)
+    draw.pop("result")
     values = {k: float(v) for k, v in last.items()}
     if trainer.prefetcher is not None:  # its thread holds the trainer: the next child_step here needs the memory
         trainer.prefetcher.close()
     return {"procedure": procedure, "backward": "sequential" if trainer.sequential_backward else "joint", "warmup_times_s": warm["times_s"], "step": run, "data": data,
+            "draw": draw, "augmentation": config.augmentation, "batch_thread": trainer.prefetcher is not None,
             "precision": "float32" if trainer.amp_dtype is None or procedure == "reference"
             else str(trainer.amp_dtype).replace("torch.", ""),
             "last_losses": {k: round(v, 5) for k, v in values.items()},
@@ -248,6 +271,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--with-bf16", action="store_true",
                    help="also time ours with bf16 autocast forced on (the engine keeps CPU training in fp32)")
     p.add_argument("--threads", type=int, help="torch threads in each child (default: torch's choice)")
+    p.add_argument("--levels", default="", help="also time --level-method with these augmentation levels, e.g. "
+                                                "none,strong (ours itself: paper)")
+    p.add_argument("--level-method", default="ours", help="the method --levels times (default ours)")
     p.add_argument("--child", help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
@@ -264,6 +290,12 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     return benchlib.run_and_report("bench-train-step", run_all, format_report, args, settings)
 
 
+def level_settings(procedure: str) -> Dict[str, str]:
+    """``METHOD-aug-LEVEL`` (``--levels``): that method and augmentation level; others: ours at ``paper``."""
+    method, _, level = procedure.partition("-aug-")
+    return {"method": method, "augmentation": level} if level else {"method": "ours", "augmentation": "paper"}
+
+
 def run_all(args, settings: Dict[str, Any], machine: Dict[str, Any], work: str) -> Dict[str, Any]:
     from SemiSupSegTraining.phantoms import write_phantom_dataset
 
@@ -272,7 +304,8 @@ def run_all(args, settings: Dict[str, Any], machine: Dict[str, Any], work: str) 
     manifest, _ = write_phantom_dataset(os.path.join(work, "data"), labeled=2, unlabeled=2, test=0, seed=5,
                                         shape_zyx=shape[::-1])
     procedures = (["reference", "ours"] + (["ours-joint", "ours-default-allocator"] if args.ablation else [])
-                  + (["ours-bf16"] if args.with_bf16 else []))
+                  + (["ours-bf16"] if args.with_bf16 else [])
+                  + [f"{args.level_method}-aug-{level}" for level in args.levels.split(",") if level])
     results = {}
     for procedure in procedures:
         log(f"{procedure}: {settings['warmup']} warm-up + {settings['steps']} timed steps")
@@ -280,7 +313,8 @@ def run_all(args, settings: Dict[str, Any], machine: Dict[str, Any], work: str) 
             "kind": "step", "procedure": procedure, "device": args.device, "threads": args.threads,
             "manifest": manifest, "patch": list(settings["patch"]), "base_filters": settings["base_filters"],
             "resnet_blocks": list(settings["resnet_blocks"]), "warmup": settings["warmup"],
-            "steps": settings["steps"], "data_samples": settings["data_samples"]}, work)
+            "steps": settings["steps"], "data_samples": settings["data_samples"],
+            **level_settings(procedure)}, work)
         log(f"{procedure}: {results[procedure]['step']['median_s']} s per step")
     ref, ours = results["reference"], results["ours"]
     speedup = ref["step"]["median_s"] / ours["step"]["median_s"]
@@ -313,7 +347,8 @@ def format_report(r: Dict[str, Any]) -> str:
              "ours": "ours: Trainer.step, all terms with gradient",
              "ours-joint": "ours with the joint backward (sequential_backward=false)",
              "ours-default-allocator": "ours with glibc's default allocator settings",
-             "ours-bf16": "ours with bf16 autocast forced (experiment)"}
+             "ours-bf16": "ours with bf16 autocast forced (experiment)",
+             **{key: "{}, augmentation {}".format(*key.split("-aug-")) for key in r["results"] if "-aug-" in key}}
     ref = r["results"]["reference"]
     rows = []
     cuda = r["device"].startswith("cuda")
@@ -321,14 +356,17 @@ def format_report(r: Dict[str, Any]) -> str:
         step, data = res["step"]["median_s"], res["data"]["median_s"]
         mem = res["memory"]
         row = [names[key], res["precision"], f(step, 3), f(ref["step"]["median_s"] / step),
-               f(data, 3), f"{100.0 * data / step:.1f}%", f(step - data, 3), f(mem["peak_rss_mib"], 0),
+               f(data, 3), f"{100.0 * data / step:.1f}%", f(step - data, 3),
+               f(res["draw"]["median_s"], 3) if "draw" in res else "n/a", f(res["step"].get("cpu_s_per_step"), 3),
+               f(res["step"].get("main_thread_cpu_s_per_step"), 3), f(mem["peak_rss_mib"], 0),
                f(mem["peak_rss_mib"] - mem["rss_before_mib"], 0) if mem.get("rss_before_mib") else "n/a",
                "yes" if res["finite"] else "**NO**"]
         if cuda:
             row.append(f(mem["cuda_peak_mib"], 0))
         rows.append(row)
     headers = ["procedure", "precision", "step s", "speed-up vs reference", "data s (next_batch)",
-               "data / step", "compute s", "peak RSS MiB", "RSS added MiB", "losses finite"]
+               "data / step", "compute s", "draw s (one batch)", "CPU s / step", "main thread CPU s / step",
+               "peak RSS MiB", "RSS added MiB", "losses finite"]
     if cuda:
         headers.append("CUDA peak MiB")
     lines += [benchlib.markdown_table(headers, rows), ""]

@@ -109,12 +109,15 @@ method it tests, and expect per-seed differences of several points.
 """
 
 
-def load(name: str, results: str) -> Optional[dict]:
-    path = os.path.join(results, f"accuracy-{name}.json")
+def load_json(path: str) -> Optional[dict]:
     if not os.path.exists(path):
         return None
     with open(path, encoding="utf-8") as f:
         return json.load(f)
+
+
+def load(name: str, results: str) -> Optional[dict]:
+    return load_json(os.path.join(results, f"accuracy-{name}.json"))
 
 
 def _signed(value: float) -> str:
@@ -195,7 +198,42 @@ def default_section(summaries: List[dict]) -> str:
         table, "",
         f"The rule's default: **{LABELS.get(default, default)}** (`--set method={default}`). The paper's "
         "method is one setting away (`--set method=ours`); when to choose it: "
-        "[Which method?](../README.md#which-method)."])
+        "[Which method?](../README.md#which-method). The tables above measured every method at the `paper` "
+        "augmentation level; labels alone now trains at `strong` (next section)."])
+
+
+def _paired(per_seed: Dict[str, dict], variant: str, base: str) -> str:
+    if variant not in per_seed or base not in per_seed:
+        return "not run"
+    seeds = sorted(set(per_seed[variant]) & set(per_seed[base]), key=int)
+    gains = [per_seed[variant][k]["dice"] - per_seed[base][k]["dice"] for k in seeds]
+    mean = sum(gains) / len(gains)
+    std = (sum((g - mean) ** 2 for g in gains) / max(len(gains) - 1, 1)) ** 0.5
+    return f"{_signed(mean)} ± {std:.1f} ({', '.join(_signed(g) for g in gains)})"
+
+
+def augmentation_section(results: str) -> str:
+    summary = load_json(os.path.join(results, "augmentation-headroom.json"))
+    if summary is None:
+        return ""
+    per_seed, levels = summary["per_seed"], {m: v["level"] for m, v in summary["methods"].items()}
+    rows = ["| method, variant | headroom: strong − paper | phantoms: strong − paper | level |", "|---|---|---|---|"]
+    for variant in sorted(per_seed["headroom"]):
+        base = variant.split("-strong")[0]
+        if variant == base:
+            continue
+        chosen = summary["methods"].get(base, {}).get("strong_variant") == variant
+        level = f"**{levels[base]}**" if chosen else "not judged (run after the rule chose)"
+        label = LABELS.get(base, base) + (", every crop" if variant.endswith("-all") else
+                                          ", labeled crops" if base != "supervised" else "")
+        rows.append(f"| {label} | {_paired(per_seed['headroom'], variant, base)} | "
+                    f"{_paired(per_seed.get('phantoms', {}), variant, base)} | {level} |")
+    return "\n".join([
+        "## Augmentation: the level each method trains at", "",
+        "`augmentation=strong` (nnU-Net's transforms, [method.md](method.md#augmentation)) against `paper`, "
+        "Dice points paired by seed 0-2, both levels trained on one machine (" + summary["machine"] + "); the "
+        "rule, fixed before the runs (`choose_augmentation.py`): strong when it gains on headroom and phantoms "
+        "and loses nowhere by more than 0.5 (`results/augmentation-headroom.json`):", "", *rows])
 
 
 def suggest_table(results: str) -> str:
@@ -218,6 +256,7 @@ def page(results: str = RESULTS) -> str:
     sections = [HEAD, "\n".join(intro)] + [benchmark_section(n, t, summaries[n]) for n, t in present]
     if len(present) == len(BENCHMARKS):
         sections.append(default_section([summaries[n] for n, _ in BENCHMARKS]))
+    sections.append(augmentation_section(results))
     commands = "\n".join(summaries[n]["command"].replace(" --report-only", "") for n, _ in present)
     sections.append(TAIL.format(suggest=suggest_table(results), commands=commands))
     return "\n\n".join(s.strip("\n") for s in sections) + "\n"

@@ -19,8 +19,8 @@ def _result(method, seed, dice):
     return {"dataset": "phantoms", "fraction": 0.1, "method": method, "seed": seed, "run": run}
 
 
-RESULTS = [_result(m, s, d) for m, d in (("supervised", 0.8), ("ours", 0.9), ("ours-confidence-0.9", 0.85))
-           for s in (0, 1)]
+RESULTS = [_result(m, s, d) for m, d in (("supervised", 0.8), ("supervised-strong", 0.82), ("ours", 0.9),
+                                        ("ours-confidence-0.9", 0.85)) for s in (0, 1)]
 
 
 def _marked(summary):
@@ -29,7 +29,9 @@ def _marked(summary):
 
 def test_the_summary_marks_the_method_that_trains_the_default_configuration():
     summary = bench_accuracy.benchmark_summary("phantoms", RESULTS, {}, "cmd")
-    assert _marked(summary) == ["supervised"]  # TrainConfig's default method: labels alone (choose_default.py's rule)
+    # TrainConfig's default method: labels alone (choose_default.py's rule), at its own level: strong (the
+    # augmentation rule)
+    assert _marked(summary) == ["supervised-strong"]
     assert "default" not in summary["fractions"]["10pct"]["methods"]["ours-confidence-0.9"]
 
 
@@ -46,7 +48,7 @@ def test_mark_default_rewrites_a_committed_summary(tmp_path):
     path = tmp_path / "accuracy-phantoms.json"
     path.write_text(json.dumps(summary))
     assert bench_accuracy.main(["--mark-default", str(path)]) == 0
-    assert _marked(json.loads(path.read_text())) == ["supervised"]
+    assert _marked(json.loads(path.read_text())) == ["supervised-strong"]
 
 
 def test_every_named_variant_is_a_valid_configuration_with_a_label():

@@ -523,7 +523,7 @@ def test_augmentation_keeps_image_and_label_aligned():
     rng = np.random.default_rng(0)
     image = np.random.default_rng(5).normal(size=(24, 40, 40)).astype(np.float32)
     label = (image > 0.8).astype(np.uint8)
-    sampler = PatchSampler([_case(image, label)], (16, 32, 32), rng, foreground_fraction=0.5, augment=True)
+    sampler = PatchSampler([_case(image, label)], (16, 32, 32), rng, foreground_fraction=0.5, augmentation="paper")
     for _ in range(25):
         images, labels = sampler.sample(2)
         np.testing.assert_array_equal(labels, (images[:, 0] > 0.8).astype(np.int64))
@@ -541,10 +541,32 @@ def test_augmentation_keeps_image_and_label_aligned():
     assert turned > 0
 
 
+def test_paper_augmentation_is_the_crops_it_always_drew():
+    """The paper's level, frozen: these three crops (values = voxel indices, so each shows where it was cut
+    and how it was flipped and turned) and the generator's next draw are what version 0.1's ``augment=True``
+    drew with this seed; a change to the paper's level or to the number of draws shows here."""
+    image = np.arange(4 * 6 * 6, dtype=np.float32).reshape(4, 6, 6)
+    label = (np.arange(4 * 6 * 6).reshape(4, 6, 6) % 3).astype(np.uint8)
+    rng = np.random.default_rng(7)
+    sampler = PatchSampler([_case(image, label)], (2, 4, 4), rng, foreground_fraction=0.5, augmentation="paper")
+    images, labels = sampler.sample(3)
+    expected = [
+        [[[121, 127, 133, 139], [122, 128, 134, 140], [123, 129, 135, 141], [124, 130, 136, 142]],
+         [[85, 91, 97, 103], [86, 92, 98, 104], [87, 93, 99, 105], [88, 94, 100, 106]]],
+        [[[92, 86, 80, 74], [93, 87, 81, 75], [94, 88, 82, 76], [95, 89, 83, 77]],
+         [[128, 122, 116, 110], [129, 123, 117, 111], [130, 124, 118, 112], [131, 125, 119, 113]]],
+        [[[89, 95, 101, 107], [88, 94, 100, 106], [87, 93, 99, 105], [86, 92, 98, 104]],
+         [[125, 131, 137, 143], [124, 130, 136, 142], [123, 129, 135, 141], [122, 128, 134, 140]]],
+    ]
+    np.testing.assert_array_equal(images[:, 0], np.array(expected, np.float32))
+    np.testing.assert_array_equal(labels, np.array(expected) % 3)
+    assert int(rng.integers(10 ** 6)) == 807663
+
+
 def test_augmentation_with_rectangular_patches_keeps_the_shape():
     image = np.random.default_rng(3).normal(size=(20, 24, 40)).astype(np.float32)
     label = (image > 0.5).astype(np.uint8)
-    sampler = PatchSampler([_case(image, label)], (16, 16, 32), np.random.default_rng(0), augment=True)
+    sampler = PatchSampler([_case(image, label)], (16, 16, 32), np.random.default_rng(0), augmentation="paper")
     for _ in range(10):
         images, labels = sampler.sample(2)
         assert images.shape == (2, 1, 16, 16, 32)

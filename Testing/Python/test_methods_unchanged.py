@@ -28,7 +28,7 @@ RUNS = {
     "ours-joint": {"method": "ours", "sequential_backward": False},
     "ours-cross": {"method": "ours", "pseudo_label": "cross"},
     "ours-ensemble-negatives": {"method": "ours", "pseudo_label": "ensemble", "contrastive_pull": "negatives"},
-    "supervised": {"method": "supervised"},
+    "supervised": {"method": "supervised", "augmentation": "paper"},  # recorded before its default became strong
     "reference": {"method": "reference"},
     "mean-teacher": {"method": "mean-teacher"},
     "ua-mt": {"method": "ua-mt"},
