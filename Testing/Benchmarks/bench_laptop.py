@@ -34,6 +34,7 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import headline  # noqa: E402
 from benchlib import ROOT, machine_info  # noqa: E402
 
 REALISTIC_SIZE = (576, 576, 88)             # x, y, z voxels
@@ -242,13 +243,8 @@ def table(results: Dict[str, Any]) -> str:
                               f"{done[0]['iterations'] if done else 1500}", "```"])
 
 
-def replace_block(text: str, block: str) -> str:
-    start, end = text.index(START) + len(START), text.index(END)
-    return text[:start] + "\n" + block + "\n" + text[end:]
-
-
 def current_block(text: str) -> str:
-    return text[text.index(START) + len(START):text.index(END)].strip("\n")
+    return headline.current_block(text, (START, END))
 
 
 def main() -> None:
@@ -270,7 +266,7 @@ def main() -> None:
         with open(args.json, encoding="utf-8") as f:
             block = table(json.load(f))
         with open(args.write, encoding="utf-8") as f:
-            text = replace_block(f.read(), block)
+            text = headline.replace_block(f.read(), block, (START, END))
         with open(args.write, "w", encoding="utf-8") as f:
             f.write(text)
         return

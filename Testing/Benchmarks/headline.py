@@ -48,13 +48,14 @@ def table(results: str = RESULTS) -> str:
     return "\n".join(rows)
 
 
-def replace_block(text: str, block: str) -> str:
-    start, end = text.index(START) + len(START), text.index(END)
+def replace_block(text: str, block: str, markers: tuple = (START, END)) -> str:
+    """``text`` with what lies between the two marker comments replaced by ``block``."""
+    start, end = text.index(markers[0]) + len(markers[0]), text.index(markers[1])
     return text[:start] + "\n" + block + "\n" + text[end:]
 
 
-def current_block(text: str) -> str:
-    return text[text.index(START) + len(START):text.index(END)].strip("\n")
+def current_block(text: str, markers: tuple = (START, END)) -> str:
+    return text[text.index(markers[0]) + len(markers[0]):text.index(markers[1])].strip("\n")
 
 
 def main() -> None:
