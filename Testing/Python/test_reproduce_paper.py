@@ -71,7 +71,8 @@ def test_reproduction_runs_folds_by_seeds_and_reports_the_papers_units(tmp_path,
         assert run["mean"]["dice"] == pytest.approx(np.mean([c["classes"]["left atrium"]["dice"] for c in cases]))
     dice = [100 * r["mean"]["dice"] for r in results["runs"]]
     assert results["table"]["dice"]["mean"] == pytest.approx(np.mean(dice))
-    table = open(os.path.join(output, "table.md")).read()
+    with open(os.path.join(output, "table.md"), encoding="utf-8") as f:
+        table = f.read()
     assert "| the paper | 89.10 ± 0.012 | 81.62 ± 0.024 | 6.30 ± 0.85 | 1.80 ± 0.02 |" in table
     assert "95HD vox" in table and table.rstrip().endswith("| 2 |")
 
