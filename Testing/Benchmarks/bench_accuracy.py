@@ -187,6 +187,14 @@ METHODS: Dict[str, Dict[str, object]] = {
     "supervised-strong": {"method": "supervised", "augmentation": "strong"},
     "ours-strong": {"method": "ours", "augmentation": "strong", "augment_unlabeled": False},
     "ours-strong-all": {"method": "ours", "augmentation": "strong", "augment_unlabeled": True},
+    # The baselines at strong on every crop (their authors' code puts labeled and unlabeled crops through one
+    # pipeline), and without the intensity views of the unlabeled crops (their authors' code has none).
+    "ua-mt-strong-all": {"method": "ua-mt", "augmentation": "strong", "augment_unlabeled": True},
+    "cps-strong-all": {"method": "cps", "augmentation": "strong", "augment_unlabeled": True},
+    "bcp-strong-all": {"method": "bcp", "augmentation": "strong", "augment_unlabeled": True},
+    "ua-mt-no-views": {"method": "ua-mt", "unlabeled_views": False},
+    "cps-no-views": {"method": "cps", "unlabeled_views": False},
+    "bcp-no-views": {"method": "bcp", "unlabeled_views": False},
 }
 METHOD_LABELS = {
     "supervised": "supervised only",
@@ -219,6 +227,12 @@ METHOD_LABELS = {
     "supervised-strong": "supervised only, strong (nnU-Net) augmentation",
     "ours-strong": "ours, strong augmentation of the labeled crops (unlabeled: the paper's flips and turns)",
     "ours-strong-all": "ours, strong augmentation of the labeled and the unlabeled crops",
+    "ua-mt-strong-all": "UA-MT, strong augmentation of every crop",
+    "cps-strong-all": "CPS, strong augmentation of every crop",
+    "bcp-strong-all": "BCP, strong augmentation of every crop",
+    "ua-mt-no-views": "UA-MT without the intensity views (as its authors' code)",
+    "cps-no-views": "CPS without the intensity views (as its authors' code)",
+    "bcp-no-views": "BCP without the intensity views (as its authors' code)",
 }
 DATASET_LABELS = {
     "phantoms": "synthetic phantoms (left-atrium-like, binary, 1 mm)",
