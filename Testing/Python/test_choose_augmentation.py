@@ -56,3 +56,13 @@ def test_a_loss_decides_before_the_missing_benchmarks():
     decision = choose_augmentation.summarise(headroom_only)["methods"]["ours"]
     assert decision["paired_dice_gain"]["headroom"]["mean"] == -0.67
     assert decision["level"] == "paper" and decision["why"] == "loses more than 0.5 on headroom"
+
+
+def test_a_baseline_that_gains_nothing_on_headroom_is_decided_without_the_phantoms():
+    # ua-mt: −0.2, +0.1, −0.2 → −0.1: no gain (not a loss beyond 0.5), decisive although phantoms are missing
+    headroom_only = _runs("headroom", {"ua-mt": [70, 71, 72], "ua-mt-strong-all": [69.8, 71.1, 71.8],
+                                       "cps": [66, 66, 66], "cps-strong-all": [67, 67, 67]})
+    methods = choose_augmentation.summarise(headroom_only)["methods"]
+    assert methods["ua-mt"]["strong_variant"] == "ua-mt-strong-all"
+    assert methods["ua-mt"]["level"] == "paper" and methods["ua-mt"]["why"] == "no gain on headroom"
+    assert methods["cps"]["level"] == "paper" and "not measured at 3 seeds on phantoms" in methods["cps"]["why"]
