@@ -14,6 +14,11 @@ The rule, fixed before the fair Colin27 table was measured:
 4. The default is the eligible candidate with the best mean rank; a tie goes to the larger mean gain over
    supervised-only (averaged over the benchmarks).
 
+``--levels results/augmentation-headroom.json`` applies the same rule with every method at its augmentation
+level (that file's choice per method): a method trained at ``strong`` is represented by its strong variant's
+entry (``supervised`` by ``supervised-strong``, which then is also the reference of step 3); a benchmark that
+lacks the variant has no entry for that method.
+
 The rule only reads summaries; it never looks at test cases itself, and which summaries it is given (the
 fair ones) is said in docs/benchmarks.md.
 """
@@ -37,6 +42,24 @@ def _gain(entry: dict, supervised: dict) -> float:
     if not seeds:
         raise ValueError("no seed in common with supervised-only")
     return sum(entry["seeds"][s]["dice"] - supervised["seeds"][s]["dice"] for s in seeds) / len(seeds)
+
+
+def at_levels(summary: dict, levels: Dict[str, str]) -> dict:
+    """``summary`` with each method's entry replaced by its variant's where ``levels`` names one ({method:
+    variant}); the variants' own entries removed (each is now its method's)."""
+    methods = dict(_methods(summary))
+    for method, variant in levels.items():
+        if variant in methods:
+            methods[method] = methods.pop(variant)
+        else:
+            methods.pop(method, None)
+    fractions = dict(summary["fractions"], **{FRACTION: dict(summary["fractions"][FRACTION], methods=methods)})
+    return dict(summary, fractions=fractions)
+
+
+def chosen_variants(augmentation: dict) -> Dict[str, str]:
+    """{method: its strong variant} for the methods that choose_augmentation's summary put at ``strong``."""
+    return {m: v["strong_variant"] for m, v in augmentation["methods"].items() if v["level"] == "strong"}
 
 
 def choose(summaries: Sequence[dict], min_seeds: int = 3) -> dict:
@@ -80,12 +103,19 @@ def main(argv: List[str]) -> int:
     parser.add_argument("summaries", nargs="+", help="accuracy-*.json summaries, one per benchmark")
     parser.add_argument("--min-seeds", type=int, default=3)
     parser.add_argument("--json", help="also write the choice here")
+    parser.add_argument("--levels", help="choose_augmentation's summary: every method at its augmentation level")
     args = parser.parse_args(argv)
     summaries = []
     for path in args.summaries:
         with open(path, encoding="utf-8") as f:
             summaries.append(json.load(f))
+    if args.levels:
+        with open(args.levels, encoding="utf-8") as f:
+            levels = chosen_variants(json.load(f))
+        summaries = [at_levels(s, levels) for s in summaries]
     choice = choose(summaries, args.min_seeds)
+    if args.levels:
+        choice["levels"] = levels
     print(report(choice))
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:

@@ -51,3 +51,25 @@ def test_a_tie_in_mean_rank_goes_to_the_larger_mean_gain_and_few_seeds_are_no_ca
     assert choice["candidates"]["a"]["mean_rank"] == choice["candidates"]["b"]["mean_rank"] == 1.5
     assert choice["default"] == "a"  # mean gain 10.5 against 6
     assert choose_default.choose([one, two], min_seeds=2)["default"] == "c"
+
+
+def test_at_levels_each_method_is_its_chosen_variant_and_labels_alone_at_its_level_is_the_reference():
+    # supervised at strong is 60 (not 50): ours' gains become +5 and +1, a's +2 and −1
+    one = _summary("one", {"supervised": [50, 50, 50], "supervised-strong": [60, 60, 60],
+                           "ours": [65, 65, 65], "a": [62, 62, 62], "a-strong-all": [40, 40, 40]})
+    two = _summary("two", {"supervised": [90, 90, 90], "supervised-strong": [91, 91, 91],
+                           "ours": [92, 92, 92], "a": [90, 90, 90]})
+    levels = choose_default.chosen_variants({"methods": {
+        "supervised": {"strong_variant": "supervised-strong", "level": "strong"},
+        "a": {"strong_variant": "a-strong-all", "level": "paper"}}})
+    assert levels == {"supervised": "supervised-strong"}
+    choice = choose_default.choose([choose_default.at_levels(s, levels) for s in (one, two)])
+    assert sorted(choice["candidates"]) == ["a", "ours", "supervised"]  # the variants are no candidates
+    assert choice["candidates"]["ours"]["gains"] == [5.0, 1.0]
+    assert choice["candidates"]["a"]["gains"] == [2.0, -1.0] and not choice["candidates"]["a"]["eligible"]
+    assert choice["candidates"]["supervised"]["dice"] == [60.0, 91.0]
+    assert choice["default"] == "ours"
+    # a benchmark without the variant has no entry for the method: it is then no candidate anywhere
+    three = _summary("three", {"supervised": [80, 80, 80], "ours": [85, 85, 85]})
+    with pytest.raises(ValueError):
+        choose_default.choose([choose_default.at_levels(s, levels) for s in (one, two, three)])
