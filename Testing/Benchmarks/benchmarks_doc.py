@@ -23,6 +23,11 @@ BENCHMARKS = (("headroom", "The benchmark with headroom"), ("phantoms", "The pha
 LABELS = {"supervised": "supervised only", "mean-teacher": "Mean Teacher", "ua-mt": "UA-MT", "cps": "CPS",
           "bcp": "BCP", "ours": "ours (the paper's method)", "ours-same-input": "ours, no intensity views",
           "ours-confidence-0.9": "ours, `reliable_confidence=0.9`",
+          "supervised-strong": "supervised only, `strong` augmentation", "ua-mt-no-views": "UA-MT, no intensity views",
+          "cps-no-views": "CPS, no intensity views", "bcp-no-views": "BCP, no intensity views",
+          "cps-hybrid": "CPS, the earlier hybrid (`cps-hybrid`)",
+          "ua-mt-bottleneck-dropout": "UA-MT, dropout at the bottleneck only (earlier)",
+          "bcp-short-pretraining": "BCP, 2/17 of the run as pre-training (earlier)",
           "all-labeled": "*supervised, all 20 labeled (the ceiling)*"}
 
 HEAD = """<!-- Made by Testing/Benchmarks/benchmarks_doc.py from Testing/Benchmarks/results/: do not edit by hand. -->
@@ -38,8 +43,8 @@ replaced: [CHANGELOG.md](../CHANGELOG.md).
 
 * **Labeled case**: a scan with its reference segmentation; **unlabeled**: a scan alone. Every benchmark
   has 20 training cases, the first 2 labeled (10 %), and separate test cases that no training sees.
-* **Seed**: the random seed of a training (initial weights, crops, augmentation). Every row is trained
-  with seeds 0, 1 and 2; **mean ± std** is over those three runs: the **seeds' spread**.
+* **Seed**: the random seed of a training (initial weights, crops, augmentation). Each row is trained
+  with the seeds its last column counts (0-4 or 0-2); **mean ± std** is over them: the **seeds' spread**.
 * **Paired by seed**: a difference between two methods taken seed by seed, then averaged (each seed's
   value in brackets). A difference smaller than its spread is not shown to be real.
 * **Dice** and **Jaccard**: overlap with the reference, % (100 = identical). **HD95**: the 95th
@@ -184,22 +189,35 @@ def benchmark_section(name: str, title: str, summary: dict) -> str:
     return "\n".join(lines)
 
 
-def default_section(summaries: List[dict]) -> str:
+def default_section(summaries: List[dict], results: str) -> str:
     choice = choose_default.choose(summaries)
     table = choose_default.report(choice).split("\n\n")[0]
     default = choice["default"]
-    return "\n".join([
+    lines = [
         "## How the default method was chosen", "",
         "The rule was fixed, as code (`Testing/Benchmarks/choose_default.py`), before the last fair table was "
         "measured: the candidates are the methods with 3 seeds on every benchmark (not the ceiling); each "
         "benchmark ranks them by mean Dice; a candidate is **eligible only if its gain over supervised only, "
         "paired by seed, is ≥ 0 on every benchmark**; the default is the eligible candidate with the best mean "
-        "rank. Supervised only is always eligible. Gains below are paired by seed:", "",
-        table, "",
-        f"The rule's default: **{LABELS.get(default, default)}** (`--set method={default}`). The paper's "
-        "method is one setting away (`--set method=ours`); when to choose it: "
-        "[Which method?](../README.md#which-method). The tables above measured every method at the `paper` "
-        "augmentation level; labels alone now trains at `strong` (next section)."])
+        "rank. Supervised only is always eligible. Every method at the `paper` augmentation level, gains paired "
+        "by seed:", "", table, "",
+        f"The rule's choice: **{LABELS.get(default, default)}** (`--set method={default}`)."]
+    augmentation = load_json(os.path.join(results, "augmentation-headroom.json"))
+    if augmentation is not None:
+        levels = choose_default.chosen_variants(augmentation)
+        at_levels = [choose_default.at_levels(s, levels) for s in summaries]
+        measured = [s for s in at_levels if "supervised" in choose_default._methods(s)]
+        if measured:
+            level_choice = choose_default.choose(measured)
+            names = ", ".join(s["benchmark"] for s in measured)
+            lines += ["", f"The same rule with every method at its augmentation level (next section; labels "
+                          f"alone at `strong` is then the reference), on the benchmarks measured at those "
+                          f"levels ({names}):", "",
+                      choose_default.report(level_choice).split("\n\n")[0], "",
+                      f"Its choice there: **{LABELS.get(level_choice['default'], level_choice['default'])}**."]
+    lines += ["", "The paper's method is one setting away (`--set method=ours`); when to choose it: "
+                  "[Which method?](../README.md#which-method)."]
+    return "\n".join(lines)
 
 
 def _paired(per_seed: Dict[str, dict], variant: str, base: str) -> str:
@@ -252,10 +270,10 @@ def page(results: str = RESULTS) -> str:
     present = [(n, t) for n, t in BENCHMARKS if summaries[n] is not None]
     intro = ["## The benchmarks and their tables", "",
              "Each benchmark: 20 training cases, the first 2 labeled, every method with the same budget; mean ± "
-             "std over seeds 0-2. In bold: the product's default method."]
+             "std over the seeds. In bold: the product's default (labels alone at its `strong` augmentation)."]
     sections = [HEAD, "\n".join(intro)] + [benchmark_section(n, t, summaries[n]) for n, t in present]
     if len(present) == len(BENCHMARKS):
-        sections.append(default_section([summaries[n] for n, _ in BENCHMARKS]))
+        sections.append(default_section([summaries[n] for n, _ in BENCHMARKS], results))
     sections.append(augmentation_section(results))
     commands = "\n".join(summaries[n]["command"].replace(" --report-only", "") for n, _ in present)
     sections.append(TAIL.format(suggest=suggest_table(results), commands=commands))
