@@ -162,7 +162,8 @@ class Trainer:
         has launched every kernel that writes it (the prefetcher's future orders the two threads), so the step
         reads the batch complete; a freed batch's memory goes back to that same stream's pool, so whatever
         reuses it is launched, and runs, after the step's kernels that read it. This thread may wait for the
-        GPU (MONAI's transforms copy a few values to and from the host); the step's thread never does."""
+        GPU (MONAI's transforms copy a few values to and from the host); the step's thread does not, unless
+        ``prefetch=false`` draws the batch there."""
         images, labels = self.labeled.sample(self.config.batch_labeled)
         if self.unlabeled is not None:
             images = torch.cat([images, self.unlabeled.sample(self.config.batch_unlabeled)[0]])

@@ -12,7 +12,8 @@ next one run:
    the CPU's);
 2. **training step** at paper scale (bench_train_step.py's step: 2 + 2 crops of 112×112×80 from LA-sized
    phantoms, V-Net + ResNet34-encoder V-Net with 16 base filters), the engine's own settings first (the
-   precision it picks, ``sequential_backward=auto``: the backward it chose is recorded), then the joint
+   precision it picks, ``sequential_backward=auto``: the backward it chose is recorded), the same with every
+   crop at the strong augmentation (augmented on the GPU: whether the batch thread keeps up), then the joint
    backward in channels-last 3D, the sequential backward, and fp32 (TF32 convolutions where cuDNN allows
    them); fp16 only on a card where the engine trains in fp16. Time per step (median), peak GPU memory
    allocated and reserved, 6000 iterations projected;
@@ -120,14 +121,17 @@ def _free_device_memory() -> Dict[str, Any]:
 
 def step_settings(device: str) -> List[Dict[str, Any]]:
     """The training-step rows, most wanted first: the engine's own choice (precision by the card,
-    ``sequential_backward=auto``), the joint backward in channels-last 3D, the sequential backward, fp32.
-    fp16 is measured only where the engine picks it."""
+    ``sequential_backward=auto``), the same with the strong augmentation on every crop, the joint backward in
+    channels-last 3D, the sequential backward, fp32. fp16 is measured only where the engine picks it."""
     import torch
 
     from SemiSupSegTraining.devices import autocast_dtype, precision_name
 
     engine = precision_name(autocast_dtype(torch.device(device), "auto", training=True))
-    rows = [{"name": f"{engine} auto (the engine's)", "amp": "auto", "sequential_backward": "auto"}]
+    rows = [{"name": f"{engine} auto (the engine's)", "amp": "auto", "sequential_backward": "auto"},
+            # every crop at strong (on a GPU, augmented there): does the batch thread keep up with the step?
+            {"name": f"{engine} auto, strong augmentation", "amp": "auto", "sequential_backward": "auto",
+             "augmentation": "strong"}]
     if device.startswith("cuda"):  # a lever not yet taken on GPUs: channels-last 3D for cuDNN
         rows.append({"name": f"{engine} joint channels-last", "amp": "auto", "sequential_backward": False,
                      "channels_last": True})

@@ -107,18 +107,21 @@ def test_the_device_paths_batch_is_the_host_paths_on_the_device(phantom_dataset)
     assert torch.equal(images, expected_images) and torch.equal(labels, expected_labels)
 
 
-def test_on_the_cuda_stand_in_the_batch_reaches_the_step_on_the_device(phantom_dataset, monkeypatch):
-    """``--device cuda`` with strong: the batch thread uploads the windows through pinned memory and augments
-    them on the device; the step takes the batch as it comes (a second copy from the host would raise in strict
-    mode) and waits for nothing."""
+@pytest.mark.parametrize("augment_unlabeled", [True, False])
+def test_on_the_cuda_stand_in_the_batch_reaches_the_step_on_the_device(phantom_dataset, monkeypatch,
+                                                                        augment_unlabeled):
+    """``--device cuda`` with strong: the batch thread uploads the windows (and the unlabeled crops at the
+    paper's level) through pinned memory and augments them on the device; the step takes the batch as it
+    comes (a second copy from the host would raise in strict mode)."""
     cuda = cuda_stand_in.install(monkeypatch)
     manifest = load_manifest(phantom_dataset["train"])
     labeled, unlabeled = load_training_cases(manifest, "zscore", (-120.0, 240.0))
     config = preset_config("tiny", {"device": "cuda", "augmentation": "strong", "batch_labeled": 2,
-                                    "batch_unlabeled": 2, "amp": "fp32"})
+                                    "batch_unlabeled": 2, "amp": "fp32", "augment_unlabeled": augment_unlabeled})
     trainer = Trainer(config, len(manifest.classes), labeled, unlabeled, StandInDevice())
     try:
         assert trainer.crops_on_device and trainer.prefetcher is not None
+        assert trainer.unlabeled.augmentation == ("strong" if augment_unlabeled else "paper")
         with cuda.strict():
             for _ in range(2):
                 terms = trainer.step()

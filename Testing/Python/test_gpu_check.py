@@ -64,8 +64,9 @@ def test_the_gpu_check_runs_every_stage_on_the_cpu(tmp_path):
     assert stages["kit"]["installed"] == {"gpu-kit-probe": {"version": "1.0", "modules": {"gpu_kit_probe": "1.0"}}}
     assert stages["gpu_tests"]["counts"].get("skipped", 0) >= 1  # no GPU here: the GPU tests skip, not fail
     steps = {s["name"]: s for s in stages["train_step"]["settings"]}
-    assert list(steps) == ["fp32 auto (the engine's)", "fp32 sequential", "fp32 joint"]
-    assert [s["backward"] for s in steps.values()] == ["sequential", "sequential", "joint"]
+    assert list(steps) == ["fp32 auto (the engine's)", "fp32 auto, strong augmentation", "fp32 sequential",
+                           "fp32 joint"]
+    assert [s["backward"] for s in steps.values()] == ["sequential", "sequential", "sequential", "joint"]
     # every setting's trainer and batch thread gone before the next one
     assert all(s["finite"] and s["trainers_alive"] == 0 and s["batch_threads_alive"] == 0 for s in steps.values())
     # The strong augmentation's device path (here the CPU as the device) draws the host path's crops exactly.
