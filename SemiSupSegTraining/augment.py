@@ -13,6 +13,11 @@
 Every random number comes from the training's crop generator (spatial parameters drawn from it, MONAI's
 transforms seeded from it per crop), so a resumed training draws the same crops and every process of a
 distributed training (its own generator) draws its own. This module does not hold the crop generator.
+
+Where it runs: on the host by default (numpy in, numpy out); given a torch ``device`` (a CUDA training), the
+strong level's resampling, intensity transforms and flips run on that device and the crops stay there as
+tensors. The same generator draws in the same order either way (MONAI's noise is drawn with numpy on the
+host), so a GPU training draws the augmentation of a CPU training of the same seed.
 """
 
 from typing import Optional, Tuple
@@ -33,6 +38,17 @@ def unlabeled_level(level: str, augment_unlabeled: bool) -> str:
     return level if augment_unlabeled or level != "strong" else "paper"
 
 
+def host_to_device(array: np.ndarray, device, dtype=np.float32):
+    """``array`` as a torch tensor of ``dtype`` on ``device``. To a CUDA device through pinned memory, so that the
+    copy is queued on the stream behind the work ahead of it instead of making this thread wait for that work."""
+    import torch
+
+    tensor = torch.from_numpy(np.ascontiguousarray(array, dtype=dtype))
+    if device.type == "cuda":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)
+
+
 def paper_augment(image: np.ndarray, label: Optional[np.ndarray], rng: np.random.Generator):
     """The paper's code's recipe on a (z, y, x) crop: a flip per axis with p 0.5, then 0-3 turns of 90° in the
     axial plane when the crop is square there (turns keep its shape)."""
@@ -50,9 +66,10 @@ def paper_augment(image: np.ndarray, label: Optional[np.ndarray], rng: np.random
 class StrongAugmentation:
     """nnU-Net v2's augmentation of a crop of ``patch`` voxels (z, y, x). :meth:`draw_spatial` picks the
     rotation and scaling and says how large a window around the crop they read; :meth:`apply` maps that
-    window to the crop in one resampling, then applies the intensity transforms and the flips."""
+    window to the crop in one resampling, then applies the intensity transforms and the flips. ``device``: None
+    (the host, numpy crops) or the torch device that resamples and returns the crops as tensors."""
 
-    def __init__(self, patch: Tuple[int, int, int]):
+    def __init__(self, patch: Tuple[int, int, int], device=None):
         # MONAI (and torch) load here, not with the module: the other levels keep data.py free of torch.
         from monai.transforms import (
             Compose,
@@ -66,6 +83,7 @@ class StrongAugmentation:
         )
 
         self.patch = tuple(int(p) for p in patch)
+        self.device = device
         both = ("image", "label")
         self.intensity_and_flips = Compose([
             RandGaussianNoised("image", prob=0.1, mean=0.0, std=0.1),
@@ -104,15 +122,16 @@ class StrongAugmentation:
         return affine, tuple(window)
 
     def apply(self, image: np.ndarray, label: Optional[np.ndarray], affine: Optional[np.ndarray],
-              rng: np.random.Generator) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+              rng: np.random.Generator):
         """``image``/``label``: the window (z, y, x) of :meth:`draw_spatial` (the crop itself when ``affine`` is
-        None); returns the augmented crop, image float32 and label of the label's dtype."""
+        None); returns the augmented crop, image float32 and label of the label's dtype: numpy arrays, or
+        tensors on ``device`` when one was given."""
         import torch
         from monai.transforms import Affined
 
-        data = {"image": torch.as_tensor(np.ascontiguousarray(image, dtype=np.float32))[None]}
+        data = {"image": self._tensor(image)[None]}
         if label is not None:
-            data["label"] = torch.as_tensor(np.ascontiguousarray(label, dtype=np.float32))[None]
+            data["label"] = self._tensor(label)[None]
         if affine is not None:
             keys = tuple(data)
             # The window holds every voxel read: zeros never enter (a test checks it), they would show a bug.
@@ -120,8 +139,30 @@ class StrongAugmentation:
                            padding_mode="zeros")(data)
         self.intensity_and_flips.set_random_state(seed=int(rng.integers(2 ** 31)))
         data = self.intensity_and_flips(data)
+        if self.device is not None:
+            return self._device_tensors(data, label)
         out_image = np.asarray(torch.as_tensor(data["image"])[0], dtype=np.float32)
         out_label = None
         if label is not None:
             out_label = np.rint(np.asarray(torch.as_tensor(data["label"])[0])).astype(label.dtype)
+        return out_image, out_label
+
+    def _tensor(self, array: np.ndarray):
+        import torch
+
+        if self.device is None:
+            return torch.as_tensor(np.ascontiguousarray(array, dtype=np.float32))
+        return host_to_device(array, self.device)
+
+    @staticmethod
+    def _device_tensors(data, label: Optional[np.ndarray]):
+        """The transforms' output as plain tensors where it lies: what :meth:`apply` returns on the host, as
+        tensors (the label rounded to the label's dtype there, with no copy to the host)."""
+        import torch
+
+        out_image = data["image"].as_subclass(torch.Tensor)[0].to(torch.float32)
+        out_label = None
+        if label is not None:
+            label_dtype = torch.from_numpy(np.zeros(0, label.dtype)).dtype
+            out_label = torch.round(data["label"].as_subclass(torch.Tensor)[0]).to(label_dtype)
         return out_image, out_label

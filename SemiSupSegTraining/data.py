@@ -1,5 +1,6 @@
 """The training cases in memory and patch sampling: each case read (``fileio``), normalised and brought to
-the networks' grid (``geometry``) once, then cropped every step. This module does not import torch.
+the networks' grid (``geometry``) once, then cropped every step. This module does not import torch unless
+the crops are asked for on a torch device (``PatchSampler(device=...)``).
 """
 
 from dataclasses import dataclass
@@ -7,7 +8,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .augment import LEVELS, paper_augment, StrongAugmentation
+from .augment import host_to_device, LEVELS, paper_augment, StrongAugmentation
 from .errors import InputError
 from .fileio import read_image, read_label
 from .geometry import Geometry, normalize, to_canonical
@@ -74,18 +75,22 @@ class PatchSampler:
     Labeled crops are centred on a voxel of a random foreground class with probability
     ``foreground_fraction`` (classes drawn uniformly, so small structures are seen as often as large ones);
     other crops are uniform. Volumes smaller than a crop are padded (image with its minimum, label with 0).
-    ``augmentation``: one of :data:`augment.LEVELS`.
+    ``augmentation``: one of :data:`augment.LEVELS`. ``device``: None, the crops as numpy arrays in host
+    memory; a torch device, the crops as tensors on it: the window is cut on the host, the strong level's
+    resampling and transforms run on the device (the other levels' crops are copied there), with the same
+    draws from ``rng`` in the same order.
     """
 
     def __init__(self, cases: List[Case], patch_zyx: Tuple[int, int, int], rng: np.random.Generator,
-                 foreground_fraction: float = 0.5, augmentation: str = "none"):
+                 foreground_fraction: float = 0.5, augmentation: str = "none", device=None):
         if augmentation not in LEVELS:
             raise InputError(f"augmentation is {augmentation!r}; use one of {', '.join(LEVELS)}.")
         self.patch = tuple(int(p) for p in patch_zyx)
         self.rng = rng
         self.foreground_fraction = foreground_fraction
         self.augmentation = augmentation
-        self.strong = StrongAugmentation(self.patch) if augmentation == "strong" else None
+        self.device = device
+        self.strong = StrongAugmentation(self.patch, device) if augmentation == "strong" else None
         self.images, self.labels, self.class_voxels = [], [], []
         for case in cases:
             image, label = self._pad(case.image, case.label)
@@ -125,8 +130,9 @@ class PatchSampler:
             return tuple(int(np.clip(c - p // 2, 0, s - p)) for c, p, s in zip(centre, self.patch, shape))
         return tuple(int(self.rng.integers(0, s - p + 1)) for p, s in zip(self.patch, shape))
 
-    def sample(self, count: int) -> Tuple[np.ndarray, Optional[np.ndarray]]:
-        """``count`` crops: images (count, 1, z, y, x) float32 and labels (count, z, y, x) int64 or None."""
+    def sample(self, count: int):
+        """``count`` crops: images (count, 1, z, y, x) float32 and labels (count, z, y, x) int64 or None; numpy
+        arrays, or tensors on ``device`` when one was given."""
         images, labels = [], []
         for _ in range(count):
             i = int(self.rng.integers(len(self.images)))
@@ -140,11 +146,25 @@ class PatchSampler:
                 label = self.labels[i][window] if self.labels[i] is not None else None
                 if self.augmentation == "paper":
                     image, label = paper_augment(image, label, self.rng)
-            images.append(np.ascontiguousarray(image))
+            images.append(np.ascontiguousarray(image) if isinstance(image, np.ndarray) else image)
             if label is not None:
-                labels.append(np.ascontiguousarray(label))
+                labels.append(np.ascontiguousarray(label) if isinstance(label, np.ndarray) else label)
+        if self.device is not None:
+            return self._on_device(images, labels, count)
         stacked_labels = np.stack(labels).astype(np.int64) if len(labels) == count else None
         return np.stack(images)[:, None], stacked_labels
+
+    def _on_device(self, images: list, labels: list, count: int):
+        """:meth:`sample`'s stacks on ``device``: the strong level's crops are there already; the others are
+        stacked on the host and copied."""
+        import torch
+
+        if self.strong is not None:
+            stacked_labels = torch.stack(labels).to(torch.int64) if len(labels) == count else None
+            return torch.stack(images)[:, None], stacked_labels
+        stacked_labels = (host_to_device(np.stack(labels), self.device, labels[0].dtype).to(torch.int64)
+                          if len(labels) == count else None)
+        return host_to_device(np.stack(images)[:, None], self.device), stacked_labels
 
     def _strong_crop(self, index: int, corner: Tuple[int, ...]):
         """The crop at ``corner`` through :class:`StrongAugmentation`: a window large enough for the drawn

@@ -58,7 +58,7 @@ class Trainer:
     (``config.method``, :mod:`.methods`). What a method may use of it is :class:`.methods.base.TrainerView`."""
 
     def __init__(self, config: TrainConfig, num_classes: int, labeled: list, unlabeled: list,
-                 device: torch.device):
+                 device: torch.device, crops_on_device: Optional[bool] = None):
         self.config = config
         self.num_classes = num_classes
         self.device = device
@@ -98,14 +98,21 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
         patch = zyx(config.patch_size)
         level = config.augmentation or self.method.augmentation
-        self.labeled = PatchSampler(labeled, patch, self.rng, config.foreground_fraction, level)
-        self.unlabeled = (PatchSampler(unlabeled, patch, self.rng, 0.0, unlabeled_level(level, config.augment_unlabeled))
+        # The strong level on a CUDA GPU: windows cut on the host, resampled and augmented on the GPU (a CPU
+        # core would not keep up with it). ``crops_on_device`` chooses otherwise (tests: the same on the CPU).
+        self.crops_on_device = (device.type == "cuda" and level == "strong") if crops_on_device is None \
+            else crops_on_device
+        crop_device = device if self.crops_on_device else None
+        self.labeled = PatchSampler(labeled, patch, self.rng, config.foreground_fraction, level, crop_device)
+        self.unlabeled = (PatchSampler(unlabeled, patch, self.rng, 0.0, unlabeled_level(level, config.augment_unlabeled),
+                                       crop_device)
                           if unlabeled and config.batch_unlabeled > 0 and self.method.uses_unlabeled else None)
+        self._draw_batch = self._device_batch if self.crops_on_device else self._host_batch
         self.iteration = 0
         # "auto": also on CPUs for the strong augmentation, whose resampling then overlaps the step.
         use_thread = config.prefetch is True or (config.prefetch == "auto" and (
             device.type == "cuda" or level == "strong"))
-        self.prefetcher = (Prefetcher(self._host_batch, self.rng, gpu.thread_device_setup(device)) if use_thread
+        self.prefetcher = (Prefetcher(self._draw_batch, self.rng, gpu.thread_device_setup(device)) if use_thread
                            else None)
         self._replicate()
 
@@ -126,7 +133,9 @@ class Trainer:
         return self.net_a, self.net_b
 
     def next_batch(self) -> Tuple[torch.Tensor, torch.Tensor]:
-        images, labels = self.prefetcher.next() if self.prefetcher is not None else self._host_batch()
+        images, labels = self.prefetcher.next() if self.prefetcher is not None else self._draw_batch()
+        if self.crops_on_device:  # on the device, in the step's layout already
+            return images, labels
         return (images.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format),
                 labels.to(self.device, non_blocking=True).long())
 
@@ -142,6 +151,23 @@ class Trainer:
             labels = labels.to(torch.uint8) if self.num_classes <= 256 else labels
             images, labels = images.pin_memory(), labels.pin_memory()
         return images, labels
+
+    def _device_batch(self) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The next crops on the training's device (``crops_on_device``), labels int64, images in the step's
+        memory format.
+
+        On the batch thread this queues the augmentation's kernels on the thread's current stream: the GPU's
+        default stream, the one the step runs on. That is safe without events: a stream runs its kernels in
+        the order they were launched, and the step launches its first kernel on a batch only after this thread
+        has launched every kernel that writes it (the prefetcher's future orders the two threads), so the step
+        reads the batch complete; a freed batch's memory goes back to that same stream's pool, so whatever
+        reuses it is launched, and runs, after the step's kernels that read it. This thread may wait for the
+        GPU (MONAI's transforms copy a few values to and from the host); the step's thread does not, unless
+        ``prefetch=false`` draws the batch there."""
+        images, labels = self.labeled.sample(self.config.batch_labeled)
+        if self.unlabeled is not None:
+            images = torch.cat([images, self.unlabeled.sample(self.config.batch_unlabeled)[0]])
+        return images.contiguous(memory_format=self.memory_format), labels
 
     def step(self) -> Dict[str, torch.Tensor]:
         """One iteration of the method; returns its loss terms as 0-dim tensors (no host sync here)."""

@@ -36,7 +36,7 @@ Validation run (48×48×32 crops, 8 base filters, two timed steps; about a minut
 
 The augmentation levels (``augment.py``): ``--levels paper,none,strong`` also times ``--level-method`` (ours,
 or e.g. supervised) at each of those levels (``ours`` itself is ours at the default, ``paper``); ``draw`` is
-the cost of drawing one batch on its own (``Trainer._host_batch``), which the batch thread overlaps with the
+the cost of drawing one batch on its own (``Trainer._draw_batch``), which the batch thread overlaps with the
 step where a core is free; the CPU seconds per step (every thread, and the step's own thread) are beside the
 wall time, which on a busy machine measures the other jobs too::
 
@@ -237,7 +237,7 @@ def child_step(task: Dict[str, Any]) -> Dict[str, Any]:
     data.pop("result")
     if trainer.prefetcher is not None:
         trainer.prefetcher.reset()  # the thread's pending draw done: the generator is free for this one
-    draw = benchlib.timed(trainer._host_batch, task["data_samples"], sync)
+    draw = benchlib.timed(trainer._draw_batch, task["data_samples"], sync)
     draw.pop("result")
     values = {k: float(v) for k, v in last.items()}
     if trainer.prefetcher is not None:  # its thread holds the trainer: the next child_step here needs the memory

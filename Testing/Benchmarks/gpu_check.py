@@ -12,18 +12,24 @@ next one run:
    the CPU's);
 2. **training step** at paper scale (bench_train_step.py's step: 2 + 2 crops of 112×112×80 from LA-sized
    phantoms, V-Net + ResNet34-encoder V-Net with 16 base filters), the engine's own settings first (the
-   precision it picks, ``sequential_backward=auto``: the backward it chose is recorded), then the joint
+   precision it picks, ``sequential_backward=auto``: the backward it chose is recorded), the same with every
+   crop at the strong augmentation (augmented on the GPU: whether the batch thread keeps up), then the joint
    backward in channels-last 3D, the sequential backward, and fp32 (TF32 convolutions where cuDNN allows
    them); fp16 only on a card where the engine trains in fp16. Time per step (median), peak GPU memory
    allocated and reserved, 6000 iterations projected;
-3. **inference**: a 160×192×88 volume segmented by both paper-scale networks (random weights, batch-norm
+3. **augmentation**: the strong augmentation's batch (the paper preset's 2 + 2 crops of 112×112×80, every
+   crop at ``strong``) drawn as the batch thread draws it, from the same seed: on the CPU (numpy, pinned) and
+   on the GPU (the engine's path for CUDA training: windows cut on the host, resampled and augmented on the
+   GPU). Seconds a batch each way; both must draw the same parameters (the crop generator's state after them
+   equal) and agree on the labels (≥ 99.9 % of voxels), the images' largest difference is recorded;
+4. **inference**: a 160×192×88 volume segmented by both paper-scale networks (random weights, batch-norm
    statistics calibrated on the volume): the engine's settings, the output in host memory (MONAI's
    ``buffer_steps``), the CPU's window batch, and fp32. The first call (cuDNN's autotuner) timed apart;
    settings that run the same kernels as the engine's must give its probabilities (|Δp| ≤ 1e-5, or twice
    what it differs from itself run again), the others' largest |Δp| and label agreement are recorded;
-4. **train_paper**: ``semisupseg train --preset paper`` on phantoms at the paper's crops, 300 iterations
+5. **train_paper**: ``semisupseg train --preset paper`` on phantoms at the paper's crops, 300 iterations
    (fewer in a short budget): the supervised loss must go down; seconds per iteration;
-5. **torchrun** with one process: the paper's method (``method=ours``) over nccl, whose collectives carry
+6. **torchrun** with one process: the paper's method (``method=ours``) over nccl, whose collectives carry
    the semi-supervised terms (the global entropy percentile, the prototypes, L_c).
 
 The JSON (``--json``) is rewritten after every training-step and inference setting and after every stage,
@@ -65,16 +71,20 @@ TARGET_INFERENCE_S = 1.0
 SAME_KERNELS_MAX_DP = 1e-5
 #: Each stage's share of the budget; a stage gets its share of the time left when it starts (what an earlier
 #: stage did not use goes to the later ones).
-SHARES = {"kit": 20, "gpu_tests": 55, "train_step": 105, "inference": 45, "train_paper": 90, "torchrun": 45}
+SHARES = {"kit": 20, "gpu_tests": 55, "train_step": 105, "augmentation": 25, "inference": 45, "train_paper": 90,
+          "torchrun": 45}
+#: The strong augmentation's path on the GPU must agree with the CPU's on at least this share of label voxels
+#: (nearest neighbour may round the other way where a sample falls half-way between voxels).
+AUGMENT_MIN_LABELS_EQUAL = 0.999
 
 PAPER = {"device": "cuda", "patch": (112, 112, 80), "window": (112, 112, 80), "base_filters": 16, "resnet_blocks": (3, 4, 6, 3),
          "shape": (160, 192, 88), "warmup": 3, "steps": 5, "data_samples": 5, "inference_repeats": 3,
          "train_preset": "paper", "train_iterations": 300, "torchrun_preset": "demo", "torchrun_iterations": 20,
-         "phantoms": 2, "prefetch": "auto"}
+         "phantoms": 2, "prefetch": "auto", "augment_batches": 6}
 DRY = {"device": "cpu", "patch": (16, 16, 16), "window": (32, 32, 16), "base_filters": 4, "resnet_blocks": (1, 1, 1, 1),
        "shape": (48, 48, 24), "warmup": 1, "steps": 1, "data_samples": 1, "inference_repeats": 1,
        "train_preset": "tiny", "train_iterations": 10, "torchrun_preset": "tiny", "torchrun_iterations": 2,
-       "phantoms": 1, "prefetch": True}  # the CPU takes the batch thread too, so that freeing it is checked
+       "phantoms": 1, "prefetch": True, "augment_batches": 2}  # the CPU takes the batch thread too, so that freeing it is checked
 
 log = benchlib.logger("gpu_check")
 
@@ -111,14 +121,17 @@ def _free_device_memory() -> Dict[str, Any]:
 
 def step_settings(device: str) -> List[Dict[str, Any]]:
     """The training-step rows, most wanted first: the engine's own choice (precision by the card,
-    ``sequential_backward=auto``), the joint backward in channels-last 3D, the sequential backward, fp32.
-    fp16 is measured only where the engine picks it."""
+    ``sequential_backward=auto``), the same with the strong augmentation on every crop, the joint backward in
+    channels-last 3D, the sequential backward, fp32. fp16 is measured only where the engine picks it."""
     import torch
 
     from SemiSupSegTraining.devices import autocast_dtype, precision_name
 
     engine = precision_name(autocast_dtype(torch.device(device), "auto", training=True))
-    rows = [{"name": f"{engine} auto (the engine's)", "amp": "auto", "sequential_backward": "auto"}]
+    rows = [{"name": f"{engine} auto (the engine's)", "amp": "auto", "sequential_backward": "auto"},
+            # every crop at strong (on a GPU, augmented there): does the batch thread keep up with the step?
+            {"name": f"{engine} auto, strong augmentation", "amp": "auto", "sequential_backward": "auto",
+             "augmentation": "strong"}]
     if device.startswith("cuda"):  # a lever not yet taken on GPUs: channels-last 3D for cuDNN
         rows.append({"name": f"{engine} joint channels-last", "amp": "auto", "sequential_backward": False,
                      "channels_last": True})
@@ -249,6 +262,52 @@ def child_inference(task: Dict[str, Any]) -> Dict[str, Any]:
     return result
 
 
+def child_augmentation(task: Dict[str, Any]) -> Dict[str, Any]:
+    """The strong augmentation's batch as the training's batch thread draws it (``Trainer._draw_batch``), on the
+    host and on the device (``crops_on_device``), each path from the same seed: the same batches, timed each
+    way after one warm-up batch, then compared."""
+    import torch
+
+    from SemiSupSegTraining.config import preset_config
+    from SemiSupSegTraining.data import load_training_cases
+    from SemiSupSegTraining.manifest import load_manifest
+    from SemiSupSegTraining.train import Trainer
+
+    device = torch.device(task["device"])
+    manifest = load_manifest(task["manifest"])
+    labeled, unlabeled = load_training_cases(manifest, "zscore", (-120.0, 240.0))
+    config = preset_config("paper", {"device": task["device"], "patch_size": tuple(task["patch"]),
+                                     "base_filters": task["base_filters"], "resnet_blocks": tuple(task["resnet_blocks"]),
+                                     "augmentation": "strong", "augment_unlabeled": True, "prefetch": False})
+    sync = benchlib.device_sync(task["device"])
+    result: Dict[str, Any] = {"patch_xyz": list(task["patch"]), "batch": [config.batch_labeled, config.batch_unlabeled],
+                              "batches": task["augment_batches"], "torch_threads": torch.get_num_threads()}
+    batches, states = {}, {}
+    for path, on_device in (("host", False), ("device", True)):
+        log(f"augmentation: {path}")
+        trainer = Trainer(config, len(manifest.classes), labeled, unlabeled, device, crops_on_device=on_device)
+        result[f"{path}_warmup_s"] = benchlib.timed(trainer._draw_batch, 1, sync)["times_s"][0]
+        times, drawn = [], []
+        for _ in range(task["augment_batches"]):
+            run = benchlib.timed(trainer._draw_batch, 1, sync)
+            times += run["times_s"]
+            images, labels = run["result"]
+            drawn.append((images.float().cpu().numpy(), labels.long().cpu().numpy()))
+        batches[path], states[path] = drawn, json.dumps(trainer.rng.bit_generator.state)
+        result.update({f"{path}_s": round(float(np.median(times)), 4), f"{path}_times_s": times})
+        del trainer, images, labels
+        result[f"{path}_left"] = _free_device_memory()
+        _publish(task, result)
+    pairs = list(zip(batches["host"], batches["device"]))
+    result.update({
+        "speedup": round(result["host_s"] / max(result["device_s"], 1e-9), 1),
+        "same_draws": states["host"] == states["device"],
+        "labels_equal": round(float(np.mean([(h[1] == d[1]).mean() for h, d in pairs])), 6),
+        "image_max_abs_diff": float(max(np.abs(h[0] - d[0]).max() for h, d in pairs)),
+        "image_mean_abs_diff": float(np.mean([np.abs(h[0] - d[0]).mean() for h, d in pairs]))})
+    return result
+
+
 def child_facts(task: Dict[str, Any]) -> Dict[str, Any]:
     """The device as torch sees it, the libraries' versions, TF32, the driver, cuDNN and NCCL."""
     import torch
@@ -344,7 +403,8 @@ def estimate(sustained_tflops: Sequence[float] = (40.0, 100.0), other_ms: Sequen
             "minutes_6000": [round(6000 * fastest / 60, 1), round(6000 * slowest / 60, 1)]}
 
 
-HANDLERS = {"steps": child_steps, "inference": child_inference, "facts": child_facts, "kit": child_kit_versions}
+HANDLERS = {"steps": child_steps, "augmentation": child_augmentation, "inference": child_inference,
+            "facts": child_facts, "kit": child_kit_versions}
 
 
 # ================================================================================= running children
@@ -539,6 +599,20 @@ def summarize_steps(result: Dict[str, Any]) -> Dict[str, Any]:
             "torch": result.get("torch")}
 
 
+def stage_augmentation(s: Dict[str, Any], work: str, timeout: float) -> Dict[str, Any]:
+    started = time.monotonic()
+    task = {"device": s["device"], "manifest": _phantoms(s, work), "patch": list(s["patch"]),
+            "base_filters": s["base_filters"], "resnet_blocks": list(s["resnet_blocks"]),
+            "augment_batches": s["augment_batches"], "report_path": s["report_path"], "stage": "augmentation"}
+    return summarize_augmentation(run_child("augmentation", task, work, timeout - (time.monotonic() - started)))
+
+
+def summarize_augmentation(result: Dict[str, Any]) -> Dict[str, Any]:
+    """Both paths measured, the same draws, the labels agreeing (:data:`AUGMENT_MIN_LABELS_EQUAL`)."""
+    return dict(result, ok="device_s" in result and "host_s" in result and bool(result.get("same_draws"))
+                and result.get("labels_equal", 0.0) >= AUGMENT_MIN_LABELS_EQUAL)
+
+
 def stage_inference(s: Dict[str, Any], work: str, timeout: float) -> Dict[str, Any]:
     task = dict(s, workdir=work, stage="inference")
     return summarize_inference(run_child("inference", task, work, timeout))
@@ -644,8 +718,9 @@ def stage_torchrun(s: Dict[str, Any], work: str, timeout: float) -> Dict[str, An
 
 
 STAGES: List[Any] = [("kit", stage_kit), ("gpu_tests", stage_gpu_tests), ("train_step", stage_train_step),
-                     ("inference", stage_inference), ("train_paper", stage_train_paper), ("torchrun", stage_torchrun)]
-PARTIAL = {"train_step": summarize_steps, "inference": summarize_inference}
+                     ("augmentation", stage_augmentation), ("inference", stage_inference),
+                     ("train_paper", stage_train_paper), ("torchrun", stage_torchrun)]
+PARTIAL = {"train_step": summarize_steps, "augmentation": summarize_augmentation, "inference": summarize_inference}
 
 
 # ============================================================================================ parent
@@ -767,6 +842,11 @@ def _figures(name: str, r: Dict[str, Any], dry_run: bool) -> str:
     if name == "train_step":
         return (f"engine ({r.get('engine_setting')}, {r.get('engine_backward')} backward): "
                 f"{f(r.get('engine_step_s'), 3)} s a step" + target(f"≤ {TARGET_STEP_S} s", r.get("target_met")))
+    if name == "augmentation":
+        return (f"{'+'.join(map(str, r.get('batch', [])))} strong crops of {'×'.join(map(str, r.get('patch_xyz', [])))}: "
+                f"{f(r.get('host_s'), 3)} s a batch on the CPU, {f(r.get('device_s'), 3)} s on the "
+                f"{'CPU as the device' if dry_run else 'GPU'}; same draws {r.get('same_draws')}, labels equal "
+                f"{r.get('labels_equal')}, image max |Δ| {r.get('image_max_abs_diff')}")
     if name == "inference":
         return (f"{f(r.get('engine_s'), 3)} s a volume (first call {f(r.get('engine_first_call_s'), 1)} s)"
                 + target(f"< {TARGET_INFERENCE_S} s", r.get("target_met"))

@@ -1,7 +1,7 @@
 """On a CUDA GPU (``pytest -m gpu``; skipped without one, Testing/Benchmarks/gpu_check.py runs them): the
-precision the card gets, a training step without host syncs, resume of a GPU checkpoint on the CPU, the
-joint-backward decision, and segmentation agreeing with the CPU's with the output blended on the GPU and
-in host memory."""
+precision the card gets, a training step without host syncs, the strong augmentation on the GPU, resume of
+a GPU checkpoint on the CPU, the joint-backward decision, and segmentation agreeing with the CPU's with the
+output blended on the GPU and in host memory."""
 
 import json
 import os
@@ -66,6 +66,23 @@ def test_a_training_step_does_not_wait_for_the_gpu(phantom_dataset, amp):
     assert not syncs, syncs[:3]
     assert all(torch.isfinite(v).item() for v in terms.values())
     assert trainer.prefetcher is not None and trainer.sequential_backward is False  # a tiny step fits any card
+
+
+def test_a_strong_training_augments_its_crops_on_the_gpu(phantom_dataset):
+    """The strong level on CUDA: the batch thread resamples and augments the crops on the GPU and hands the
+    step a batch that is there already (Testing/Benchmarks/gpu_check.py's augmentation stage compares its
+    crops with the CPU's and times both)."""
+    trainer = _trainer(phantom_dataset, augmentation="strong")
+    try:
+        assert trainer.crops_on_device
+        images, labels = trainer.next_batch()
+        assert images.device.type == labels.device.type == "cuda" and labels.dtype == torch.int64
+        assert images.shape == (4, 1, 16, 32, 32) and labels.shape == (2, 16, 32, 32)
+        for _ in range(2):
+            terms = trainer.step()
+        assert all(torch.isfinite(v).item() for v in terms.values())
+    finally:
+        trainer.prefetcher.close()
 
 
 def test_sequential_and_joint_backward_give_close_gradients_on_the_gpu(phantom_dataset):

@@ -57,17 +57,23 @@ def test_the_gpu_check_runs_every_stage_on_the_cpu(tmp_path):
     with open(path) as f:
         report = json.load(f)
     stages = report["stages"]
-    assert report["dry_run"] and list(stages) == ["kit", "gpu_tests", "train_step", "inference", "train_paper",
-                                                  "torchrun"]
+    assert report["dry_run"] and list(stages) == ["kit", "gpu_tests", "train_step", "augmentation", "inference",
+                                                  "train_paper", "torchrun"]
     failed = {name: s for name, s in stages.items() if not s["ok"]}
     assert report["ok"] and not failed, failed
     assert stages["kit"]["installed"] == {"gpu-kit-probe": {"version": "1.0", "modules": {"gpu_kit_probe": "1.0"}}}
     assert stages["gpu_tests"]["counts"].get("skipped", 0) >= 1  # no GPU here: the GPU tests skip, not fail
     steps = {s["name"]: s for s in stages["train_step"]["settings"]}
-    assert list(steps) == ["fp32 auto (the engine's)", "fp32 sequential", "fp32 joint"]
-    assert [s["backward"] for s in steps.values()] == ["sequential", "sequential", "joint"]
+    assert list(steps) == ["fp32 auto (the engine's)", "fp32 auto, strong augmentation", "fp32 sequential",
+                           "fp32 joint"]
+    assert [s["backward"] for s in steps.values()] == ["sequential", "sequential", "sequential", "joint"]
     # every setting's trainer and batch thread gone before the next one
     assert all(s["finite"] and s["trainers_alive"] == 0 and s["batch_threads_alive"] == 0 for s in steps.values())
+    # The strong augmentation's device path (here the CPU as the device) draws the host path's crops exactly.
+    augmentation = stages["augmentation"]
+    assert augmentation["batch"] == [2, 2] and len(augmentation["device_times_s"]) == 2 and augmentation["host_s"] > 0
+    assert augmentation["same_draws"] and augmentation["labels_equal"] == 1.0 and augmentation["image_max_abs_diff"] == 0.0
+    assert augmentation["device_left"]["trainers_alive"] == 0
     inference = stages["inference"]["settings"]
     assert [s["name"] for s in inference] == ["engine", "output in host memory", "window batch 2 (the CPU's)",
                                               "fp32"]
