@@ -30,6 +30,8 @@ LABELS = {"supervised": "supervised only", "mean-teacher": "Mean Teacher", "ua-m
           "bcp-short-pretraining": "BCP, 2/17 of the run as pre-training (earlier)",
           "all-labeled": "*supervised, all 20 labeled (the ceiling)*"}
 
+ROW_ORDER = ("supervised", "mean-teacher", "ua-mt", "cps", "bcp", "ours")
+
 HEAD = """<!-- Made by Testing/Benchmarks/benchmarks_doc.py from Testing/Benchmarks/results/: do not edit by hand. -->
 # Benchmarks
 
@@ -74,11 +76,13 @@ WHAT = {
 }
 
 NOTES = {
-    "colin27": "BCP keeps each class's largest connected component in its pseudo labels, a step of its code made "
-               "for one structure: here it erases one side of the bilateral caudate and putamen (the empty "
-               "predictions are caudates); whether that is why BCP falls here is not measured yet (the variant "
-               "`bcp-no-largest-component` runs it without the step). Mean Teacher ran on the headroom benchmark only (UA-MT is Mean Teacher "
-               "with its filter, by the same code).",
+    "colin27": "This table is older than the two above: measured on 2026-12-03 on another machine, before UA-MT, "
+               "CPS and BCP followed their authors' code; their rows name the variants they then trained as, and "
+               "they have not been re-run since (supervised only at `paper` and ours train exactly as then). BCP "
+               "keeps each class's largest connected component in its pseudo labels, a step of its code made for "
+               "one structure: here it erases one side of the bilateral caudate and putamen (the empty predictions "
+               "are caudates); whether that is why BCP falls here is not measured (`bcp-no-largest-component` runs "
+               "it without the step).",
 }
 
 TAIL = """## Which case to label next: does *Suggest* help?
@@ -161,6 +165,14 @@ def _ahead_on_every_seed(methods: Dict[str, dict]) -> List[str]:
     return best
 
 
+def _row_order(method: str) -> tuple:
+    """Labels alone at both levels first, then each method before its variants, the ceiling last."""
+    if method == "all-labeled":
+        return (len(ROW_ORDER) + 1, "")
+    base = next((i for i, m in enumerate(ROW_ORDER) if method == m or method.startswith(m + "-")), len(ROW_ORDER))
+    return (base, "" if method in ROW_ORDER else method)
+
+
 def benchmark_section(name: str, title: str, summary: dict) -> str:
     fraction = summary["fractions"]["10pct"]
     methods = fraction["methods"]
@@ -172,7 +184,7 @@ def benchmark_section(name: str, title: str, summary: dict) -> str:
              f"{settings['machine']}, torch {settings['torch']}, training fp32.", "",
              "| method | Dice % | Jaccard % | HD95 mm | ASD mm | empty | − supervised only, paired by seed | seeds |",
              "|---|---|---|---|---|---|---|---|"]
-    for key, entry in methods.items():
+    for key, entry in sorted(methods.items(), key=lambda kv: _row_order(kv[0])):
         label = LABELS.get(key, entry.get("label", key))
         if entry.get("default"):
             label += " (**default**)"
@@ -265,18 +277,37 @@ def suggest_table(results: str) -> str:
     return "\n".join(rows)
 
 
+def unwrap(text: str) -> str:
+    """``text`` with each paragraph and list item on one line (the page's length counts lines, not words);
+    headings, tables, pictures and code blocks as they are."""
+    out: List[str] = []
+    in_code = False
+    for line in text.split("\n"):
+        if line.startswith("```"):
+            in_code = not in_code
+            out.append(line)
+            continue
+        continues = (out and out[-1] and not in_code and line and not line.startswith(("* ", "#", "|", "!"))
+                     and not out[-1].startswith(("#", "|", "```", "<!--")))
+        if continues:
+            out[-1] += " " + line.strip()
+        else:
+            out.append(line)
+    return "\n".join(out)
+
+
 def page(results: str = RESULTS) -> str:
     summaries = {name: load(name, results) for name, _ in BENCHMARKS}
     present = [(n, t) for n, t in BENCHMARKS if summaries[n] is not None]
     intro = ["## The benchmarks and their tables", "",
              "Each benchmark: 20 training cases, the first 2 labeled, every method with the same budget; mean ± "
              "std over the seeds. In bold: the product's default (labels alone at its `strong` augmentation)."]
-    sections = [HEAD, "\n".join(intro)] + [benchmark_section(n, t, summaries[n]) for n, t in present]
+    sections = [unwrap(HEAD), "\n".join(intro)] + [benchmark_section(n, t, summaries[n]) for n, t in present]
     if len(present) == len(BENCHMARKS):
         sections.append(default_section([summaries[n] for n, _ in BENCHMARKS], results))
     sections.append(augmentation_section(results))
     commands = "\n".join(summaries[n]["command"].replace(" --report-only", "") for n, _ in present)
-    sections.append(TAIL.format(suggest=suggest_table(results), commands=commands))
+    sections.append(unwrap(TAIL).format(suggest=suggest_table(results), commands=commands))
     return "\n\n".join(s.strip("\n") for s in sections) + "\n"
 
 
