@@ -119,10 +119,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     for path in args.accuracy:
         if os.path.isdir(path):
             for result in sorted(glob.glob(os.path.join(path, "runs", "*", "*", "*", "seed*", "result.json"))):
-                with open(result) as f:
+                with open(result, encoding="utf-8") as f:
                     runs.append(json.load(f))
             continue
-        with open(path) as f:
+        with open(path, encoding="utf-8") as f:
             data = json.load(f)
         runs += data["runs"]
         sources.append({"command": data.get("command"), "settings": data.get("settings")})
@@ -134,7 +134,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     print(markdown(summary))
     if args.json:
         tmp = args.json + ".tmp"
-        with open(tmp, "w") as f:
+        with open(tmp, "w", encoding="utf-8") as f:
             json.dump(summary, f, indent=1)
         os.replace(tmp, args.json)
     return 0

@@ -14,7 +14,8 @@ from typing import Dict, List, Optional
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 BENCHMARKS = (("headroom", "headroom"), ("phantoms", "phantoms"), ("colin27", "Colin27"))
-METHODS = (("supervised", "supervised only"), ("mean-teacher", "Mean Teacher"), ("ua-mt", "UA-MT"),
+METHODS = (("supervised", "supervised only"), ("supervised-strong", "supervised only, `strong` augmentation"),
+           ("mean-teacher", "Mean Teacher"), ("ua-mt", "UA-MT"),
            ("cps", "CPS"), ("bcp", "BCP"), ("ours", "ours (the paper)"),
            ("all-labeled", "*every case labeled (the ceiling)*"))
 START, END = "<!-- results-at-a-glance:start -->", "<!-- results-at-a-glance:end -->"

@@ -104,18 +104,18 @@ def test_the_benchmarks_page_shows_every_seed_and_the_rules_choice(tmp_path):
     for name in os.listdir(benchmarks_doc.RESULTS):
         shutil.copy(os.path.join(benchmarks_doc.RESULTS, name), tmp_path / name)
     path = tmp_path / "accuracy-phantoms.json"
-    summary = json.loads(path.read_text())
+    summary = json.loads(path.read_text(encoding="utf-8"))
     ours = summary["fractions"]["10pct"]["methods"]["ours"]
     ours["dice_gain_over_supervised"]["by_seed"] = {"0": 1.25, "1": -0.5, "2": 0.75}
     for seed, dice in (("0", 99.9), ("1", 99.8), ("2", 99.7)):
         ours["seeds"][seed]["dice"] = dice
     ours["dice"]["mean"] = 99.8
-    path.write_text(json.dumps(summary))
+    path.write_text(json.dumps(summary), encoding="utf-8")
     page = benchmarks_doc.page(str(tmp_path))
     phantoms = page.split("### The phantoms")[1].split("###")[0]
     assert "(+1.2, −0.5, +0.8)" in phantoms or "(+1.3, −0.5, +0.8)" in phantoms
     assert "Ahead of every other method on every seed: ours (the paper's method)." in phantoms
-    headroom = json.loads((tmp_path / "accuracy-headroom.json").read_text())["fractions"]["10pct"]["methods"]["ours"]
+    headroom = json.loads((tmp_path / "accuracy-headroom.json").read_text(encoding="utf-8"))["fractions"]["10pct"]["methods"]["ours"]
     expected = f"| ours | {headroom['dice']['mean']:.1f}, 1, {headroom['dice_gain_over_supervised']['mean']:+.1f} | 99.8, 1,"
     assert expected in page  # the rule re-ranks from the summaries it is given
 
