@@ -76,13 +76,11 @@ WHAT = {
 }
 
 NOTES = {
-    "colin27": "This table is older than the two above: measured on 2026-12-03 on another machine, before UA-MT, "
-               "CPS and BCP followed their authors' code; their rows name the variants they then trained as, and "
-               "they have not been re-run since (supervised only at `paper` and ours train exactly as then). BCP "
-               "keeps each class's largest connected component in its pseudo labels, a step of its code made for "
-               "one structure: here it erases one side of the bilateral caudate and putamen (the empty predictions "
-               "are caudates); whether that is why BCP falls here is not measured (`bcp-no-largest-component` runs "
-               "it without the step).",
+    "colin27": "UA-MT, CPS and BCP have not been re-run here since they follow their authors' code (time): their "
+               "earlier rows, from another machine, are in the [changelog](../CHANGELOG.md). There BCP fell to "
+               "56.5 %: it keeps each class's largest connected component in its pseudo labels, a step of its code "
+               "made for one structure, which erases one side of the bilateral caudate and putamen; whether that "
+               "is why is not measured (`bcp-no-largest-component` runs it without the step).",
 }
 
 TAIL = """## Which case to label next: does *Suggest* help?
@@ -202,7 +200,9 @@ def benchmark_section(name: str, title: str, summary: dict) -> str:
 
 
 def default_section(summaries: List[dict], results: str) -> str:
-    choice = choose_default.choose(summaries)
+    augmentation = load_json(os.path.join(results, "augmentation-headroom.json"))
+    at_paper = [choose_default.at_paper(s, augmentation) for s in summaries] if augmentation else summaries
+    choice = choose_default.choose(at_paper)
     table = choose_default.report(choice).split("\n\n")[0]
     default = choice["default"]
     lines = [
@@ -214,7 +214,6 @@ def default_section(summaries: List[dict], results: str) -> str:
         "rank. Supervised only is always eligible. Every method at the `paper` augmentation level, gains paired "
         "by seed:", "", table, "",
         f"The rule's choice: **{LABELS.get(default, default)}** (`--set method={default}`)."]
-    augmentation = load_json(os.path.join(results, "augmentation-headroom.json"))
     if augmentation is not None:
         levels = choose_default.chosen_variants(augmentation)
         at_levels = [choose_default.at_levels(s, levels) for s in summaries]
@@ -253,7 +252,8 @@ def augmentation_section(results: str) -> str:
         if variant == base:
             continue
         chosen = summary["methods"].get(base, {}).get("strong_variant") == variant
-        level = f"**{levels[base]}**" if chosen else "not judged (run after the rule chose)"
+        level = (f"**{levels[base]}** ({summary['methods'][base]['why']})" if chosen
+                 else "not judged (run after the rule chose)")
         label = LABELS.get(base, base) + (", every crop" if variant.endswith("-all") else
                                           ", labeled crops" if base != "supervised" else "")
         rows.append(f"| {label} | {_paired(per_seed['headroom'], variant, base)} | "
@@ -261,9 +261,11 @@ def augmentation_section(results: str) -> str:
     return "\n".join([
         "## Augmentation: the level each method trains at", "",
         "`augmentation=strong` (nnU-Net's transforms, [method.md](method.md#augmentation)) against `paper`, "
-        "Dice points paired by seed 0-2, both levels trained on one machine (" + summary["machine"] + "); the "
+        "Dice points paired by seed (each seed in brackets), both levels trained on one machine (" + summary["machine"] + "); the "
         "rule, fixed before the runs (`choose_augmentation.py`): strong when it gains on headroom and phantoms "
-        "and loses nowhere by more than 0.5 (`results/augmentation-headroom.json`):", "", *rows])
+        "and loses nowhere by more than 0.5 (`results/augmentation-headroom.json`). The baselines are judged by the same "
+        "rule at strong on every crop (their authors' code puts every crop through one pipeline), on the phantoms "
+        "only where they gained on headroom:", "", *rows])
 
 
 def suggest_table(results: str) -> str:

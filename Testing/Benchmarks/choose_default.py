@@ -14,7 +14,8 @@ The rule, fixed before the fair Colin27 table was measured:
 4. The default is the eligible candidate with the best mean rank; a tie goes to the larger mean gain over
    supervised-only (averaged over the benchmarks).
 
-``--levels results/augmentation-headroom.json`` applies the same rule with every method at its augmentation
+``--paper results/augmentation-headroom.json`` leaves the methods' strong variants out (every method at the
+``paper`` level); ``--levels results/augmentation-headroom.json`` applies the same rule with every method at its augmentation
 level (that file's choice per method): a method trained at ``strong`` is represented by its strong variant's
 entry (``supervised`` by ``supervised-strong``, which then is also the reference of step 3); a benchmark that
 lacks the variant has no entry for that method.
@@ -53,6 +54,15 @@ def at_levels(summary: dict, levels: Dict[str, str]) -> dict:
             methods[method] = methods.pop(variant)
         else:
             methods.pop(method, None)
+    fractions = dict(summary["fractions"], **{FRACTION: dict(summary["fractions"][FRACTION], methods=methods)})
+    return dict(summary, fractions=fractions)
+
+
+def at_paper(summary: dict, augmentation: dict) -> dict:
+    """``summary`` without the methods' strong variants that choose_augmentation's summary names: every method
+    at the ``paper`` level only."""
+    variants = {v["strong_variant"] for v in augmentation["methods"].values()}
+    methods = {m: e for m, e in _methods(summary).items() if m not in variants}
     fractions = dict(summary["fractions"], **{FRACTION: dict(summary["fractions"][FRACTION], methods=methods)})
     return dict(summary, fractions=fractions)
 
@@ -104,15 +114,18 @@ def main(argv: List[str]) -> int:
     parser.add_argument("--min-seeds", type=int, default=3)
     parser.add_argument("--json", help="also write the choice here")
     parser.add_argument("--levels", help="choose_augmentation's summary: every method at its augmentation level")
+    parser.add_argument("--paper", help="choose_augmentation's summary: every method at the paper level (its strong "
+                                        "variants left out)")
     args = parser.parse_args(argv)
     summaries = []
     for path in args.summaries:
         with open(path, encoding="utf-8") as f:
             summaries.append(json.load(f))
-    if args.levels:
-        with open(args.levels, encoding="utf-8") as f:
-            levels = chosen_variants(json.load(f))
-        summaries = [at_levels(s, levels) for s in summaries]
+    if args.levels or args.paper:
+        with open(args.levels or args.paper, encoding="utf-8") as f:
+            augmentation = json.load(f)
+        levels = chosen_variants(augmentation)
+        summaries = [at_levels(s, levels) if args.levels else at_paper(s, augmentation) for s in summaries]
     choice = choose(summaries, args.min_seeds)
     if args.levels:
         choice["levels"] = levels

@@ -73,3 +73,10 @@ def test_at_levels_each_method_is_its_chosen_variant_and_labels_alone_at_its_lev
     three = _summary("three", {"supervised": [80, 80, 80], "ours": [85, 85, 85]})
     with pytest.raises(ValueError):
         choose_default.choose([choose_default.at_levels(s, levels) for s in (one, two, three)])
+
+
+def test_at_paper_leaves_the_strong_variants_out():
+    one = _summary("one", {"supervised": [50, 50, 50], "supervised-strong": [90, 90, 90], "ours": [60, 60, 60]})
+    augmentation = {"methods": {"supervised": {"strong_variant": "supervised-strong", "level": "strong"}}}
+    choice = choose_default.choose([choose_default.at_paper(one, augmentation)])
+    assert sorted(choice["candidates"]) == ["ours", "supervised"] and choice["default"] == "ours"
