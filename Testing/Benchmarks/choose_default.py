@@ -45,6 +45,12 @@ def _gain(entry: dict, supervised: dict) -> float:
     return sum(entry["seeds"][s]["dice"] - supervised["seeds"][s]["dice"] for s in seeds) / len(seeds)
 
 
+def _with_methods(summary: dict, methods: Dict[str, dict]) -> dict:
+    """A copy of ``summary`` whose 10 % table holds ``methods`` (the summary itself is left as it is)."""
+    fractions = dict(summary["fractions"], **{FRACTION: dict(summary["fractions"][FRACTION], methods=methods)})
+    return dict(summary, fractions=fractions)
+
+
 def at_levels(summary: dict, levels: Dict[str, str]) -> dict:
     """``summary`` with each method's entry replaced by its variant's where ``levels`` names one ({method:
     variant}); the variants' own entries removed (each is now its method's)."""
@@ -54,8 +60,7 @@ def at_levels(summary: dict, levels: Dict[str, str]) -> dict:
             methods[method] = methods.pop(variant)
         else:
             methods.pop(method, None)
-    fractions = dict(summary["fractions"], **{FRACTION: dict(summary["fractions"][FRACTION], methods=methods)})
-    return dict(summary, fractions=fractions)
+    return _with_methods(summary, methods)
 
 
 def at_paper(summary: dict, augmentation: dict) -> dict:
@@ -63,8 +68,7 @@ def at_paper(summary: dict, augmentation: dict) -> dict:
     at the ``paper`` level only."""
     variants = {v["strong_variant"] for v in augmentation["methods"].values()}
     methods = {m: e for m, e in _methods(summary).items() if m not in variants}
-    fractions = dict(summary["fractions"], **{FRACTION: dict(summary["fractions"][FRACTION], methods=methods)})
-    return dict(summary, fractions=fractions)
+    return _with_methods(summary, methods)
 
 
 def chosen_variants(augmentation: dict) -> Dict[str, str]:
